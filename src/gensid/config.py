@@ -1,0 +1,189 @@
+"""Experiment configuration: nested dataclasses loaded from YAML, overridable by ``--set``.
+
+One YAML per experiment lives in ``configs/``; every run writes its resolved
+config next to its outputs as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown field or has a bad value."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "movielens-100k"  # "movielens-100k" or a path to a data folder / file
+    format: str = "auto"  # auto | letter | recbole | csv
+    max_history: int = 20
+    text_fields: list[str] = field(default_factory=lambda: ["title", "brand", "categories"])
+    max_users: int = 0  # >0: keep only the first N users (quick runs and tests)
+
+
+@dataclass
+class TextConfig:
+    model: str = "all-MiniLM-L6-v2"
+    batch_size: int = 128
+
+
+@dataclass
+class QuantizerConfig:
+    method: str = "rqkmeans"  # rqkmeans | rqvae
+    codebook_sizes: list[int] = field(default_factory=lambda: [256, 256, 256])
+    geometry: str = "euclidean"  # euclidean | cosine
+    latent_dim: int = 64  # rqvae only: size of the quantized latent
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 128])  # rqvae encoder MLP
+    epochs: int = 200  # rqvae only
+    lr: float = 1e-3
+    beta: float = 0.25  # commitment weight
+    batch_size: int = 1024
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 128
+    n_heads: int = 4
+    encoder_layers: int = 4
+    decoder_layers: int = 4
+    d_ff: int = 512
+    dropout: float = 0.1
+    history_input: str = "codes"  # codes | codes+text: what one history token is made of
+    logits: str = "dot"  # dot | cosine (scaled cosine with a learnable gamma)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    label_smoothing: float = 0.0
+    seed: int = 0
+    max_minutes: float = 0.0  # >0: stop training after this wall time
+    bf16: bool = False  # autocast matmuls to bfloat16 on CPU
+    eval_every: int = 1  # validate every N epochs (keep the best checkpoint)
+    patience: int = 0  # >0: stop after N validations without improvement
+
+
+@dataclass
+class EvalConfig:
+    beam_size: int = 20
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    batch_size: int = 256
+    max_users: int = 0  # >0: evaluate on the first N users only (quick validation)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; expected one of {sorted(names)}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        path = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, path)
+        else:
+            kwargs[name] = _coerce(value, hint, path)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = getattr(hint, "__origin__", None)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = hint.__args__
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint) or (
+        hint is int and isinstance(value, bool)
+    ):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r}: expected KEY=VALUE, e.g. train.lr=1e-3")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {assignment!r}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(text)
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config (or the defaults) and apply ``--set`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    # YAML 1.1 reads "1e-3" as a string: make it a float where a float is expected
+    _fix_numeric_strings(raw, ExperimentConfig)
+    where = str(path) if path is not None else "config"
+    try:
+        return _build(ExperimentConfig, raw, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _fix_numeric_strings(raw: dict[str, Any], cls: type) -> None:
+    hints = get_type_hints(cls)
+    for name, value in list(raw.items()):
+        hint = hints.get(name)
+        if hint is None:
+            continue
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            _fix_numeric_strings(value, hint)
+        elif hint is float and isinstance(value, str) and _looks_numeric(value):
+            raw[name] = float(value)

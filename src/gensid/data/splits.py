@@ -1,0 +1,62 @@
+"""Leave-one-out: last item is the test target, second-to-last the validation target,
+every prefix of the rest a training sample. Histories keep the last ``max_history`` items."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gensid.data.catalog import Interactions
+
+PAD = -1
+
+
+@dataclass
+class Samples:
+    """``histories`` [N, H] int64, left-padded with ``PAD`` (-1); ``targets`` [N]; ``users`` [N]."""
+
+    histories: np.ndarray
+    targets: np.ndarray
+    users: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def head(self, n: int) -> Samples:
+        if n <= 0 or n >= len(self):
+            return self
+        return Samples(self.histories[:n], self.targets[:n], self.users[:n])
+
+
+@dataclass
+class LeaveOneOut:
+    train: Samples
+    valid: Samples
+    test: Samples
+
+
+def _pack(rows: list[tuple[int, np.ndarray, int]], max_history: int) -> Samples:
+    hist = np.full((len(rows), max_history), PAD, dtype=np.int64)
+    targets = np.empty(len(rows), dtype=np.int64)
+    users = np.empty(len(rows), dtype=np.int64)
+    for i, (user, history, target) in enumerate(rows):
+        history = history[-max_history:]
+        if len(history):
+            hist[i, -len(history):] = history
+        targets[i], users[i] = target, user
+    return Samples(hist, targets, users)
+
+
+def leave_one_out(interactions: Interactions, max_history: int = 20) -> LeaveOneOut:
+    """Split every user's sequence; users with fewer than 3 items give training samples only."""
+    train, valid, test = [], [], []
+    for user, seq in enumerate(interactions.sequences):
+        n = len(seq)
+        cut = n - 2 if n >= 3 else n
+        for t in range(1, cut):
+            train.append((user, seq[:t], seq[t]))
+        if n >= 3:
+            valid.append((user, seq[: n - 2], seq[n - 2]))
+            test.append((user, seq[: n - 1], seq[n - 1]))
+    return LeaveOneOut(_pack(train, max_history), _pack(valid, max_history), _pack(test, max_history))
