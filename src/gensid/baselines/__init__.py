@@ -1,0 +1,1 @@
+"""Honest baselines ranked over the full catalog: most-popular and SASRec."""

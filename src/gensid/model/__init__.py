@@ -1,0 +1,5 @@
+"""Context (history SIDs) -> encoder-decoder Transformer -> per-level code logits."""
+
+from gensid.model.recommender import CodeHead, GenerativeRecommender
+
+__all__ = ["CodeHead", "GenerativeRecommender"]

@@ -1,0 +1,113 @@
+"""The generative recommender: one encoder token per history item, one decoder token per code.
+
+Shapes: B users, H history slots, L code positions (quantizer levels + the
+disambiguation code), d = ``d_model``.
+
+- A history item becomes one token: the sum of its per-level code embeddings
+  (optionally plus a projection of its frozen text vector) and a position embedding.
+  That is L times fewer encoder tokens than one token per code (TIGER), measured in
+  ``benchmarks/speed.py``.
+- The decoder reads ``[BOS, c_1, ..., c_{L-1}]`` and emits the logits of ``c_1..c_L``,
+  one :class:`CodeHead` per position, so position m can only emit codes of level m.
+- A head's weight is a ``[K_m, d]`` matrix; scoring is dot product or scaled cosine
+  (``gamma * cos``, learnable ``gamma``), which lets a later strategy make the head
+  *be* a quantizer codebook.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gensid.config import ModelConfig
+
+
+class CodeHead(nn.Module):
+    """Scores hidden states [*, d] against ``weight`` [K, d] -> logits [*, K]."""
+
+    def __init__(self, num_codes: int, dim: int, logits: str = "dot", gamma_init: float = 30.0):
+        super().__init__()
+        if logits not in ("dot", "cosine"):
+            raise ValueError(f"model.logits {logits!r}: expected dot or cosine")
+        self.logits = logits
+        self.weight = nn.Parameter(torch.randn(num_codes, dim) * dim**-0.5)
+        self.log_gamma = nn.Parameter(torch.tensor(float(gamma_init)).log()) if logits == "cosine" else None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.log_gamma is None:
+            return h @ self.weight.T
+        return self.log_gamma.exp() * F.normalize(h, dim=-1) @ F.normalize(self.weight, dim=-1).T
+
+
+class GenerativeRecommender(nn.Module):
+    def __init__(self, code_sizes: list[int], cfg: ModelConfig, max_history: int,
+                 text_dim: int | None = None):
+        super().__init__()
+        if cfg.history_input not in ("codes", "codes+text"):
+            raise ValueError(f"model.history_input {cfg.history_input!r}: expected codes or codes+text")
+        if cfg.history_input == "codes+text" and text_dim is None:
+            raise ValueError("model.history_input codes+text needs item text vectors")
+        d = cfg.d_model
+        self.code_sizes = list(code_sizes)
+        self.cfg = cfg
+        # per-level code embeddings, shared by the history tokens and the decoder inputs
+        self.code_embeddings = nn.ModuleList([nn.Embedding(k, d) for k in code_sizes])
+        self.text_proj = nn.Linear(text_dim, d) if cfg.history_input == "codes+text" else None
+        self.history_pos = nn.Parameter(torch.randn(max_history, d) * 0.02)
+        self.code_pos = nn.Parameter(torch.randn(len(code_sizes), d) * 0.02)
+        self.bos = nn.Parameter(torch.randn(d) * 0.02)
+
+        def layer(kind: type) -> nn.Module:
+            return kind(d, cfg.n_heads, cfg.d_ff, cfg.dropout, activation="gelu", batch_first=True,
+                        norm_first=True)
+
+        self.encoder = nn.TransformerEncoder(layer(nn.TransformerEncoderLayer), cfg.encoder_layers,
+                                             norm=nn.LayerNorm(d), enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(layer(nn.TransformerDecoderLayer), cfg.decoder_layers,
+                                             norm=nn.LayerNorm(d))
+        self.heads = nn.ModuleList([CodeHead(k, d, cfg.logits) for k in code_sizes])
+        self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(len(code_sizes)),
+                             persistent=False)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.code_sizes)
+
+    def embed_items(self, codes: torch.Tensor) -> torch.Tensor:
+        """[..., L] codes -> [..., d] sum of the per-level code embeddings."""
+        return sum(emb(codes[..., m]) for m, emb in enumerate(self.code_embeddings))
+
+    def encode(self, history_codes: torch.Tensor, history_mask: torch.Tensor,
+               history_text: torch.Tensor | None = None) -> torch.Tensor:
+        """history_codes [B, H, L] (any value where masked), history_mask [B, H] True = real item,
+        history_text [B, H, text_dim] or None -> memory [B, H, d]."""
+        tokens = self.embed_items(history_codes.clamp(min=0))
+        if self.text_proj is not None:
+            tokens = tokens + self.text_proj(history_text)
+        tokens = tokens + self.history_pos[-tokens.shape[1]:]
+        return self.encoder(tokens, src_key_padding_mask=~history_mask)
+
+    def decode(self, memory: torch.Tensor, memory_mask: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """memory [B, H, d], memory_mask [B, H], prefix [B, m] codes of levels 0..m-1
+        -> hidden states [B, m+1, d] (the last one predicts level m)."""
+        steps = [self.bos.expand(prefix.shape[0], 1, -1)]
+        if prefix.shape[1]:
+            steps.append(torch.stack([self.code_embeddings[m](prefix[:, m]) for m in range(prefix.shape[1])], 1))
+        x = torch.cat(steps, 1) + self.code_pos[: prefix.shape[1] + 1]
+        n = x.shape[1]
+        return self.decoder(x, memory, tgt_mask=self.causal_mask[:n, :n], tgt_is_causal=True,
+                            memory_key_padding_mask=~memory_mask)
+
+    def forward(self, history_codes: torch.Tensor, history_mask: torch.Tensor, target_codes: torch.Tensor,
+                history_text: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Teacher forcing: target_codes [B, L] -> L logits tensors [B, K_m]."""
+        memory = self.encode(history_codes, history_mask, history_text)
+        hidden = self.decode(memory, history_mask, target_codes[:, :-1])
+        return [head(hidden[:, m]) for m, head in enumerate(self.heads)]
+
+    def loss(self, logits: list[torch.Tensor], target_codes: torch.Tensor, label_smoothing: float = 0.0
+             ) -> torch.Tensor:
+        """Mean next-code cross-entropy over the L positions."""
+        return sum(F.cross_entropy(lg.float(), target_codes[:, m], label_smoothing=label_smoothing)
+                   for m, lg in enumerate(logits)) / len(logits)

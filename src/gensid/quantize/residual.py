@@ -1,0 +1,118 @@
+"""A residual quantizer: L codebooks applied to successive residuals.
+
+Geometry ``euclidean`` scores codes by ``-||r - e||^2``; ``cosine`` L2-normalises the
+input and the codebooks and scores by ``gamma * cos(r, e)`` with a learnable ``gamma``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gensid.quantize.assign import ASSIGNMENTS
+
+
+@dataclass
+class QuantizerOutput:
+    codes: torch.Tensor  # [N, L] long
+    quantized: torch.Tensor  # [N, D] sum of the per-level vectors
+    level_vectors: torch.Tensor  # [N, L, D]
+    logits: list[torch.Tensor]  # L x [N, K_l]
+    loss: torch.Tensor  # scalar: codebook + beta * commitment, summed over levels
+
+
+class ResidualQuantizer(nn.Module):
+    def __init__(self, dim: int, codebook_sizes: list[int], geometry: str = "euclidean",
+                 assignment: str = "argmax", beta: float = 0.25, gamma_init: float = 30.0):
+        super().__init__()
+        if geometry not in ("euclidean", "cosine"):
+            raise ValueError(f"geometry {geometry!r}: expected euclidean or cosine")
+        if assignment not in ASSIGNMENTS:
+            raise ValueError(f"assignment {assignment!r}: expected one of {sorted(ASSIGNMENTS)}")
+        self.dim, self.geometry, self.assignment, self.beta = dim, geometry, assignment, beta
+        self.codebook_sizes = list(codebook_sizes)
+        self.codebooks = nn.ParameterList(
+            [nn.Parameter(torch.randn(k, dim) / dim**0.5) for k in codebook_sizes]
+        )
+        self.log_gamma = nn.Parameter(torch.tensor(float(np.log(gamma_init))))
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.codebooks)
+
+    def codebook(self, level: int) -> torch.Tensor:
+        """Codebook ``level`` as used for scoring, [K, D] (unit rows under cosine)."""
+        book = self.codebooks[level]
+        return F.normalize(book, dim=-1) if self.geometry == "cosine" else book
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if self.geometry == "cosine" else x
+
+    def level_logits(self, level: int, residual: torch.Tensor) -> torch.Tensor:
+        """[N, D] -> [N, K] scores (higher is closer)."""
+        book = self.codebook(level)
+        if self.geometry == "cosine":
+            return self.log_gamma.exp() * F.normalize(residual, dim=-1) @ book.T
+        return -(residual.pow(2).sum(-1, keepdim=True) - 2 * residual @ book.T + book.pow(2).sum(-1))
+
+    def forward(self, x: torch.Tensor) -> QuantizerOutput:
+        assign = ASSIGNMENTS[self.assignment]
+        residual = self.prepare(x)
+        codes, vectors, logits = [], [], []
+        loss = x.new_zeros(())
+        for level in range(self.num_levels):
+            book = self.codebook(level)
+            scores = self.level_logits(level, residual)
+            code, vector = assign(scores, book, residual)
+            hard = book[code]
+            loss = loss + F.mse_loss(hard, residual.detach()) + self.beta * F.mse_loss(residual, hard.detach())
+            codes.append(code)
+            vectors.append(vector)
+            logits.append(scores)
+            residual = residual - vector
+        level_vectors = torch.stack(vectors, dim=1)
+        return QuantizerOutput(torch.stack(codes, 1), level_vectors.sum(1), level_vectors, logits, loss)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic codes [N, L] (argmax at every level)."""
+        residual = self.prepare(x)
+        codes = []
+        for level in range(self.num_levels):
+            code = self.level_logits(level, residual).argmax(-1)
+            residual = residual - self.codebook(level)[code]
+            codes.append(code)
+        return torch.stack(codes, 1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """[N, L] codes -> [N, D] sum of their codebook vectors."""
+        return sum(self.codebook(level)[codes[:, level]] for level in range(self.num_levels))
+
+    @torch.no_grad()
+    def init_kmeans(self, x: torch.Tensor, seed: int = 0, niter: int = 25) -> None:
+        """Residual k-means: fit each level's codebook to the residuals left by the previous one."""
+        residual = self.prepare(x).double().numpy()
+        for level, k in enumerate(self.codebook_sizes):
+            centroids = kmeans(residual.astype(np.float32), k, seed=seed + level, niter=niter,
+                               spherical=self.geometry == "cosine")
+            self.codebooks[level].copy_(torch.from_numpy(centroids))
+            book = self.codebook(level).double().numpy()
+            scores = self.level_logits(level, torch.from_numpy(residual).float()).numpy()
+            residual = residual - book[scores.argmax(-1)]
+
+
+def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 25, spherical: bool = False) -> np.ndarray:
+    """``k`` centroids of ``x`` [N, D] with faiss; fewer points than ``k`` reuse points plus noise."""
+    n, d = x.shape
+    rng = np.random.default_rng(seed)
+    if n <= k:
+        extra = x[rng.integers(0, n, k - n)] + 1e-3 * rng.standard_normal((k - n, d)).astype(np.float32)
+        return np.concatenate([x, extra]).astype(np.float32)
+    km = faiss.Kmeans(d, k, niter=niter, seed=seed, spherical=spherical, max_points_per_centroid=10**6)
+    km.train(np.ascontiguousarray(x, dtype=np.float32))
+    return km.centroids.astype(np.float32)

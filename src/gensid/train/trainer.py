@@ -1,0 +1,149 @@
+"""Training loop with checkpoints that make an interrupted run resume exactly.
+
+Each epoch shuffles with a generator seeded by ``(seed, epoch)`` and reseeds torch's
+global RNG (dropout) the same way, so an epoch's result does not depend on whether
+the run was restarted before it. ``checkpoint.safetensors`` (model, optimizer,
+schedule, counters) is written atomically after every epoch; ``model.safetensors``
+holds the best model by the validation score.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from gensid.config import TrainConfig
+from gensid.data.splits import Samples
+from gensid.io import JsonlLog, load_tensors, save_tensors
+from gensid.model.recommender import GenerativeRecommender
+from gensid.train.batches import Batch, ItemFeatures
+from gensid.train.schedule import warmup_linear
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    """Flatten an optimizer state dict into tensors (for safetensors) + JSON param groups."""
+    state = opt.state_dict()
+    tensors = {f"optim.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
+    return tensors, state["param_groups"]
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, i, key = name.split(".", 2)
+            state.setdefault(int(i), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+class Trainer:
+    def __init__(self, model: GenerativeRecommender, cfg: TrainConfig, train: Samples, items: ItemFeatures,
+                 run_dir: str | Path, validate: Callable[[GenerativeRecommender], dict[str, float]],
+                 monitor: str = "ndcg@10", progress: bool = True):
+        self.model, self.cfg, self.train, self.items = model, cfg, train, items
+        self.run_dir = Path(run_dir)
+        self.validate, self.monitor, self.progress = validate, monitor, progress
+        self.log = JsonlLog(self.run_dir / "log.jsonl")
+        self.steps_per_epoch = -(-len(train) // cfg.batch_size)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = warmup_linear(self.opt, cfg.warmup_steps, cfg.epochs * self.steps_per_epoch)
+        self.epoch, self.best_score, self.best_epoch, self.elapsed = 0, -1.0, -1, 0.0
+        self.stale = 0
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.safetensors"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "model.safetensors"
+
+    def save_checkpoint(self) -> None:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        opt_tensors, groups = optimizer_tensors(self.opt)
+        tensors.update(opt_tensors)
+        meta = {"epoch": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,
+                "elapsed": self.elapsed, "stale": self.stale, "param_groups": groups,
+                "sched": self.sched.state_dict()}
+        save_tensors(self.checkpoint_path, tensors, meta)
+
+    def resume(self) -> bool:
+        """Load ``checkpoint.safetensors`` if present; a corrupt file raises ``ValueError``."""
+        if not self.checkpoint_path.exists():
+            return False
+        tensors, meta = load_tensors(self.checkpoint_path)
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        load_optimizer(self.opt, tensors, meta["param_groups"])
+        self.sched.load_state_dict(meta["sched"])
+        self.epoch, self.best_score, self.best_epoch = meta["epoch"], meta["best_score"], meta["best_epoch"]
+        self.elapsed, self.stale = meta["elapsed"], meta["stale"]
+        self.log.write(event="resume", epoch=self.epoch)
+        return True
+
+    def _autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
+
+    def train_epoch(self) -> float:
+        self.model.train()
+        torch.manual_seed(self.cfg.seed * 100_003 + self.epoch)
+        order = np.random.default_rng([self.cfg.seed, self.epoch]).permutation(len(self.train))
+        total, count = 0.0, 0
+        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+                   disable=not self.progress, leave=False)
+        for step in bar:
+            rows = order[step * self.cfg.batch_size:(step + 1) * self.cfg.batch_size]
+            batch = Batch.build(self.train, rows, self.items)
+            with self._autocast():
+                logits = self.model(batch.history_codes, batch.history_mask, batch.target_codes,
+                                    batch.history_text)
+            loss = self.model.loss(logits, batch.target_codes, self.cfg.label_smoothing)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.sched.step()
+            total += loss.item() * len(rows)
+            count += len(rows)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{total / count:.4f}")
+        return total / count
+
+    def fit(self) -> dict:
+        """Train until ``epochs``, ``max_minutes`` or ``patience`` stops it; keep the best model."""
+        self.resume()
+        while self.epoch < self.cfg.epochs:
+            if self.cfg.max_minutes and self.elapsed >= self.cfg.max_minutes * 60:
+                self.log.write(event="time_budget_reached", epoch=self.epoch, minutes=self.elapsed / 60)
+                break
+            if self.cfg.patience and self.stale >= self.cfg.patience:
+                self.log.write(event="early_stop", epoch=self.epoch)
+                break
+            start = time.perf_counter()
+            loss = self.train_epoch()
+            self.elapsed += time.perf_counter() - start
+            self.epoch += 1
+            record = {"event": "epoch", "epoch": self.epoch, "loss": loss, "train_minutes": self.elapsed / 60}
+            if self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs:
+                metrics = self.validate(self.model)
+                record["valid"] = metrics
+                score = metrics[self.monitor]
+                if score > self.best_score:
+                    self.best_score, self.best_epoch, self.stale = score, self.epoch, 0
+                    save_tensors(self.best_path, self.model.state_dict(), {"epoch": self.epoch})
+                else:
+                    self.stale += 1
+            self.log.write(**record)
+            if self.progress:
+                tqdm.write(f"epoch {self.epoch}: loss {loss:.4f}" +
+                           (f"  valid {self.monitor} {record['valid'][self.monitor]:.4f}" if "valid" in record else ""))
+            self.save_checkpoint()
+        if self.best_path.exists():
+            tensors, _ = load_tensors(self.best_path)
+            self.model.load_state_dict(tensors)
+        return {"epochs": self.epoch, "best_epoch": self.best_epoch, "train_minutes": self.elapsed / 60}
