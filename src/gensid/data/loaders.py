@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gensid.data.catalog import Catalog, Dataset, DataError, Interactions
+from gensid.data.catalog import Catalog, DataError, Dataset, Interactions
 
 
 def load_dataset(source: str | Path, fmt: str = "auto", text_fields: list[str] | None = None) -> Dataset:
@@ -138,7 +138,7 @@ def load_recbole(folder: Path, text_fields: list[str]) -> Dataset:
 def load_log(path: Path, text_fields: list[str]) -> Dataset:
     """A CSV/Parquet log ``user, item, timestamp`` (+ optional items file beside it)."""
     if path.is_dir():
-        logs = [p for p in sorted(path.iterdir()) if p.suffix in (".csv", ".parquet") and not p.stem == "items"]
+        logs = [p for p in sorted(path.iterdir()) if p.suffix in (".csv", ".parquet") and p.stem != "items"]
         if len(logs) != 1:
             raise DataError(f"{path}: expected one interaction log (.csv/.parquet), found {len(logs)}")
         path = logs[0]

@@ -19,13 +19,16 @@ def recommend_items(model: GenerativeRecommender, index: SIDIndex, samples: Samp
                     beam_size: int, batch_size: int = 256, progress: bool = False) -> np.ndarray:
     """Top ``beam_size`` item ids per sample [N, beam_size], best first."""
     model.eval()
-    out = []
+    # batch histories of similar length together (less padding), then restore the order
+    order = np.argsort((samples.histories >= 0).sum(1), kind="stable")
+    ranked = np.full((len(samples), beam_size), -1, dtype=np.int64)
     for start in tqdm(range(0, len(samples), batch_size), desc="beam search", disable=not progress, leave=False):
-        batch = Batch.build(samples, slice(start, start + batch_size), items)
+        rows = order[start:start + batch_size]
+        batch = Batch.build(samples, rows, items)
         result = constrained_beam_search(model, index, batch.history_codes, batch.history_mask, beam_size,
                                          batch.history_text)
-        out.append(result.items.numpy())
-    return np.concatenate(out) if out else np.zeros((0, beam_size), dtype=np.int64)
+        ranked[rows, : result.items.shape[1]] = result.items.numpy()
+    return ranked
 
 
 def evaluate_generative(model: GenerativeRecommender, index: SIDIndex, samples: Samples, items: ItemFeatures,

@@ -64,5 +64,10 @@ def embed_texts(texts: list[str], model: str = "all-MiniLM-L6-v2", batch_size: i
     if path.exists():
         return np.load(path)
     vectors = TextEncoder(model, batch_size).encode(texts, progress=progress)
-    atomic_write(path, lambda p: np.save(open(p, "wb"), vectors))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, vectors)
+
+    atomic_write(path, write)
     return vectors

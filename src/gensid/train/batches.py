@@ -30,6 +30,9 @@ class Batch:
     def build(cls, samples: Samples, rows: np.ndarray | slice, items: ItemFeatures) -> Batch:
         hist = torch.from_numpy(samples.histories[rows])
         mask = hist >= 0
+        # drop the history columns that are padding in every row (histories are left-padded)
+        keep = int(mask.any(0).nonzero()[0, 0]) if mask.any() else hist.shape[1] - 1
+        hist, mask = hist[:, keep:], mask[:, keep:]
         safe = hist.clamp(min=0)
         targets = torch.from_numpy(samples.targets[rows])
         text = items.text[safe] if items.text is not None else None

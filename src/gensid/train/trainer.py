@@ -42,6 +42,26 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+def length_bucketed_batches(samples: Samples, batch_size: int, rng: np.random.Generator,
+                            bucket_batches: int = 50) -> list[np.ndarray]:
+    """Shuffled batches of sample rows whose histories have similar lengths.
+
+    Rows are shuffled, cut into chunks of ``bucket_batches`` batches, sorted by history
+    length inside a chunk, batched, and the batches shuffled. Batches then carry little
+    padding (``Batch.build`` trims it), which cuts encoder work several-fold on short
+    histories, while every batch still mixes users at random.
+    """
+    lengths = (samples.histories >= 0).sum(1)
+    order = rng.permutation(len(samples))
+    chunk = batch_size * bucket_batches
+    batches = []
+    for start in range(0, len(order), chunk):
+        rows = order[start:start + chunk]
+        rows = rows[np.argsort(lengths[rows], kind="stable")]
+        batches.extend(rows[i:i + batch_size] for i in range(0, len(rows), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 class Trainer:
     def __init__(self, model: GenerativeRecommender, cfg: TrainConfig, train: Samples, items: ItemFeatures,
                  run_dir: str | Path, validate: Callable[[GenerativeRecommender], dict[str, float]],
@@ -92,12 +112,12 @@ class Trainer:
     def train_epoch(self) -> float:
         self.model.train()
         torch.manual_seed(self.cfg.seed * 100_003 + self.epoch)
-        order = np.random.default_rng([self.cfg.seed, self.epoch]).permutation(len(self.train))
+        batches = length_bucketed_batches(self.train, self.cfg.batch_size,
+                                          np.random.default_rng([self.cfg.seed, self.epoch]))
         total, count = 0.0, 0
-        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
-                   disable=not self.progress, leave=False)
-        for step in bar:
-            rows = order[step * self.cfg.batch_size:(step + 1) * self.cfg.batch_size]
+        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", disable=not self.progress,
+                   leave=False)
+        for step, rows in enumerate(bar):
             batch = Batch.build(self.train, rows, self.items)
             with self._autocast():
                 logits = self.model(batch.history_codes, batch.history_mask, batch.target_codes,

@@ -1,0 +1,88 @@
+"""``gensid`` command line: train, evaluate and recommend from one YAML per experiment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+METRICS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10", "recall@20"]
+
+
+def _table(title: str, rows: dict[str, dict[str, float]]) -> Table:
+    table = Table(title=title)
+    table.add_column("method")
+    for name in METRICS:
+        table.add_column(name, justify="right")
+    for method, metrics in rows.items():
+        table.add_row(method, *(f"{metrics[m]:.4f}" for m in METRICS))
+    return table
+
+
+def _show_examples(run_dir: Path, users: int = 3, k: int = 5) -> None:
+    from gensid.pipeline import load_run
+
+    run = load_run(run_dir)
+    test = run.splits.test
+    for row in range(min(users, len(test))):
+        history = [int(i) for i in test.histories[row] if i >= 0]
+        recs = run.recommend(history, k)
+        console.print(f"[bold]user {run.dataset.interactions.user_ids[test.users[row]]}[/bold] recently: "
+                      + "; ".join(run.dataset.catalog.title(i) for i in history[-3:]))
+        console.print(f"  held-out next item: {run.dataset.catalog.title(int(test.targets[row]))}")
+        for rank, item in enumerate(recs, 1):
+            console.print(f"  {rank}. {run.dataset.catalog.title(item)}")
+
+
+@app.command()
+def train(config: Path = typer.Argument(..., help="experiment YAML in configs/"),
+          run_dir: Path = typer.Option(None, help="output folder (default runs/<name>)"),
+          set_: list[str] = typer.Option([], "--set", help="override, e.g. --set train.lr=1e-3"),
+          examples: int = typer.Option(3, help="example recommendations to print")) -> None:
+    """Fit the semantic IDs, train the generative recommender, evaluate on valid and test."""
+    from gensid.config import load_config
+    from gensid.pipeline import train_run
+
+    cfg = load_config(config, set_)
+    run_dir = run_dir or Path("runs") / cfg.name
+    metrics = train_run(cfg, run_dir)
+    console.print(_table(f"{metrics['dataset']} test (full catalog, leave-one-out)",
+                         {"two_stage (gensid)": metrics["test"], "most_popular": metrics["most_popular"]["test"]}))
+    console.print(f"training {metrics['train_minutes']:.1f} min, best epoch {metrics['best_epoch']}; "
+                  f"run saved in {run_dir}")
+    if examples:
+        _show_examples(run_dir, examples)
+
+
+@app.command()
+def evaluate(run_dir: Path, split: str = typer.Option("test", help="valid or test")) -> None:
+    """Re-evaluate a trained run on a split and print its metrics."""
+    from gensid.pipeline import evaluate_split, load_run
+
+    if split not in ("valid", "test"):
+        raise typer.BadParameter(f"split {split!r}: expected valid or test")
+    run = load_run(run_dir)
+    console.print(_table(f"{run.dataset.name} {split}", {"two_stage (gensid)": evaluate_split(run, split, progress=True)}))
+
+
+@app.command()
+def recommend(run_dir: Path, history: str = typer.Option(..., help="comma-separated item ids, oldest first"),
+              k: int = typer.Option(10, min=1)) -> None:
+    """Top-k items for a history of (external) item ids."""
+    from gensid.pipeline import load_run
+
+    run = load_run(run_dir)
+    try:
+        items = [run.dataset.catalog.index_of(i.strip()) for i in history.split(",") if i.strip()]
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc.args[0]), param_hint="--history") from None
+    for rank, item in enumerate(run.recommend(items, k), 1):
+        console.print(f"{rank:>3}. [{run.dataset.catalog.item_ids[item]}] {run.dataset.catalog.title(item)}")
+
+
+if __name__ == "__main__":
+    app()
