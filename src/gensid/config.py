@@ -69,6 +69,7 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float = 0.0  # >0: stop training after this wall time
     bf16: bool = False  # autocast matmuls to bfloat16 on CPU
+    threads: int = 0  # >0: torch threads (1 avoids oversubscription when jobs share the cores)
     eval_every: int = 1  # validate every N epochs (keep the best checkpoint)
     patience: int = 0  # >0: stop after N validations without improvement
 

@@ -58,6 +58,8 @@ class Run:
 def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     """Load data and text vectors, fit (or reload) the semantic IDs, build an untrained model."""
     seed_everything(cfg.train.seed)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
     dataset = load_dataset(cfg.data.source, cfg.data.format, cfg.data.text_fields).head(cfg.data.max_users)
     splits = leave_one_out(dataset.interactions, cfg.data.max_history)
     index_dir = run_dir / "index"

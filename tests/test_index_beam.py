@@ -1,0 +1,103 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_sids
+from gensid.config import ModelConfig
+from gensid.index import SIDIndex, constrained_beam_search
+from gensid.model import GenerativeRecommender
+
+SMALL = ModelConfig(d_model=32, n_heads=2, encoder_layers=1, decoder_layers=1, d_ff=64, dropout=0.0)
+
+
+def make_model(sizes, seed=0, **overrides):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(**{**SMALL.__dict__, **overrides})
+    return GenerativeRecommender(sizes, cfg, max_history=6).eval()
+
+
+def random_histories(rng, codes, batch, length=6):
+    items = rng.integers(0, len(codes), (batch, length))
+    mask = torch.from_numpy(rng.random((batch, length)) < 0.7)
+    mask[:, -1] = True
+    return torch.from_numpy(codes[items]), mask
+
+
+def test_trie_tables_accept_exactly_the_catalog(rng):
+    sizes = [4, 3, 5]
+    codes = random_sids(rng, 30, sizes)
+    index = SIDIndex(codes, [4, 3, int(codes[:, -1].max()) + 1])
+    every = torch.tensor(list(itertools.product(*(range(k) for k in index.sizes))))
+    valid = index.is_valid(every)
+    catalog = {tuple(c) for c in codes.tolist()}
+    assert {tuple(c) for c in every[valid].tolist()} == catalog
+    assert torch.equal(index.leaf_item.sort().values, torch.arange(30))
+
+
+def test_index_rejects_duplicates_and_out_of_range():
+    with pytest.raises(ValueError, match="share a full SID"):
+        SIDIndex(np.array([[0, 1], [0, 1]]), [2, 2])
+    with pytest.raises(ValueError, match=r"position 1 must lie in \[0, 2\)"):
+        SIDIndex(np.array([[0, 2]]), [2, 2])
+
+
+def test_beam_search_never_emits_an_invalid_sid(rng):
+    """Thousands of random users over random catalogs and random models."""
+    checked = 0
+    for trial in range(6):
+        sizes = [int(rng.integers(2, 12)), int(rng.integers(2, 12)), int(rng.integers(2, 12))]
+        n = int(rng.integers(5, 200))
+        codes = random_sids(rng, n, sizes + [1])
+        full_sizes = sizes + [int(codes[:, -1].max()) + 1]
+        index = SIDIndex(codes, full_sizes)
+        model = make_model(full_sizes, seed=trial)
+        hist, mask = random_histories(rng, codes, 500)
+        beam = int(rng.integers(1, 30))
+        result = constrained_beam_search(model, index, hist, mask, beam)
+        assert result.items.shape == (500, min(beam, n)) or result.items.shape[1] <= beam
+        found = result.items[result.items >= 0]
+        assert found.numel() > 0
+        assert index.is_valid(torch.from_numpy(codes)[found]).all()
+        for row in result.items.tolist():  # each item at most once per user
+            real = [i for i in row if i >= 0]
+            assert len(real) == len(set(real))
+        assert (result.scores[:, :-1] >= result.scores[:, 1:]).all()
+        checked += 500
+    assert checked >= 3000
+
+
+def exhaustive_ranking(model, codes, hist, mask):
+    """Log-probability of every catalog SID under teacher forcing, [B, N]."""
+    memory = model.encode(hist, mask)
+    batch, n = hist.shape[0], len(codes)
+    target = torch.from_numpy(codes).repeat(batch, 1)
+    hidden = model.decode(memory.repeat_interleave(n, 0), mask.repeat_interleave(n, 0), target[:, :-1])
+    logp = sum(head(hidden[:, m]).log_softmax(-1).gather(1, target[:, m:m + 1]).squeeze(1)
+               for m, head in enumerate(model.heads))
+    return logp.view(batch, n)
+
+
+def test_full_width_beam_equals_exhaustive_scoring(rng):
+    sizes = [3, 3, 3]
+    codes = random_sids(rng, 20, sizes + [1])
+    full = sizes + [int(codes[:, -1].max()) + 1]
+    model, index = make_model(full), SIDIndex(codes, full)
+    hist, mask = random_histories(rng, codes, 8)
+    with torch.no_grad():
+        result = constrained_beam_search(model, index, hist, mask, beam_size=len(codes))
+        expected = exhaustive_ranking(model, codes, hist, mask)
+    assert result.items.shape == (8, 20)
+    top = expected.argsort(dim=1, descending=True, stable=True)
+    assert torch.equal(result.items, top)
+    assert torch.allclose(result.scores, expected.gather(1, top), atol=1e-4)
+
+
+def test_fewer_items_than_beams_leaves_empty_slots(rng):
+    codes = np.array([[0, 0, 0], [1, 1, 0], [1, 0, 0]])
+    model, index = make_model([2, 2, 1]), SIDIndex(codes, [2, 2, 1])
+    hist = torch.from_numpy(codes[[0, 1, 2, 0, 1, 2]]).unsqueeze(0)
+    result = constrained_beam_search(model, index, hist, torch.ones(1, 6, dtype=torch.bool), beam_size=5)
+    assert sorted(result.items[0, :3].tolist()) == [0, 1, 2]
+    assert result.items.shape[1] <= 5 and (result.items[0, 3:] == -1).all()

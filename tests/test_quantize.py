@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+
+from gensid.config import QuantizerConfig
+from gensid.quantize import ResidualQuantizer, SemanticIDs, code_usage, fit_semantic_ids
+
+
+def test_disambiguation_makes_sids_unique_in_item_order():
+    codes = np.array([[1, 2], [0, 0], [1, 2], [1, 2], [3, 3]])
+    sids = SemanticIDs.from_codes(codes, [4, 4])
+    assert sids.codes[:, -1].tolist() == [0, 0, 1, 2, 0]
+    assert sids.sizes == [4, 4, 3]
+    assert len(np.unique(sids.codes, axis=0)) == len(codes)
+    assert sids.collision_rate() == pytest.approx(3 / 5)
+
+
+def test_code_usage_perplexity_and_dead_codes():
+    usage = code_usage(np.array([[0], [0], [1], [1]]), [4])[0]
+    assert usage == {"size": 4, "used": 2, "dead": 2, "perplexity": pytest.approx(2.0)}
+
+
+@pytest.mark.parametrize("geometry", ["euclidean", "cosine"])
+def test_forward_shapes_and_encode_agree(geometry):
+    torch.manual_seed(0)
+    rq = ResidualQuantizer(16, [8, 4, 4], geometry)
+    x = torch.randn(50, 16)
+    rq.init_kmeans(x)
+    out = rq(x)
+    assert out.codes.shape == (50, 3) and out.quantized.shape == (50, 16)
+    assert out.level_vectors.shape == (50, 3, 16) and [lg.shape[1] for lg in out.logits] == [8, 4, 4]
+    assert torch.equal(out.codes, rq.encode(x))
+    assert torch.allclose(rq.decode(out.codes), out.quantized, atol=1e-5)
+
+
+def test_residual_levels_reduce_reconstruction_error():
+    torch.manual_seed(0)
+    x = torch.randn(400, 8)
+    errors = []
+    for levels in (1, 2, 3):
+        rq = ResidualQuantizer(8, [16] * levels)
+        rq.init_kmeans(x)
+        errors.append(float((rq.decode(rq.encode(x)) - x).pow(2).mean()))
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_argmax_blocks_and_ste_passes_gradient_to_the_input():
+    torch.manual_seed(0)
+    for assignment, reaches_input in (("argmax", False), ("ste", True)):
+        rq = ResidualQuantizer(8, [4, 4], assignment=assignment)
+        x = torch.randn(10, 8, requires_grad=True)
+        rq(x).quantized.sum().backward()
+        assert (x.grad is not None and x.grad.abs().sum() > 0) == reaches_input, assignment
+
+
+def test_rqvae_trains_and_rqkmeans_fits():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((300, 24)).astype(np.float32)
+    cfg = QuantizerConfig(method="rqvae", codebook_sizes=[8, 8], latent_dim=8, hidden_dims=[16], epochs=30,
+                          batch_size=64)
+    model, sids, stats = fit_semantic_ids(vectors, cfg, progress=False)
+    assert sids.codes.shape == (300, 3) and len(np.unique(sids.codes, axis=0)) == 300
+    assert stats["final_loss"] < 1.5
+    _, sids_km, stats_km = fit_semantic_ids(vectors, QuantizerConfig(codebook_sizes=[8, 8]), progress=False)
+    assert sids_km.codes.shape == (300, 3) and stats_km["levels"][0]["used"] == 8
+
+
+def test_unknown_geometry_and_assignment_are_rejected():
+    with pytest.raises(ValueError, match="geometry"):
+        ResidualQuantizer(4, [2], geometry="manhattan")
+    with pytest.raises(ValueError, match="assignment"):
+        ResidualQuantizer(4, [2], assignment="magic")
