@@ -247,7 +247,7 @@ def fit(train: list[np.ndarray], valid: Samples, num_items: int,
             opt.step()
             total += loss.item() * int(keep.sum())
             count += int(keep.sum())
-            bar.set_postfix(loss=f"{total / count:.4f}")
+            bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
             if time.monotonic() > deadline:
                 out_of_time = True
                 break

@@ -86,10 +86,14 @@ class Dataset:
     interactions: Interactions
 
     def head(self, max_users: int) -> Dataset:
-        """The first ``max_users`` users with the full catalog (quick runs and tests)."""
+        """The first ``max_users`` users and only the items they touched (quick runs and tests)."""
         if max_users <= 0 or max_users >= len(self.interactions):
             return self
-        inter = Interactions(
-            self.interactions.user_ids[:max_users], self.interactions.sequences[:max_users]
-        )
-        return Dataset(f"{self.name}[:{max_users}]", self.catalog, inter)
+        seqs = self.interactions.sequences[:max_users]
+        kept = np.unique(np.concatenate(seqs))
+        new_id = np.full(len(self.catalog), -1, dtype=np.int64)
+        new_id[kept] = np.arange(len(kept))
+        catalog = Catalog([self.catalog.item_ids[i] for i in kept], [self.catalog.fields[i] for i in kept],
+                          self.catalog.text_fields)
+        inter = Interactions(self.interactions.user_ids[:max_users], [new_id[s] for s in seqs])
+        return Dataset(f"{self.name}[:{max_users}]", catalog, inter)
