@@ -18,7 +18,7 @@ TINY = ["model.d_model=64", "model.encoder_layers=2", "model.decoder_layers=2", 
 @pytest.mark.slow
 def test_two_stage_on_a_beauty_subset(tmp_path):
     source = shared_dataset("amazon-beauty")
-    cfg = load_config("configs/beauty.yaml", [f"data.source={source}", "data.max_users=1500",
+    cfg = load_config("configs/beauty.yaml", [f"data.source={source}", "data.max_users=1000",
                                               "quantizer.codebook_sizes=[32, 32, 32]", "train.epochs=3",
                                               "train.patience=0", *TINY])
     metrics = train_run(cfg, tmp_path, progress=False)
@@ -41,7 +41,7 @@ def test_movielens_through_the_cli(tmp_path):
     runner = CliRunner()
     run_dir = tmp_path / "ml"
     args = ["train", "configs/ml100k.yaml", "--run-dir", str(run_dir), "--examples", "1",
-            "--set", "data.max_users=300", "--set", "train.epochs=2"]
+            "--set", "data.max_users=100", "--set", "train.epochs=1"]
     for item in TINY:
         args += ["--set", item]
     result = runner.invoke(app, args)
