@@ -24,7 +24,7 @@ from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.index import SIDIndex
 from gensid.io import JsonlLog, load_tensors, save_tensors, seed_everything, write_json, write_text
 from gensid.model import GenerativeRecommender
-from gensid.quantize import RQVAE, SemanticIDs, fit_semantic_ids
+from gensid.quantize import SemanticIDs, fit_semantic_ids
 from gensid.text import embed_texts
 from gensid.train import ItemFeatures, Trainer
 
@@ -83,13 +83,6 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     items = ItemFeatures(torch.from_numpy(sids.codes), text if uses_text else None)
     model = GenerativeRecommender(sids.sizes, cfg.model, cfg.data.max_history, text.shape[1] if uses_text else None)
     return Run(cfg, run_dir, dataset, splits, sids, index, items, model)
-
-
-def load_tokenizer(run: Run) -> RQVAE:
-    """The fitted quantizer of a run (for tokenizing new items)."""
-    tokenizer = RQVAE(run.items.text.shape[1] if run.items.text is not None else 384, run.cfg.quantizer)
-    tokenizer.load_state_dict(load_tensors(run.run_dir / "quantizer.safetensors")[0])
-    return tokenizer.eval()
 
 
 def evaluate_split(run: Run, split: str, max_users: int = 0, progress: bool = False) -> dict[str, float]:

@@ -38,10 +38,6 @@ class TextEncoder:
         self.batch_size = batch_size
         self.model = SentenceTransformer(_model_path(model), device=device)
 
-    @property
-    def dim(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
-
     def encode(self, texts: list[str], progress: bool = True) -> np.ndarray:
         vectors = self.model.encode(
             texts, batch_size=self.batch_size, show_progress_bar=progress,
