@@ -43,7 +43,8 @@ def test_index_rejects_duplicates_and_out_of_range():
         SIDIndex(np.array([[0, 2]]), [2, 2])
 
 
-def test_beam_search_never_emits_an_invalid_sid(rng):
+@pytest.mark.parametrize("history_input", ["codes", "code_tokens"])
+def test_beam_search_never_emits_an_invalid_sid(rng, history_input):
     """Thousands of random users over random catalogs and random models."""
     checked = 0
     for trial in range(6):
@@ -52,7 +53,7 @@ def test_beam_search_never_emits_an_invalid_sid(rng):
         codes = random_sids(rng, n, sizes + [1])
         full_sizes = sizes + [int(codes[:, -1].max()) + 1]
         index = SIDIndex(codes, full_sizes)
-        model = make_model(full_sizes, seed=trial)
+        model = make_model(full_sizes, seed=trial, history_input=history_input)
         hist, mask = random_histories(rng, codes, 500)
         beam = int(rng.integers(1, 30))
         result = constrained_beam_search(model, index, hist, mask, beam)

@@ -55,3 +55,13 @@ def test_cosine_heads_and_text_input():
     assert torch.isclose(gamma, torch.tensor(30.0)) and logits[0].abs().max() <= gamma + 1e-4
     model.loss(logits, target).backward()
     assert model.text_proj.weight.grad.abs().sum() > 0 and model.heads[0].log_gamma.grad is not None
+
+
+def test_one_token_per_code_input():
+    cfg = ModelConfig(**{**CFG.__dict__, "history_input": "code_tokens"})
+    model = GenerativeRecommender(SIZES, cfg, max_history=7).eval()
+    codes, mask, target = batch()
+    memory = model.encode(codes, mask)
+    assert memory.shape == (5, 7 * len(SIZES), cfg.d_model)
+    logits = model(codes, mask, target)
+    assert [tuple(lg.shape) for lg in logits] == [(5, k) for k in SIZES]

@@ -54,7 +54,7 @@ class ModelConfig:
     decoder_layers: int = 4
     d_ff: int = 512
     dropout: float = 0.1
-    history_input: str = "codes"  # codes | codes+text: what one history token is made of
+    history_input: str = "codes"  # codes | codes+text (one token per item) | code_tokens (one per code)
     logits: str = "dot"  # dot | cosine (scaled cosine with a learnable gamma)
 
 

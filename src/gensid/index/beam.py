@@ -29,6 +29,7 @@ def constrained_beam_search(model: GenerativeRecommender, index: SIDIndex, histo
                             history_text: torch.Tensor | None = None) -> BeamResult:
     """history_codes [B, H, L], history_mask [B, H] -> top ``beam_size`` items per user."""
     memory = model.encode(history_codes, history_mask, history_text)
+    memory_mask = model.memory_mask(history_mask)
     batch = memory.shape[0]
     node = torch.zeros(batch, 1, dtype=torch.long)  # [B, W] trie node per beam (-1 = dead beam)
     scores = torch.zeros(batch, 1)
@@ -36,7 +37,7 @@ def constrained_beam_search(model: GenerativeRecommender, index: SIDIndex, histo
     for m, table in enumerate(index.children):
         width = node.shape[1]
         flat_memory = memory.repeat_interleave(width, 0)
-        flat_mask = history_mask.repeat_interleave(width, 0)
+        flat_mask = memory_mask.repeat_interleave(width, 0)
         hidden = model.decode(flat_memory, flat_mask, prefix.reshape(batch * width, m))[:, -1]
         logp = model.heads[m](hidden).float().log_softmax(-1).view(batch, width, -1)
         child = table[node.clamp(min=0)]  # [B, W, K]

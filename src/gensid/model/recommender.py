@@ -22,6 +22,8 @@ from torch import nn
 
 from gensid.config import ModelConfig
 
+HISTORY_INPUTS = ("codes", "codes+text", "code_tokens")
+
 
 class CodeHead(nn.Module):
     """Scores hidden states [*, d] against ``weight`` [K, d] -> logits [*, K]."""
@@ -44,8 +46,8 @@ class GenerativeRecommender(nn.Module):
     def __init__(self, code_sizes: list[int], cfg: ModelConfig, max_history: int,
                  text_dim: int | None = None):
         super().__init__()
-        if cfg.history_input not in ("codes", "codes+text"):
-            raise ValueError(f"model.history_input {cfg.history_input!r}: expected codes or codes+text")
+        if cfg.history_input not in HISTORY_INPUTS:
+            raise ValueError(f"model.history_input {cfg.history_input!r}: expected one of {HISTORY_INPUTS}")
         if cfg.history_input == "codes+text" and text_dim is None:
             raise ValueError("model.history_input codes+text needs item text vectors")
         d = cfg.d_model
@@ -82,11 +84,28 @@ class GenerativeRecommender(nn.Module):
                history_text: torch.Tensor | None = None) -> torch.Tensor:
         """history_codes [B, H, L] (any value where masked), history_mask [B, H] True = real item,
         history_text [B, H, text_dim] or None -> memory [B, H, d]."""
-        tokens = self.embed_items(history_codes.clamp(min=0))
+        codes = history_codes.clamp(min=0)
+        if self.cfg.history_input == "code_tokens":
+            return self._encode_code_tokens(codes, history_mask)
+        tokens = self.embed_items(codes)
         if self.text_proj is not None:
             tokens = tokens + self.text_proj(history_text)
         tokens = tokens + self.history_pos[-tokens.shape[1]:]
         return self.encoder(tokens, src_key_padding_mask=~history_mask)
+
+    def _encode_code_tokens(self, codes: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
+        """TIGER's input for comparison: one token per code -> memory [B, H*L, d]."""
+        b, h, n = codes.shape
+        per_code = torch.stack([emb(codes[..., m]) for m, emb in enumerate(self.code_embeddings)], 2)
+        tokens = per_code + self.code_pos + self.history_pos[-h:].unsqueeze(1)
+        mask = history_mask.repeat_interleave(n, 1)
+        return self.encoder(tokens.reshape(b, h * n, -1), src_key_padding_mask=~mask)
+
+    def memory_mask(self, history_mask: torch.Tensor) -> torch.Tensor:
+        """Key mask of the encoder memory [B, H] or [B, H*L] (code_tokens)."""
+        if self.cfg.history_input == "code_tokens":
+            return history_mask.repeat_interleave(self.num_levels, 1)
+        return history_mask
 
     def decode(self, memory: torch.Tensor, memory_mask: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
         """memory [B, H, d], memory_mask [B, H], prefix [B, m] codes of levels 0..m-1
@@ -103,7 +122,7 @@ class GenerativeRecommender(nn.Module):
                 history_text: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Teacher forcing: target_codes [B, L] -> L logits tensors [B, K_m]."""
         memory = self.encode(history_codes, history_mask, history_text)
-        hidden = self.decode(memory, history_mask, target_codes[:, :-1])
+        hidden = self.decode(memory, self.memory_mask(history_mask), target_codes[:, :-1])
         return [head(hidden[:, m]) for m, head in enumerate(self.heads)]
 
     def loss(self, logits: list[torch.Tensor], target_codes: torch.Tensor, label_smoothing: float = 0.0
