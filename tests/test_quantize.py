@@ -44,13 +44,33 @@ def test_residual_levels_reduce_reconstruction_error():
     assert errors[0] > errors[1] > errors[2]
 
 
-def test_argmax_blocks_and_ste_passes_gradient_to_the_input():
+@pytest.mark.parametrize(
+    ("assignment", "reaches_input", "reaches_codebooks"),
+    [("argmax", False, False), ("ste", True, False), ("gumbel_soft", True, True), ("dril", True, True)],
+)
+def test_gradient_paths_of_a_downstream_loss(assignment, reaches_input, reaches_codebooks):
+    """Only a loss on the vectors that flow on (not the quantizer's own losses)."""
     torch.manual_seed(0)
-    for assignment, reaches_input in (("argmax", False), ("ste", True)):
-        rq = ResidualQuantizer(8, [4, 4], assignment=assignment)
-        x = torch.randn(10, 8, requires_grad=True)
-        rq(x).quantized.sum().backward()
-        assert (x.grad is not None and x.grad.abs().sum() > 0) == reaches_input, assignment
+    rq = ResidualQuantizer(8, [4, 4], assignment=assignment)
+    x = torch.randn(10, 8, requires_grad=True)
+    target = torch.randn(10, 8)
+    loss = (rq(x).quantized - target).pow(2).sum()
+    if loss.requires_grad:  # argmax: nothing upstream of the codes can learn from this loss
+        loss.backward()
+    got_input = x.grad is not None and bool(x.grad.abs().sum() > 0)
+    got_books = all(b.grad is not None and bool(b.grad.abs().sum() > 0) for b in rq.codebooks)
+    assert (got_input, got_books) == (reaches_input, reaches_codebooks)
+
+
+@pytest.mark.parametrize("assignment", ["gumbel_soft", "dril"])
+def test_noisy_assignments_are_deterministic_in_eval_mode(assignment):
+    torch.manual_seed(0)
+    rq = ResidualQuantizer(8, [6, 6], assignment=assignment)
+    x = torch.randn(200, 8)
+    train_codes = rq(x).codes
+    rq.eval()
+    assert torch.equal(rq(x).codes, rq.encode(x))
+    assert not torch.equal(train_codes, rq.encode(x))  # Gumbel noise changed some codes
 
 
 def test_rqvae_trains_and_rqkmeans_fits():

@@ -4,34 +4,57 @@ that flow on. Swappable by name; each decides where gradients go.
 - ``argmax``: hard codes, the codebook vector passes on with no gradient to the input
   (the frozen index of the two-stage pipeline; codebooks learn only from their own losses).
 - ``ste``: hard codes, straight-through: forward is the codebook vector, backward is the
-  identity to the input residual (the VQ-VAE estimator).
+  identity to the input residual (the VQ-VAE estimator; naive joint training).
+- ``gumbel_soft`` (DGI): ``p = softmax((s + g) / tau)``, the soft vector ``p @ E`` flows on,
+  so a downstream loss reaches the codebook and, through ``s``, the item encoder; the
+  hard codes ``argmax p`` are the supervision targets.
+- ``dril`` (DIGER): Gumbel noise on the logits, the hard code of the noisy logits in the
+  forward pass, gradients through the soft probabilities ``softmax(noisy / T)``.
+
+In eval mode (``training=False``) every strategy is the deterministic argmax.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
 
 import torch
 
 
-class Assignment(Protocol):
-    def __call__(self, logits: torch.Tensor, codebook: torch.Tensor, residual: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``logits`` [N, K], ``codebook`` [K, D], ``residual`` [N, D] -> codes [N], vectors [N, D]."""
-        ...
+def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
+    u = torch.rand_like(like).clamp_(1e-9, 1 - 1e-9)
+    return -torch.log(-torch.log(u))
 
 
-def argmax_assignment(logits: torch.Tensor, codebook: torch.Tensor, residual: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    codes = logits.argmax(dim=-1)
-    return codes, codebook[codes]
+@dataclass
+class Assignment:
+    """``__call__(logits [N, K], codebook [K, D], residual [N, D]) -> (codes [N], vectors [N, D])``."""
+
+    name: str = "argmax"
+    tau: float = 1.0  # gumbel_soft temperature (annealed by the caller) / dril temperature
+    noise_scale: float = 1.0  # dril: multiplies the Gumbel noise (uncertainty decay sets it)
+
+    def __post_init__(self) -> None:
+        if self.name not in ASSIGNMENTS:
+            raise ValueError(f"assignment {self.name!r}: expected one of {sorted(ASSIGNMENTS)}")
+
+    def __call__(self, logits: torch.Tensor, codebook: torch.Tensor, residual: torch.Tensor,
+                 training: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        if not training or self.name == "argmax":
+            codes = logits.argmax(-1)
+            return codes, codebook[codes].detach() if self.name == "argmax" else codebook[codes]
+        if self.name == "ste":
+            codes = logits.argmax(-1)
+            hard = codebook[codes]
+            return codes, residual + (hard - residual).detach()
+        noisy = logits + self.noise_scale * gumbel_noise(logits)
+        probs = (noisy / self.tau).softmax(-1)
+        soft = probs @ codebook
+        codes = noisy.argmax(-1)
+        if self.name == "gumbel_soft":
+            return codes, soft
+        hard = codebook[codes]  # dril: hard forward, soft backward
+        return codes, hard + soft - soft.detach()
 
 
-def ste_assignment(logits: torch.Tensor, codebook: torch.Tensor, residual: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    codes = logits.argmax(dim=-1)
-    hard = codebook[codes]
-    return codes, residual + (hard - residual).detach()
-
-
-ASSIGNMENTS: dict[str, Assignment] = {"argmax": argmax_assignment, "ste": ste_assignment}
+ASSIGNMENTS = ("argmax", "ste", "gumbel_soft", "dril")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gensid.quantize.assign import ASSIGNMENTS
+from gensid.quantize.assign import Assignment
 
 
 @dataclass
@@ -32,9 +32,8 @@ class ResidualQuantizer(nn.Module):
         super().__init__()
         if geometry not in ("euclidean", "cosine"):
             raise ValueError(f"geometry {geometry!r}: expected euclidean or cosine")
-        if assignment not in ASSIGNMENTS:
-            raise ValueError(f"assignment {assignment!r}: expected one of {sorted(ASSIGNMENTS)}")
-        self.dim, self.geometry, self.assignment, self.beta = dim, geometry, assignment, beta
+        self.assign = Assignment(assignment)
+        self.dim, self.geometry, self.beta = dim, geometry, beta
         self.codebook_sizes = list(codebook_sizes)
         self.codebooks = nn.ParameterList(
             [nn.Parameter(torch.randn(k, dim) / dim**0.5) for k in codebook_sizes]
@@ -61,14 +60,13 @@ class ResidualQuantizer(nn.Module):
         return -(residual.pow(2).sum(-1, keepdim=True) - 2 * residual @ book.T + book.pow(2).sum(-1))
 
     def forward(self, x: torch.Tensor) -> QuantizerOutput:
-        assign = ASSIGNMENTS[self.assignment]
         residual = self.prepare(x)
         codes, vectors, logits = [], [], []
         loss = x.new_zeros(())
         for level in range(self.num_levels):
             book = self.codebook(level)
             scores = self.level_logits(level, residual)
-            code, vector = assign(scores, book, residual)
+            code, vector = self.assign(scores, book, residual, self.training)
             hard = book[code]
             loss = loss + F.mse_loss(hard, residual.detach()) + self.beta * F.mse_loss(residual, hard.detach())
             codes.append(code)
