@@ -40,7 +40,7 @@ def test_residual_levels_reduce_reconstruction_error():
     for levels in (1, 2, 3):
         rq = ResidualQuantizer(8, [16] * levels)
         rq.init_kmeans(x)
-        errors.append(float((rq.decode(rq.encode(x)) - x).pow(2).mean()))
+        errors.append(float((rq.decode(rq.encode(x)) - x).pow(2).mean().detach()))
     assert errors[0] > errors[1] > errors[2]
 
 
