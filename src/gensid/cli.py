@@ -80,6 +80,8 @@ def recommend(run_dir: Path, history: str = typer.Option(..., help="comma-separa
         items = [run.dataset.catalog.index_of(i.strip()) for i in history.split(",") if i.strip()]
     except KeyError as exc:
         raise typer.BadParameter(str(exc.args[0]), param_hint="--history") from None
+    if not items:
+        raise typer.BadParameter("give at least one item id", param_hint="--history")
     for rank, item in enumerate(run.recommend(items, k), 1):
         console.print(f"{rank:>3}. [{run.dataset.catalog.item_ids[item]}] {run.dataset.catalog.title(item)}")
 

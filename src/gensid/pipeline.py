@@ -46,6 +46,11 @@ class Run:
         """Top-k item ids for one history of internal item ids (oldest first)."""
         from gensid.data.splits import Samples
 
+        if not history:
+            raise ValueError("history is empty: give at least one item id")
+        unknown = [i for i in history if not 0 <= i < len(self.dataset.catalog)]
+        if unknown:
+            raise ValueError(f"unknown internal item id(s) {unknown[:5]}")
         hist = np.full((1, self.cfg.data.max_history), -1, dtype=np.int64)
         recent = np.asarray(history[-self.cfg.data.max_history:], dtype=np.int64)
         if len(recent):
