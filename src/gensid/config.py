@@ -56,6 +56,7 @@ class ModelConfig:
     dropout: float = 0.1
     history_input: str = "codes"  # codes | codes+text (one token per item) | code_tokens (one per code)
     logits: str = "dot"  # dot | cosine (scaled cosine with a learnable gamma)
+    embedding_init_std: float = 0.02  # code embeddings ~ N(0, std); 0 keeps torch's N(0, 1)
 
 
 @dataclass

@@ -55,10 +55,11 @@ class GenerativeRecommender(nn.Module):
         self.cfg = cfg
         # per-level code embeddings, shared by the history tokens and the decoder inputs
         self.code_embeddings = nn.ModuleList([nn.Embedding(k, d) for k in code_sizes])
-        for emb in self.code_embeddings:
+        if cfg.embedding_init_std > 0:
             # small init (as GPT-2): torch's N(0, 1) default drowns the text projection and
             # takes Adam thousands of steps to reshape
-            nn.init.normal_(emb.weight, std=0.02)
+            for emb in self.code_embeddings:
+                nn.init.normal_(emb.weight, std=cfg.embedding_init_std)
         self.text_proj = nn.Linear(text_dim, d) if cfg.history_input == "codes+text" else None
         self.history_pos = nn.Parameter(torch.randn(max_history, d) * 0.02)
         self.code_pos = nn.Parameter(torch.randn(len(code_sizes), d) * 0.02)
