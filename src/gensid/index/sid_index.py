@@ -9,12 +9,8 @@ end in a disambiguation code, so each leaf is exactly one item (``leaf_item``).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-
-from gensid.io import load_tensors, save_tensors
 
 
 class SIDIndex:
@@ -59,11 +55,3 @@ class SIDIndex:
             ok = (node >= 0) & (code >= 0) & (code < table.shape[1])
             node = torch.where(ok, table[node.clamp(min=0), code.clamp(0, table.shape[1] - 1)], -1)
         return node >= 0
-
-    def save(self, path: str | Path) -> None:
-        save_tensors(path, {"codes": torch.from_numpy(self.codes)}, {"sizes": self.sizes})
-
-    @classmethod
-    def load(cls, path: str | Path) -> SIDIndex:
-        tensors, meta = load_tensors(path)
-        return cls(tensors["codes"].numpy(), meta["sizes"])
