@@ -68,12 +68,33 @@ def machine() -> str:
 
 
 AFFINITY_SEEN: set[tuple[int, ...]] = set()
+OTHERS_SEEN: dict[str, float] = {}  # command of another busy process -> highest %CPU seen
 
 
-def track_affinity() -> None:
-    """Remember which CPUs this process may run on (another job may pin it while we run)."""
+def busy_processes(min_cpu: float = 20.0) -> list[tuple[str, float]]:
+    """Other processes using >= ``min_cpu`` % CPU (ps: CPU time / elapsed time), this one excluded."""
+    try:
+        out = subprocess.run(["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"], capture_output=True,
+                             text=True, check=True).stdout.splitlines()[1:]
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    found = []
+    for line in out:
+        pid, pcpu, args = (line.split(None, 2) + [""])[:3]
+        try:
+            if int(pid) != os.getpid() and float(pcpu) >= min_cpu and not args.startswith("ps -eo"):
+                found.append((f"pid {pid}: {args[:100]}", float(pcpu)))
+        except ValueError:
+            continue
+    return found
+
+
+def watch_machine() -> None:
+    """Sample, while the benchmark runs, the CPUs we may use and the other busy processes."""
     if hasattr(os, "sched_getaffinity"):
         AFFINITY_SEEN.add(tuple(sorted(os.sched_getaffinity(0))))
+    for name, pcpu in busy_processes():
+        OTHERS_SEEN[name] = max(pcpu, OTHERS_SEEN.get(name, 0.0))
 
 
 def git_commit() -> str:
@@ -89,17 +110,9 @@ def git_commit() -> str:
 
 def other_load() -> dict:
     """Load average and the other processes using CPU right now (the benchmark excluded)."""
-    procs = []
-    try:
-        out = subprocess.run(["ps", "-eo", "pid,pcpu,etime,args", "--sort=-pcpu"], capture_output=True,
-                             text=True, check=True).stdout.splitlines()[1:]
-        for line in out:
-            pid, pcpu, etime, args = line.split(None, 3)
-            if int(pid) != os.getpid() and float(pcpu) >= 20.0:
-                procs.append(f"pid {pid} {pcpu}% CPU (up {etime}): {args[:100]}")
-    except (OSError, subprocess.CalledProcessError, ValueError):
-        pass
-    return {"loadavg": [round(x, 2) for x in os.getloadavg()], "busy_processes": procs[:5]}
+    watch_machine()
+    return {"loadavg": [round(x, 2) for x in os.getloadavg()],
+            "busy_processes": [f"{name} ({pcpu:.0f}% CPU)" for name, pcpu in busy_processes()[:5]]}
 
 
 # ----------------------------------------------------------------------------- data
@@ -225,7 +238,7 @@ def bench_train(gen: GenerativeRecommender, t5, train: Samples, items: ItemFeatu
     t5.train()
     seconds = dict.fromkeys(runs, 0.0)
     for i in range(warmup + n_batches):  # interleaved: a concurrent load hits every run alike
-        track_affinity()
+        watch_machine()
         for name, (model, step, batches) in runs.items():
             took = timed(step, model, opts[name], batches[i])
             if i >= warmup:
@@ -281,7 +294,7 @@ def bench_beam(gen, t5, index: SIDIndex, items, t5in, test: Samples, users: int,
     gen_valid = gen_total = 0
     t_gen = t_hf = 0.0
     for rows in big:
-        track_affinity()
+        watch_machine()
         start = time.perf_counter()
         found = gensid_search(gen, index, items, test, rows, beam)
         t_gen += time.perf_counter() - start
@@ -298,7 +311,7 @@ def bench_beam(gen, t5, index: SIDIndex, items, t5in, test: Samples, users: int,
     n_users = sum(len(r) for r in big)
     lat_gen, lat_hf = [], []
     for rows in single:
-        track_affinity()
+        watch_machine()
         lat_gen.append(timed(gensid_search, gen, index, items, test, rows, beam))
         start = time.perf_counter()
         seqs = hf_search(t5, t5in, trie, test, rows, beam)
@@ -392,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict:
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up in a nohup log
 
     torch.set_num_threads(args.threads)
-    track_affinity()
+    watch_machine()
     load_before = other_load()
     data, dataset, splits, sids, embed_s = load_inputs(args.data, 20, args.seed)
     index = SIDIndex(sids.codes, sids.sizes)
@@ -439,11 +452,13 @@ def main(argv: list[str] | None = None) -> dict:
                        "threads than allowed CPUs time-slices its OpenMP threads on one core.")
     else:
         warning_pin = ""
-    busy = max(load_before["loadavg"][0], load_after["loadavg"][0])
-    warning = (f" WARNING: the machine was oversubscribed (1-min load average up to {busy} on {cores} cores "
-               "from other jobs, see 'load'): with more than one thread, every op's OpenMP barrier waits "
-               "for a descheduled thread, so multi-thread timings measure the scheduler more than the "
-               "models; the 1-thread numbers are the trustworthy ones." if busy + 1 > cores else "") + warning_pin
+    others = sorted(OTHERS_SEEN.items(), key=lambda kv: -kv[1])
+    warning = (" WARNING: other jobs were using the CPUs during this run (sampled at every training step "
+               f"and beam batch; see 'other_busy_processes_seen'): {len(others)} process(es), up to "
+               f"{others[0][1]:.0f}% CPU. With more threads than free cores, every op's OpenMP barrier "
+               "waits for a descheduled thread, so multi-thread timings then measure the scheduler more "
+               "than the models; prefer the 1-thread numbers." if others else
+               " No other process used >= 20% CPU at any sample during the run.") + warning_pin
     result = {
         **main_run,
         "params": {"gensid": n_params(gen), "hf_t5": n_params(t5), "t5_vocab": t5in.vocab,
@@ -462,6 +477,7 @@ def main(argv: list[str] | None = None) -> dict:
         shlex.join(["benchmarks/speed.py", *argv]),
         "commit": git_commit(),
         "cpu_affinity_seen": [list(a) for a in affinity],
+        "other_busy_processes_seen": [f"{name} (up to {pcpu:.0f}% CPU)" for name, pcpu in others[:8]],
         "load": {"before": load_before, "after_each_thread_count": {str(t): v for t, v in loads.items()}},
         "notes": (
             "Both models have random (untrained) weights: speed does not depend on them, but the "
