@@ -18,7 +18,7 @@ import torch
 
 from gensid.baselines.popularity import MostPopular
 from gensid.config import ExperimentConfig, load_config
-from gensid.data import Dataset, LeaveOneOut, leave_one_out, load_dataset
+from gensid.data import Dataset, LeaveOneOut, Samples, leave_one_out, load_dataset
 from gensid.eval.evaluate import evaluate_generative, recommend_items
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.index import SIDIndex
@@ -44,8 +44,6 @@ class Run:
 
     def recommend(self, history: list[int], k: int = 10) -> list[int]:
         """Top-k item ids for one history of internal item ids (oldest first)."""
-        from gensid.data.splits import Samples
-
         if not history:
             raise ValueError("history is empty: give at least one item id")
         unknown = [i for i in history if not 0 <= i < len(self.dataset.catalog)]
@@ -53,8 +51,7 @@ class Run:
             raise ValueError(f"unknown internal item id(s) {unknown[:5]}")
         hist = np.full((1, self.cfg.data.max_history), -1, dtype=np.int64)
         recent = np.asarray(history[-self.cfg.data.max_history:], dtype=np.int64)
-        if len(recent):
-            hist[0, -len(recent):] = recent
+        hist[0, -len(recent):] = recent
         samples = Samples(hist, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64))
         ranked = recommend_items(self.model, self.index, samples, self.items, max(k, self.cfg.eval.beam_size))
         return [int(i) for i in ranked[0][:k] if i >= 0]
