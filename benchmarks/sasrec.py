@@ -21,10 +21,10 @@ if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks`` importable
 
 import torch  # noqa: E402
 
-from benchmarks.results import upsert_row  # noqa: E402
 from gensid.baselines.sasrec import SASRecConfig, evaluate, fit, training_sequences  # noqa: E402
 from gensid.data import leave_one_out, load_dataset  # noqa: E402
 from gensid.io import JsonlLog, save_tensors  # noqa: E402
+from gensid.report.results import upsert_row  # noqa: E402
 
 KS = [1, 5, 10, 20]
 MAX_HISTORY = 20

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import upsert_row  # noqa: E402
 from gensid.config import load_config  # noqa: E402
 from gensid.pipeline import train_run  # noqa: E402
+from gensid.report.results import upsert_row  # noqa: E402
 
 
 def main() -> None:

@@ -2,8 +2,12 @@
 MovieLens-100k (read out of the recbole wheel) through the CLI."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import yaml
 from typer.testing import CliRunner
 
 from conftest import shared_dataset
@@ -63,3 +67,52 @@ def test_movielens_through_the_cli(tmp_path):
 
     other = runner.invoke(app, ["train", "configs/ml100k.yaml", "--run-dir", str(run_dir), "--set", "train.lr=0.5"])
     assert other.exit_code != 0 and "holds a different config" in str(other.exception)
+
+
+DGI = ["train.strategy=joint", "quantizer.method=rqvae", "quantizer.latent_dim=64", "quantizer.hidden_dims=[128]",
+       "quantizer.epochs=5", "quantizer.geometry=cosine", "quantizer.assignment=gumbel_soft",
+       "model.history_input=quantized+text", "model.logits=cosine", "model.tie_heads=true",
+       "loss.global_cosine=1.0", "loss.codebook=0.25", "loss.infonce=0.1", "loss.diversity=0.01"]
+
+
+@pytest.mark.slow
+def test_experiment_runner_two_stage_against_dgi_on_movielens(tmp_path):
+    common = ["data.max_users=100", "train.epochs=2", "train.eval_every=1", *TINY]
+    plan = {"name": "tiny", "dataset": "ml100k-tiny", "results_file": str(tmp_path / "results.json"),
+            "output": str(tmp_path / "exp"),
+            "variants": [{"method": "two_stage", "config": "ml100k.yaml", "set": common},
+                         {"method": "dgi", "variant": "full", "config": "ml100k.yaml", "set": common + DGI}]}
+    path = Path("configs") / f"_test_experiment_{tmp_path.name}.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    try:
+        result = CliRunner().invoke(app, ["experiment", str(path)])
+    finally:
+        path.unlink()
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "exp" / "table.md").read_text()
+    assert "| two_stage | 1 |" in table and "| dgi (full) | 1 |" in table
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert {(r["method"], r["split"]) for r in rows} == {(m, s) for m in ("two_stage", "dgi") for s in ("valid", "test")}
+    for name in ("agreement.png", "drift_cumulative.png", "code_usage.png", "popularity_buckets.png", "hubness.png"):
+        assert (tmp_path / "exp" / name).exists(), name
+
+    # the joint run's index is rebuilt from the final deterministic assignment of its tokenizer
+    run_dir = tmp_path / "exp" / "runs" / "dgi-full-s0"
+    run = load_run(run_dir)
+    with torch.no_grad():
+        final = run.model.tokenizer.quantizer.encode(run.model.tokenizer.encoder(run.text))
+    assert np.array_equal(run.index.codes, final.numpy())
+    assert sorted(run.index.leaf_items.tolist()) == list(range(len(run.dataset.catalog)))
+    epochs = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()
+              if '"event": "epoch"' in line]
+    analysis = epochs[-1]["analysis"]
+    assert 0 <= analysis["drift_cumulative"] <= 1 and 0 <= analysis["agreement"]["all"] <= 1
+    assert len(analysis["code_usage"][0]["histogram"]) == 64
+    assert len(epochs[0]["terms"]["item_encoder_grad_norm"]) > 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test"]["recall@20"] > 0 and len(metrics["test_by_popularity"]) == 5
+    recs = run.recommend([0, 1, 2], k=10)
+    assert len(recs) == len(set(recs)) == 10
+
+    again = CliRunner().invoke(app, ["experiment", str(tmp_path / "missing.yaml")])
+    assert again.exit_code != 0 and "not found" in str(again.exception)

@@ -33,12 +33,19 @@ def test_trie_tables_accept_exactly_the_catalog(rng):
     valid = index.is_valid(every)
     catalog = {tuple(c) for c in codes.tolist()}
     assert {tuple(c) for c in every[valid].tolist()} == catalog
-    assert torch.equal(index.leaf_item.sort().values, torch.arange(30))
+    assert torch.equal(index.leaf_items.sort().values, torch.arange(30))
+    assert index.max_leaf_size == 1 and index.collision_rate() == 0.0
 
 
-def test_index_rejects_duplicates_and_out_of_range():
-    with pytest.raises(ValueError, match="share a full SID"):
-        SIDIndex(np.array([[0, 1], [0, 1]]), [2, 2])
+def test_shared_sids_land_in_one_leaf_in_item_order():
+    index = SIDIndex(np.array([[1, 0], [0, 1], [1, 0], [1, 0]]), [2, 2])
+    items, valid = index.items_of_leaves(torch.tensor([[0, 1, -1]]))
+    by_leaf = [sorted(row[ok].tolist()) for row, ok in zip(items[0], valid[0], strict=True)]
+    assert sorted(by_leaf) == [[], [0, 2, 3], [1]]
+    assert index.max_leaf_size == 3 and index.collision_rate() == 0.75
+
+
+def test_index_rejects_out_of_range_codes():
     with pytest.raises(ValueError, match=r"position 1 must lie in \[0, 2\)"):
         SIDIndex(np.array([[0, 2]]), [2, 2])
 

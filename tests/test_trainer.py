@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from gensid.config import ModelConfig, TrainConfig
+from gensid.config import ExperimentConfig, ModelConfig, TrainConfig
 from gensid.data.catalog import Interactions
 from gensid.data.splits import leave_one_out
 from gensid.model import GenerativeRecommender
 from gensid.train import ItemFeatures, Trainer
+from gensid.train.objectives import NextTokenObjective
 from gensid.train.trainer import length_bucketed_batches
 
 SIZES = [4, 4, 2]
@@ -26,7 +27,8 @@ def make_trainer(run_dir, split, items, epochs=3):
     train_cfg = TrainConfig(epochs=epochs, batch_size=16, warmup_steps=5, lr=3e-3)
     # a validation score that changes with the weights, so "best model" bookkeeping is exercised
     validate = lambda m: {"ndcg@10": float(m.heads[0].weight.detach().sum())}  # noqa: E731
-    return Trainer(model, train_cfg, split.train, items, run_dir, validate, progress=False)
+    return Trainer(model, train_cfg, split.train, items, run_dir, validate, NextTokenObjective(ExperimentConfig()),
+                   progress=False)
 
 
 def test_interrupted_run_resumes_to_identical_weights(tmp_path, rng):

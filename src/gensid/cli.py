@@ -51,7 +51,8 @@ def train(config: Path = typer.Argument(..., help="experiment YAML in configs/")
     run_dir = run_dir or Path("runs") / cfg.name
     metrics = train_run(cfg, run_dir)
     console.print(_table(f"{metrics['dataset']} test (full catalog, leave-one-out)",
-                         {"two_stage (gensid)": metrics["test"], "most_popular": metrics["most_popular"]["test"]}))
+                         {f"{cfg.train.strategy} (gensid)": metrics["test"],
+                          "most_popular": metrics["most_popular"]["test"]}))
     console.print(f"training {metrics['train_minutes']:.1f} min, best epoch {metrics['best_epoch']}; "
                   f"run saved in {run_dir}")
     if examples:
@@ -66,7 +67,8 @@ def evaluate(run_dir: Path, split: str = typer.Option("test", help="valid or tes
     if split not in ("valid", "test"):
         raise typer.BadParameter(f"split {split!r}: expected valid or test")
     run = load_run(run_dir)
-    console.print(_table(f"{run.dataset.name} {split}", {"two_stage (gensid)": evaluate_split(run, split, progress=True)}))
+    console.print(_table(f"{run.dataset.name} {split}",
+                         {f"{run.cfg.train.strategy} (gensid)": evaluate_split(run, split, progress=True)}))
 
 
 @app.command()
@@ -84,6 +86,23 @@ def recommend(run_dir: Path, history: str = typer.Option(..., help="comma-separa
         raise typer.BadParameter("give at least one item id", param_hint="--history")
     for rank, item in enumerate(run.recommend(items, k), 1):
         console.print(f"{rank:>3}. [{run.dataset.catalog.item_ids[item]}] {run.dataset.catalog.title(item)}")
+
+
+@app.command()
+def experiment(plan: Path = typer.Argument(..., help="experiment file in configs/ (a list of variants)"),
+               shard: str = typer.Option("0/1", help="i/n: run every n-th variant from the i-th (one process per core)"),
+               report_only: bool = typer.Option(False, help="only rebuild the table and plots")) -> None:
+    """Run an experiment's variants (resumable), then write its table, JSON and plots."""
+    from gensid.experiment import run_experiment
+
+    try:
+        index, count = (int(x) for x in shard.split("/"))
+        assert 0 <= index < count
+    except (ValueError, AssertionError):
+        raise typer.BadParameter(f"{shard!r}: expected i/n with 0 <= i < n, e.g. 0/2", param_hint="--shard") from None
+    out = run_experiment(plan, (index, count), report_only)
+    console.print((out / "table.md").read_text())
+    console.print(f"report in {out}")
 
 
 if __name__ == "__main__":

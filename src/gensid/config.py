@@ -44,6 +44,13 @@ class QuantizerConfig:
     lr: float = 1e-3
     beta: float = 0.25  # commitment weight
     batch_size: int = 1024
+    # joint training (train.strategy=joint): how items are assigned codes while the index learns
+    assignment: str = "argmax"  # argmax | ste | gumbel_soft (DGI) | dril (DIGER)
+    decay: str = "none"  # dril uncertainty decay: none | sdud | frqud
+    frqud_ratio: float = 2.0  # frqud: noise only on codes used more than ratio / K
+    tau_start: float = 1.0  # gumbel_soft temperature, annealed exponentially ...
+    tau_end: float = 0.1  # ... to this by the end of training
+    dril_temperature: float = 2.0
 
 
 @dataclass
@@ -54,16 +61,35 @@ class ModelConfig:
     decoder_layers: int = 4
     d_ff: int = 512
     dropout: float = 0.1
-    history_input: str = "codes"  # codes | codes+text (one token per item) | code_tokens (one per code)
+    # one token per history item: codes | codes+text | quantized | quantized+text (the item's
+    # quantized vector, joint only); or code_tokens (one token per code, TIGER's input)
+    history_input: str = "codes"
     logits: str = "dot"  # dot | cosine (scaled cosine with a learnable gamma)
+    tie_heads: bool = False  # joint only: the head of level m *is* codebook m (DGI)
     embedding_init_std: float = 0.02  # code embeddings ~ N(0, std); 0 keeps torch's N(0, 1)
 
 
 @dataclass
+class LossConfig:
+    """Weights of the loss terms (joint strategy; two-stage uses next-token only)."""
+
+    next_token: float = 1.0
+    global_cosine: float = 0.0  # DGI: 1 - cos(z_base, sum_j z~_j)
+    codebook: float = 0.0  # per-level codebook + beta * commitment
+    rqvae_reconstruction: float = 0.0  # DIGER: MSE of the RQ-VAE decoder's text reconstruction
+    infonce: float = 0.0  # in-batch InfoNCE between context vector and target item vector
+    infonce_temperature: float = 0.05
+    diversity: float = 0.0  # 1 - normalised entropy of the batch's mean code distribution
+    sdud: float = 1.0  # SDUD's sigma objective (only with quantizer.decay=sdud)
+
+
+@dataclass
 class TrainConfig:
+    strategy: str = "two_stage"  # two_stage (frozen SIDs) | joint (the index learns with the model)
     epochs: int = 20
     batch_size: int = 256
     lr: float = 1e-3
+    quantizer_lr: float = 1e-3  # joint: item encoder + quantizer learning rate
     weight_decay: float = 0.01
     warmup_steps: int = 200
     label_smoothing: float = 0.0
@@ -91,6 +117,7 @@ class ExperimentConfig:
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:

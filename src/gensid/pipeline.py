@@ -1,7 +1,9 @@
-"""The two-stage pipeline end to end, and loading a finished run.
+"""A run end to end (two-stage or joint), and loading a finished run.
 
-``train_run``: data -> text vectors -> semantic IDs (fitted once, saved) -> SID
-index -> generative recommender (trained, resumable) -> valid/test metrics.
+``train_run``: data -> text vectors -> tokenizer and semantic IDs (fitted once, saved)
+-> SID index -> generative recommender (trained, resumable; with ``train.strategy:
+joint`` the tokenizer learns inside it and the index is rebuilt from its final
+deterministic assignment) -> valid/test metrics and analyses.
 A run directory holds ``config.yaml``, ``quantizer.safetensors``, ``index/``
 (``sids.safetensors``, ``item_text.safetensors``), ``model.safetensors``,
 ``checkpoint.safetensors``, ``metrics.json`` and ``log.jsonl``.
@@ -19,14 +21,24 @@ import torch
 from gensid.baselines.popularity import MostPopular
 from gensid.config import ExperimentConfig, load_config
 from gensid.data import Dataset, LeaveOneOut, Samples, leave_one_out, load_dataset
+from gensid.eval.analysis import (
+    SIDMonitor,
+    collision_rate,
+    hit_rate_by_bucket,
+    norm_vs_popularity,
+    popularity_buckets,
+)
 from gensid.eval.evaluate import evaluate_generative, recommend_items
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.index import SIDIndex
 from gensid.io import JsonlLog, load_tensors, save_tensors, seed_everything, write_json, write_text
 from gensid.model import GenerativeRecommender
-from gensid.quantize import SemanticIDs, fit_semantic_ids
+from gensid.quantize import RQVAE, Assignment, SemanticIDs, code_usage, fit_semantic_ids
 from gensid.text import embed_texts
 from gensid.train import ItemFeatures, Trainer
+from gensid.train.objectives import JointObjective, NextTokenObjective, item_snapshot
+
+STRATEGIES = ("two_stage", "joint")
 
 
 @dataclass
@@ -37,10 +49,25 @@ class Run:
     run_dir: Path
     dataset: Dataset
     splits: LeaveOneOut
-    sids: SemanticIDs
+    text: torch.Tensor  # [N, T] frozen item text vectors
     index: SIDIndex
     items: ItemFeatures
     model: GenerativeRecommender
+
+    @property
+    def joint(self) -> bool:
+        return self.cfg.train.strategy == "joint"
+
+    def refresh_index(self) -> None:
+        """Joint runs: rebuild items and the SID index from the model's deterministic assignment."""
+        if not self.joint:
+            return
+        self.items = item_snapshot(self.model, self.text, keep_text=self.cfg.model.history_input.endswith("+text"))
+        self.index = SIDIndex(self.items.codes.numpy(), self.model.code_sizes)
+
+    def quantizer_codes(self) -> np.ndarray:
+        """[N, levels] the quantizer's codes (without the two-stage disambiguation code)."""
+        return self.index.codes if self.joint else self.index.codes[:, :-1]
 
     def recommend(self, history: list[int], k: int = 10) -> list[int]:
         """Top-k item ids for one history of internal item ids (oldest first)."""
@@ -57,37 +84,74 @@ class Run:
         return [int(i) for i in ranked[0][:k] if i >= 0]
 
 
+def item_text_vectors(cfg: ExperimentConfig, full: Dataset, dataset: Dataset, run_dir: Path, progress: bool
+                      ) -> torch.Tensor:
+    """[N, T] text vectors of ``dataset``'s items, saved in the run. The whole catalog of ``full``
+    is embedded (and cached on disk), so a subset run reuses the full run's vectors."""
+    path = run_dir / "index" / "item_text.safetensors"
+    if path.exists():
+        return load_tensors(path)[0]["vectors"]
+    vectors = embed_texts(full.catalog.texts, cfg.text.model, cfg.text.batch_size, progress)
+    if dataset is not full:
+        vectors = vectors[[full.catalog.index_of(item) for item in dataset.catalog.item_ids]]
+    text = torch.from_numpy(np.ascontiguousarray(vectors))
+    save_tensors(path, {"vectors": text})
+    return text
+
+
+def tokenizer_and_sids(cfg: ExperimentConfig, text: torch.Tensor, run_dir: Path, progress: bool
+                       ) -> tuple[RQVAE, SemanticIDs]:
+    """The fitted tokenizer (``quantizer.safetensors``) and the SIDs it gives; fitted once per run."""
+    path, sids_path = run_dir / "quantizer.safetensors", run_dir / "index" / "sids.safetensors"
+    if path.exists() and sids_path.exists():
+        tokenizer = RQVAE(text.shape[1], cfg.quantizer)
+        tokenizer.load_state_dict(load_tensors(path)[0])
+        tensors, meta = load_tensors(sids_path)
+        return tokenizer.eval(), SemanticIDs(tensors["codes"].numpy(), meta["sizes"])
+    tokenizer, sids, stats = fit_semantic_ids(text.numpy(), cfg.quantizer, cfg.train.seed, progress)
+    save_tensors(path, tokenizer.state_dict())
+    write_json(run_dir / "index" / "sid_stats.json", stats)
+    save_tensors(sids_path, {"codes": torch.from_numpy(sids.codes)}, {"sizes": sids.sizes})
+    return tokenizer, sids
+
+
 def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
-    """Load data and text vectors, fit (or reload) the semantic IDs, build an untrained model."""
+    """Load data and text vectors, fit (or reload) the tokenizer, build an untrained model.
+
+    Two-stage: the SIDs are fixed now (plus a disambiguation code). Joint: the tokenizer
+    moves into the model and learns with it; the index is rebuilt from its deterministic
+    assignment whenever the model is evaluated (:meth:`Run.refresh_index`).
+    """
+    if cfg.train.strategy not in STRATEGIES:
+        raise ValueError(f"train.strategy {cfg.train.strategy!r}: expected one of {STRATEGIES}")
     seed_everything(cfg.train.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    dataset = load_dataset(cfg.data.source, cfg.data.format, cfg.data.text_fields).head(cfg.data.max_users)
+    full = load_dataset(cfg.data.source, cfg.data.format, cfg.data.text_fields)
+    dataset = full.head(cfg.data.max_users)
     splits = leave_one_out(dataset.interactions, cfg.data.max_history)
-    index_dir = run_dir / "index"
-    sids_path, text_path = index_dir / "sids.safetensors", index_dir / "item_text.safetensors"
-    if sids_path.exists() and text_path.exists():
-        text = load_tensors(text_path)[0]["vectors"]
-        tensors, meta = load_tensors(sids_path)
-        sids = SemanticIDs(tensors["codes"].numpy(), meta["sizes"])
-    else:
-        vectors = embed_texts(dataset.catalog.texts, cfg.text.model, cfg.text.batch_size, progress)
-        tokenizer, sids, stats = fit_semantic_ids(vectors, cfg.quantizer, cfg.train.seed, progress)
-        text = torch.from_numpy(vectors)
-        save_tensors(run_dir / "quantizer.safetensors", tokenizer.state_dict())
-        write_json(index_dir / "sid_stats.json", stats)
-        save_tensors(text_path, {"vectors": text})
-        save_tensors(sids_path, {"codes": torch.from_numpy(sids.codes)}, {"sizes": sids.sizes})
-    if len(sids.codes) != len(dataset.catalog):
-        raise ValueError(f"{sids_path}: {len(sids.codes)} items, but the catalog has {len(dataset.catalog)}")
+    text = item_text_vectors(cfg, full, dataset, run_dir, progress)
+    if len(text) != len(dataset.catalog):
+        raise ValueError(f"{run_dir / 'index'}: vectors of {len(text)} items, but the catalog has "
+                         f"{len(dataset.catalog)}; use a new run directory")
+    tokenizer, sids = tokenizer_and_sids(cfg, text, run_dir, progress)
+    uses_text = cfg.model.history_input.endswith("+text")
+    text_dim = text.shape[1] if uses_text else None
+    if cfg.train.strategy == "joint":
+        tokenizer.quantizer.assign = Assignment(cfg.quantizer.assignment)
+        model = GenerativeRecommender(cfg.quantizer.codebook_sizes, cfg.model, cfg.data.max_history, text_dim,
+                                      tokenizer)
+        run = Run(cfg, run_dir, dataset, splits, text, None, None, model)
+        run.refresh_index()
+        return run
     index = SIDIndex(sids.codes, sids.sizes)
-    uses_text = cfg.model.history_input == "codes+text"
     items = ItemFeatures(torch.from_numpy(sids.codes), text if uses_text else None)
-    model = GenerativeRecommender(sids.sizes, cfg.model, cfg.data.max_history, text.shape[1] if uses_text else None)
-    return Run(cfg, run_dir, dataset, splits, sids, index, items, model)
+    model = GenerativeRecommender(sids.sizes, cfg.model, cfg.data.max_history, text_dim)
+    return Run(cfg, run_dir, dataset, splits, text, index, items, model)
 
 
 def evaluate_split(run: Run, split: str, max_users: int = 0, progress: bool = False) -> dict[str, float]:
+    run.refresh_index()
     samples = getattr(run.splits, split).head(max_users)
     e = run.cfg.eval
     return evaluate_generative(run.model, run.index, samples, run.items, e.ks, e.beam_size, e.batch_size, progress)
@@ -100,6 +164,33 @@ def popularity_metrics(run: Run, split: str) -> dict[str, float]:
                               run.cfg.eval.ks)
 
 
+def test_analysis(run: Run, progress: bool = False) -> dict:
+    """Test metrics, hit@10 by item-popularity bucket (head -> tail), SID statistics and, for
+    joint runs, the hubness check (item-vector norm against popularity)."""
+    run.refresh_index()
+    test, e = run.splits.test, run.cfg.eval
+    ranked = recommend_items(run.model, run.index, test, run.items, e.beam_size, e.batch_size, progress)
+    popularity = np.bincount(run.splits.train.targets, minlength=len(run.dataset.catalog))
+    buckets = popularity_buckets(popularity)
+    codes = run.quantizer_codes()
+    out = {"test": metrics_from_ranks(rank_of_targets(ranked, test.targets), e.ks),
+           "test_by_popularity": hit_rate_by_bucket(ranked, test.targets, buckets),
+           "sid": {"sizes": run.index.sizes, "collision_rate": collision_rate(codes),
+                   "max_leaf_size": run.index.max_leaf_size,
+                   "code_usage": code_usage(codes, run.index.sizes[:codes.shape[1]])}}
+    if run.joint:
+        out["hubness"] = norm_vs_popularity(run.items.item_vectors.numpy(), popularity, buckets)
+    return out
+
+
+def validation_subset(samples: Samples, max_users: int, seed: int = 0) -> Samples:
+    """A fixed random subset of ``max_users`` samples (all when 0): unbiased, unlike the first N."""
+    if not max_users or max_users >= len(samples):
+        return samples
+    rows = np.sort(np.random.default_rng(seed).choice(len(samples), max_users, replace=False))
+    return Samples(samples.histories[rows], samples.targets[rows], samples.users[rows])
+
+
 def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True) -> dict:
     """Train and evaluate; resumes if ``run_dir`` holds a checkpoint of the same config."""
     run_dir = Path(run_dir)
@@ -110,19 +201,30 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     log = JsonlLog(run_dir / "log.jsonl")
     run = prepare(cfg, run_dir, progress)
     log.write(event="prepared", users=len(run.dataset.interactions), items=len(run.dataset.catalog),
-              train_samples=len(run.splits.train), sid_sizes=run.sids.sizes)
-    trainer = Trainer(run.model, cfg.train, run.splits.train, run.items, run_dir,
-                      validate=lambda _: evaluate_split(run, "valid", cfg.eval.max_users), progress=progress)
+              train_samples=len(run.splits.train), sid_sizes=run.index.sizes)
+    valid_subset = validation_subset(run.splits.valid, cfg.eval.max_users)
+
+    def validate(_: GenerativeRecommender) -> dict[str, float]:
+        run.refresh_index()
+        e = cfg.eval
+        return evaluate_generative(run.model, run.index, valid_subset, run.items, e.ks, e.beam_size, e.batch_size)
+
+    if run.joint:
+        objective = JointObjective(cfg, run.text)
+        observe = SIDMonitor(run.text, run.quantizer_codes(), run_dir / "index" / "codes_last_epoch.safetensors")
+    else:
+        objective, observe = NextTokenObjective(cfg), None
+    trainer = Trainer(run.model, cfg.train, run.splits.train, run.items, run_dir, validate, objective, observe,
+                      progress=progress)
     summary = trainer.fit()
     start = time.perf_counter()
     metrics = {
         "dataset": run.dataset.name,
-        "method": "two_stage",
+        "strategy": cfg.train.strategy,
         **summary,
         "valid": evaluate_split(run, "valid", progress=progress),
-        "test": evaluate_split(run, "test", progress=progress),
+        **test_analysis(run, progress),
         "most_popular": {"valid": popularity_metrics(run, "valid"), "test": popularity_metrics(run, "test")},
-        "sid": {"sizes": run.sids.sizes, "collision_rate": run.sids.collision_rate()},
     }
     metrics["eval_seconds"] = time.perf_counter() - start
     write_json(run_dir / "metrics.json", metrics)
@@ -142,4 +244,5 @@ def load_run(run_dir: str | Path) -> Run:
         raise FileNotFoundError(f"{weights}: the run has no trained model yet")
     run.model.load_state_dict(load_tensors(weights)[0])
     run.model.eval()
+    run.refresh_index()
     return run

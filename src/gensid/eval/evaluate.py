@@ -26,7 +26,7 @@ def recommend_items(model: GenerativeRecommender, index: SIDIndex, samples: Samp
         rows = order[start:start + batch_size]
         batch = Batch.build(samples, rows, items)
         result = constrained_beam_search(model, index, batch.history_codes, batch.history_mask, beam_size,
-                                         batch.history_text)
+                                         batch.history_text, batch.history_vectors, items.item_vectors)
         ranked[rows, : result.items.shape[1]] = result.items.numpy()
     return ranked
 

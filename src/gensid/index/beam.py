@@ -1,10 +1,13 @@
 """Trie-constrained beam search over full SIDs, vectorised over users and beams.
 
 Every step masks the logits of codes that lead out of the trie with -inf, so a
-returned SID is always a real item's. Ranking rule: items are ordered by the sum of
-their per-position log-probabilities; exact ties go to the lower item id. Items that
-share the quantizer codes differ in the disambiguation code, whose probability the
-model learns, so they are ranked like any other items (never de-duplicated).
+returned SID is always a real item's. Ranking rule, coarse to fine: the final beams'
+leaves are expanded into their items (the inverted index SID -> items), and items are
+ordered by the beam's summed log-probability, then by the cosine between the user's
+context vector and the item vector (when ``item_vectors`` is given: the joint
+strategies' geometric verification), then by lower item id. Items that share a SID
+are all ranked, never de-duplicated; with TIGER's disambiguation code each leaf holds
+one item and its probability is learned like any other code's.
 Decoding is incremental (:mod:`gensid.model.decoding`): each step runs the decoder on
 one new token per beam, with cached self- and cross-attention keys/values.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from gensid.index.sid_index import SIDIndex
 from gensid.model.decoding import IncrementalDecoder
@@ -29,9 +33,13 @@ class BeamResult:
 @torch.no_grad()
 def constrained_beam_search(model: GenerativeRecommender, index: SIDIndex, history_codes: torch.Tensor,
                             history_mask: torch.Tensor, beam_size: int,
-                            history_text: torch.Tensor | None = None) -> BeamResult:
-    """history_codes [B, H, L], history_mask [B, H] -> top ``beam_size`` items per user."""
-    memory = model.encode(history_codes, history_mask, history_text)
+                            history_text: torch.Tensor | None = None,
+                            history_vectors: torch.Tensor | None = None,
+                            item_vectors: torch.Tensor | None = None) -> BeamResult:
+    """history_codes [B, H, L], history_mask [B, H] (history_text [B, H, T] and history_vectors
+    [B, H, d] as the model reads them; item_vectors [N, d] for geometric verification)
+    -> top ``beam_size`` items per user."""
+    memory = model.encode(history_codes, history_mask, history_text, history_vectors)
     decoder = IncrementalDecoder(model)
     cache = decoder.start(memory, model.memory_mask(history_mask))
     batch = memory.shape[0]
@@ -50,9 +58,18 @@ def constrained_beam_search(model: GenerativeRecommender, index: SIDIndex, histo
         if m + 1 < index.num_levels:
             cache.reorder(parent)
             tokens = decoder.embed(code, m)
-    items = torch.where(node >= 0, index.leaf_item[node.clamp(min=0)], -1)
-    # deterministic ties: order by item id, then a stable sort by score
-    by_item = items.masked_fill(items < 0, torch.iinfo(torch.long).max).argsort(dim=1, stable=True)
-    items, scores = items.gather(1, by_item), scores.gather(1, by_item)
-    by_score = scores.argsort(dim=1, descending=True, stable=True)
-    return BeamResult(items.gather(1, by_score), scores.gather(1, by_score))
+    items, valid = index.items_of_leaves(node)  # [B, W, S]
+    items = items.view(batch, -1)
+    scores = scores.unsqueeze(-1).expand(-1, -1, valid.shape[-1]).masked_fill(~valid, float("-inf"))
+    scores = scores.reshape(batch, -1)
+    # stable sorts from the finest key to the coarsest: item id, verification cosine, beam score
+    order = items.masked_fill(items < 0, torch.iinfo(torch.long).max).argsort(dim=1, stable=True)
+    items, scores = items.gather(1, order), scores.gather(1, order)
+    if item_vectors is not None:
+        context = F.normalize(model.context(memory, model.memory_mask(history_mask)), dim=-1)
+        cosine = (F.normalize(item_vectors, dim=-1)[items.clamp(min=0)] @ context.unsqueeze(-1)).squeeze(-1)
+        order = cosine.argsort(dim=1, descending=True, stable=True)
+        items, scores = items.gather(1, order), scores.gather(1, order)
+    order = scores.argsort(dim=1, descending=True, stable=True)[:, :beam_size]
+    items, scores = items.gather(1, order), scores.gather(1, order)
+    return BeamResult(items.masked_fill(~torch.isfinite(scores), -1), scores)

@@ -1,10 +1,15 @@
-"""A trie over full semantic IDs stored as one dense child table per level.
+"""A trie over semantic IDs stored as one dense child table per level, plus leaf item lists.
 
 Node ids at depth m number the distinct length-m prefixes. ``children[m]`` is an
 int64 tensor [num_nodes_m, K_m]: the depth-(m+1) node reached by code k from node
 n, or -1 if no item has that prefix. Masking logits with ``children[m][node] >= 0``
-is all a beam step needs: one gather, no Python loop over beams or codes. Full SIDs
-end in a disambiguation code, so each leaf is exactly one item (``leaf_item``).
+is all a beam step needs: one gather, no Python loop over beams or codes.
+
+A leaf (a full SID) holds one or more items (the inverted index SID -> items), stored
+CSR-style: the items of leaf ``l`` are ``leaf_items[leaf_start[l]:leaf_start[l + 1]]``,
+in item-id order. With TIGER's disambiguation code every leaf holds one item; with
+the learnable SIDs of the joint strategies items may share a leaf and are ordered by
+a geometric score at search time.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 
 class SIDIndex:
     def __init__(self, codes: np.ndarray, sizes: list[int]):
-        """codes [N, L] int64 full SIDs (unique rows), sizes [L] vocabulary per position."""
+        """codes [N, L] int64 SIDs, sizes [L] vocabulary per position."""
         codes = np.asarray(codes, dtype=np.int64)
         if codes.ndim != 2 or codes.shape[1] != len(sizes):
             raise ValueError(f"codes must be [N, {len(sizes)}], got {codes.shape}")
@@ -33,12 +38,12 @@ class SIDIndex:
             table = np.full((int(node_of_prefix[m].max()) + 1, k), -1, dtype=np.int64)
             table[node_of_prefix[m], codes[:, m]] = node_of_prefix[m + 1]
             self.children.append(torch.from_numpy(table))
-        leaves = node_of_prefix[-1]
-        if len(np.unique(leaves)) != len(codes):
-            raise ValueError("two items share a full SID; add a disambiguation code first")
-        leaf_item = np.empty(len(codes), dtype=np.int64)
-        leaf_item[leaves] = np.arange(len(codes))
-        self.leaf_item = torch.from_numpy(leaf_item)
+        leaf_of_item = node_of_prefix[-1]
+        order = np.lexsort((np.arange(len(codes)), leaf_of_item))  # by leaf, then item id
+        counts = np.bincount(leaf_of_item, minlength=int(leaf_of_item.max()) + 1 if len(codes) else 0)
+        self.leaf_items = torch.from_numpy(order.astype(np.int64))
+        self.leaf_start = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+        self.max_leaf_size = int(counts.max()) if len(counts) else 0
 
     @property
     def num_levels(self) -> int:
@@ -46,6 +51,22 @@ class SIDIndex:
 
     def __len__(self) -> int:
         return len(self.codes)
+
+    def collision_rate(self) -> float:
+        """Share of items whose leaf holds another item too."""
+        sizes = (self.leaf_start[1:] - self.leaf_start[:-1]).numpy()
+        return float(sizes[sizes > 1].sum() / max(len(self.codes), 1))
+
+    def items_of_leaves(self, leaves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """leaves [...] (-1 = none) -> items [..., S] (-1 padded), S = largest leaf among them."""
+        safe = leaves.clamp(min=0)
+        start, count = self.leaf_start[safe], self.leaf_start[safe + 1] - self.leaf_start[safe]
+        count = torch.where(leaves >= 0, count, 0)
+        width = max(int(count.max()) if count.numel() else 0, 1)
+        offset = torch.arange(width)
+        valid = offset < count.unsqueeze(-1)
+        position = (start.unsqueeze(-1) + offset).clamp(max=len(self.leaf_items) - 1)
+        return torch.where(valid, self.leaf_items[position], -1), valid
 
     def is_valid(self, sid: torch.Tensor) -> torch.Tensor:
         """[B, L] codes -> [B] bool: is this a full SID of some item?"""

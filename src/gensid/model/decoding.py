@@ -98,7 +98,7 @@ class IncrementalDecoder:
 
     def embed(self, codes: torch.Tensor, level: int) -> torch.Tensor:
         """Decoder input for the code just chosen at ``level``: [B, W] -> [B, W, d]."""
-        return self.model.code_embeddings[level](codes)
+        return self.model.code_vectors(level, codes)
 
     def bos(self, batch: int) -> torch.Tensor:
         return self.model.bos.expand(batch, 1, -1)

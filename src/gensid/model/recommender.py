@@ -10,8 +10,15 @@ disambiguation code), d = ``d_model``.
 - The decoder reads ``[BOS, c_1, ..., c_{L-1}]`` and emits the logits of ``c_1..c_L``,
   one :class:`CodeHead` per position, so position m can only emit codes of level m.
 - A head's weight is a ``[K_m, d]`` matrix; scoring is dot product or scaled cosine
-  (``gamma * cos``, learnable ``gamma``), which lets a later strategy make the head
-  *be* a quantizer codebook.
+  (``gamma * cos``, learnable ``gamma``).
+
+With a ``tokenizer`` (the joint strategies) the item side lives in the model and
+learns with it: the decoder's input for a code is the quantizer's codebook vector
+(during training the assignment's soft/straight-through vector, so the next-token
+loss reaches the codebooks and the item encoder), history items can be fed as their
+quantized vectors, the heads can *be* the codebooks (``tie_heads``: DGI's symmetric
+weight sharing), and a context vector (pooled memory) is scored against item vectors
+for in-batch InfoNCE and to order items that share a SID.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from gensid.config import ModelConfig
+from gensid.quantize.residual import ResidualQuantizer
+from gensid.quantize.rqvae import RQVAE
 
-HISTORY_INPUTS = ("codes", "codes+text", "code_tokens")
+HISTORY_INPUTS = ("codes", "codes+text", "quantized", "quantized+text", "code_tokens")
 
 
 class CodeHead(nn.Module):
@@ -37,30 +46,59 @@ class CodeHead(nn.Module):
         self.log_gamma = nn.Parameter(torch.tensor(float(gamma_init)).log()) if logits == "cosine" else None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.log_gamma is None:
-            return h @ self.weight.T
-        return self.log_gamma.exp() * F.normalize(h, dim=-1) @ F.normalize(self.weight, dim=-1).T
+        return score(h, self.weight, self.log_gamma)
+
+
+class TiedHead(nn.Module):
+    """A head whose weight *is* codebook ``level`` of ``quantizer`` (same storage)."""
+
+    def __init__(self, quantizer: ResidualQuantizer, level: int, logits: str = "dot", gamma_init: float = 30.0):
+        super().__init__()
+        self._quantizer = [quantizer]  # a list: not registered twice as a submodule
+        self.level = level
+        self.log_gamma = nn.Parameter(torch.tensor(float(gamma_init)).log()) if logits == "cosine" else None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._quantizer[0].codebooks[self.level]
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return score(h, self.weight, self.log_gamma)
+
+
+def score(h: torch.Tensor, weight: torch.Tensor, log_gamma: torch.Tensor | None) -> torch.Tensor:
+    """[*, d] x [K, d] -> [*, K]: dot product, or ``gamma * cos`` when ``log_gamma`` is given."""
+    if log_gamma is None:
+        return h @ weight.T
+    return log_gamma.exp() * F.normalize(h, dim=-1) @ F.normalize(weight, dim=-1).T
 
 
 class GenerativeRecommender(nn.Module):
     def __init__(self, code_sizes: list[int], cfg: ModelConfig, max_history: int,
-                 text_dim: int | None = None):
+                 text_dim: int | None = None, tokenizer: RQVAE | None = None):
         super().__init__()
         if cfg.history_input not in HISTORY_INPUTS:
             raise ValueError(f"model.history_input {cfg.history_input!r}: expected one of {HISTORY_INPUTS}")
-        if cfg.history_input == "codes+text" and text_dim is None:
-            raise ValueError("model.history_input codes+text needs item text vectors")
+        if cfg.history_input.endswith("+text") and text_dim is None:
+            raise ValueError(f"model.history_input {cfg.history_input} needs item text vectors")
+        if tokenizer is None and (cfg.history_input.startswith("quantized") or cfg.tie_heads):
+            raise ValueError("model.history_input quantized and model.tie_heads need train.strategy=joint")
+        if tokenizer is not None and tokenizer.quantizer.dim != cfg.d_model:
+            raise ValueError(f"joint training feeds codebook vectors to the decoder: quantizer.latent_dim "
+                             f"({tokenizer.quantizer.dim}) must equal model.d_model ({cfg.d_model})")
         d = cfg.d_model
         self.code_sizes = list(code_sizes)
         self.cfg = cfg
-        # per-level code embeddings, shared by the history tokens and the decoder inputs
+        self.tokenizer = tokenizer
+        # per-level code embeddings: the history tokens (codes*) and, without a tokenizer,
+        # the decoder inputs; with a tokenizer the decoder reads codebook vectors
         self.code_embeddings = nn.ModuleList([nn.Embedding(k, d) for k in code_sizes])
         if cfg.embedding_init_std > 0:
             # small init (as GPT-2): torch's N(0, 1) default drowns the text projection and
             # takes Adam thousands of steps to reshape
             for emb in self.code_embeddings:
                 nn.init.normal_(emb.weight, std=cfg.embedding_init_std)
-        self.text_proj = nn.Linear(text_dim, d) if cfg.history_input == "codes+text" else None
+        self.text_proj = nn.Linear(text_dim, d) if cfg.history_input.endswith("+text") else None
         self.history_pos = nn.Parameter(torch.randn(max_history, d) * 0.02)
         self.code_pos = nn.Parameter(torch.randn(len(code_sizes), d) * 0.02)
         self.bos = nn.Parameter(torch.randn(d) * 0.02)
@@ -73,7 +111,11 @@ class GenerativeRecommender(nn.Module):
                                              norm=nn.LayerNorm(d), enable_nested_tensor=False)
         self.decoder = nn.TransformerDecoder(layer(nn.TransformerDecoderLayer), cfg.decoder_layers,
                                              norm=nn.LayerNorm(d))
-        self.heads = nn.ModuleList([CodeHead(k, d, cfg.logits) for k in code_sizes])
+        if cfg.tie_heads:
+            self.heads = nn.ModuleList([TiedHead(tokenizer.quantizer, m, cfg.logits) for m in range(len(code_sizes))])
+        else:
+            self.heads = nn.ModuleList([CodeHead(k, d, cfg.logits) for k in code_sizes])
+        self.context_proj = nn.Linear(d, d) if tokenizer is not None else None
         self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(len(code_sizes)),
                              persistent=False)
 
@@ -85,14 +127,22 @@ class GenerativeRecommender(nn.Module):
         """[..., L] codes -> [..., d] sum of the per-level code embeddings."""
         return sum(emb(codes[..., m]) for m, emb in enumerate(self.code_embeddings))
 
+    def code_vectors(self, level: int, codes: torch.Tensor) -> torch.Tensor:
+        """Decoder input for chosen codes of ``level``: [...] -> [..., d]."""
+        if self.tokenizer is not None:
+            return self.tokenizer.quantizer.codebook(level)[codes]
+        return self.code_embeddings[level](codes)
+
     def encode(self, history_codes: torch.Tensor, history_mask: torch.Tensor,
-               history_text: torch.Tensor | None = None) -> torch.Tensor:
+               history_text: torch.Tensor | None = None, history_vectors: torch.Tensor | None = None
+               ) -> torch.Tensor:
         """history_codes [B, H, L] (any value where masked), history_mask [B, H] True = real item,
-        history_text [B, H, text_dim] or None -> memory [B, H, d]."""
+        history_text [B, H, text_dim] or None, history_vectors [B, H, d] quantized item vectors
+        (history_input quantized*) -> memory [B, H, d]."""
         codes = history_codes.clamp(min=0)
         if self.cfg.history_input == "code_tokens":
             return self._encode_code_tokens(codes, history_mask)
-        tokens = self.embed_items(codes)
+        tokens = history_vectors if self.cfg.history_input.startswith("quantized") else self.embed_items(codes)
         if self.text_proj is not None:
             tokens = tokens + self.text_proj(history_text)
         tokens = tokens + self.history_pos[-tokens.shape[1]:]
@@ -112,12 +162,21 @@ class GenerativeRecommender(nn.Module):
             return history_mask.repeat_interleave(self.num_levels, 1)
         return history_mask
 
+    def context(self, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        """The user's context vector [B, d]: projected mean of the real memory tokens (joint only)."""
+        weights = memory_mask.unsqueeze(-1).to(memory.dtype)
+        pooled = (memory * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return self.context_proj(pooled)
+
     def decode(self, memory: torch.Tensor, memory_mask: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        """memory [B, H, d], memory_mask [B, H], prefix [B, m] codes of levels 0..m-1
-        -> hidden states [B, m+1, d] (the last one predicts level m)."""
+        """memory [B, H, d], memory_mask [B, H], prefix [B, m] codes of levels 0..m-1, or their
+        decoder input vectors [B, m, d] -> hidden states [B, m+1, d] (the last predicts level m)."""
         steps = [self.bos.expand(prefix.shape[0], 1, -1)]
         if prefix.shape[1]:
-            steps.append(torch.stack([self.code_embeddings[m](prefix[:, m]) for m in range(prefix.shape[1])], 1))
+            if prefix.is_floating_point():
+                steps.append(prefix)
+            else:
+                steps.append(torch.stack([self.code_vectors(m, prefix[:, m]) for m in range(prefix.shape[1])], 1))
         x = torch.cat(steps, 1) + self.code_pos[: prefix.shape[1] + 1]
         n = x.shape[1]
         return self.decoder(x, memory, tgt_mask=self.causal_mask[:n, :n], tgt_is_causal=True,
@@ -127,7 +186,12 @@ class GenerativeRecommender(nn.Module):
                 history_text: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Teacher forcing: target_codes [B, L] -> L logits tensors [B, K_m]."""
         memory = self.encode(history_codes, history_mask, history_text)
-        hidden = self.decode(memory, self.memory_mask(history_mask), target_codes[:, :-1])
+        return self.code_logits(memory, history_mask, target_codes[:, :-1])
+
+    def code_logits(self, memory: torch.Tensor, history_mask: torch.Tensor, prefix: torch.Tensor
+                    ) -> list[torch.Tensor]:
+        """Teacher forcing from memory; prefix as in :meth:`decode` (all L-1 levels) -> L x [B, K_m]."""
+        hidden = self.decode(memory, self.memory_mask(history_mask), prefix)
         return [head(hidden[:, m]) for m, head in enumerate(self.heads)]
 
     def loss(self, logits: list[torch.Tensor], target_codes: torch.Tensor, label_smoothing: float = 0.0

@@ -11,6 +11,9 @@ that flow on. Swappable by name; each decides where gradients go.
 - ``dril`` (DIGER): Gumbel noise on the logits, the hard code of the noisy logits in the
   forward pass, gradients through the soft probabilities ``softmax(noisy / T)``.
 
+``noise_weight`` (a scalar or a per-code [K] tensor) multiplies the Gumbel noise: the
+quantizer's uncertainty decay sets it (SDUD: a learned scale; FrqUD: 1 on hot codes only).
+
 In eval mode (``training=False``) every strategy is the deterministic argmax.
 """
 
@@ -32,14 +35,14 @@ class Assignment:
 
     name: str = "argmax"
     tau: float = 1.0  # gumbel_soft temperature (annealed by the caller) / dril temperature
-    noise_scale: float = 1.0  # dril: multiplies the Gumbel noise (uncertainty decay sets it)
 
     def __post_init__(self) -> None:
         if self.name not in ASSIGNMENTS:
             raise ValueError(f"assignment {self.name!r}: expected one of {sorted(ASSIGNMENTS)}")
 
     def __call__(self, logits: torch.Tensor, codebook: torch.Tensor, residual: torch.Tensor,
-                 training: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                 training: bool = True, noise_weight: torch.Tensor | float = 1.0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         if not training or self.name == "argmax":
             codes = logits.argmax(-1)
             return codes, codebook[codes].detach() if self.name == "argmax" else codebook[codes]
@@ -47,7 +50,7 @@ class Assignment:
             codes = logits.argmax(-1)
             hard = codebook[codes]
             return codes, residual + (hard - residual).detach()
-        noisy = logits + self.noise_scale * gumbel_noise(logits)
+        noisy = logits + noise_weight * gumbel_noise(logits)
         probs = (noisy / self.tau).softmax(-1)
         soft = probs @ codebook
         codes = noisy.argmax(-1)

@@ -2,6 +2,15 @@
 
 Geometry ``euclidean`` scores codes by ``-||r - e||^2``; ``cosine`` L2-normalises the
 input and the codebooks and scores by ``gamma * cos(r, e)`` with a learnable ``gamma``.
+
+Uncertainty decay (DIGER) scales the Gumbel noise of the ``dril`` assignment:
+
+- ``sdud``: a learned scale ``sigma``. :meth:`ResidualQuantizer.sdud_loss` ties it to the
+  next-SID loss, ``L / (2 sigma^2 log K) + log sigma``, whose minimum is at
+  ``sigma^2 = L / log K``: sigma starts near 1 (``L`` of a uniform guess is ``log K``)
+  and decays as the recommender's loss falls.
+- ``frqud``: an EMA of each code's assignment frequency; only "hot" codes, used more
+  than ``ratio / K``, get noise, which pushes items off over-used codes.
 """
 
 from __future__ import annotations
@@ -28,17 +37,24 @@ class QuantizerOutput:
 
 class ResidualQuantizer(nn.Module):
     def __init__(self, dim: int, codebook_sizes: list[int], geometry: str = "euclidean",
-                 assignment: str = "argmax", beta: float = 0.25, gamma_init: float = 30.0):
+                 assignment: str = "argmax", beta: float = 0.25, gamma_init: float = 30.0,
+                 decay: str = "none", frqud_ratio: float = 2.0, frqud_momentum: float = 0.99):
         super().__init__()
         if geometry not in ("euclidean", "cosine"):
             raise ValueError(f"geometry {geometry!r}: expected euclidean or cosine")
+        if decay not in DECAYS:
+            raise ValueError(f"decay {decay!r}: expected one of {DECAYS}")
         self.assign = Assignment(assignment)
         self.dim, self.geometry, self.beta = dim, geometry, beta
+        self.decay, self.frqud_ratio, self.frqud_momentum = decay, frqud_ratio, frqud_momentum
         self.codebook_sizes = list(codebook_sizes)
         self.codebooks = nn.ParameterList(
             [nn.Parameter(torch.randn(k, dim) / dim**0.5) for k in codebook_sizes]
         )
         self.log_gamma = nn.Parameter(torch.tensor(float(np.log(gamma_init))))
+        self.log_sigma = nn.Parameter(torch.zeros(())) if decay == "sdud" else None
+        for level, k in enumerate(codebook_sizes):  # FrqUD's EMA code frequencies
+            self.register_buffer(f"usage_{level}", torch.full((k,), 1.0 / k))
 
     @property
     def num_levels(self) -> int:
@@ -59,14 +75,37 @@ class ResidualQuantizer(nn.Module):
             return self.log_gamma.exp() * F.normalize(residual, dim=-1) @ book.T
         return -(residual.pow(2).sum(-1, keepdim=True) - 2 * residual @ book.T + book.pow(2).sum(-1))
 
-    def forward(self, x: torch.Tensor) -> QuantizerOutput:
+    def usage(self, level: int) -> torch.Tensor:
+        return getattr(self, f"usage_{level}")
+
+    def noise_weight(self, level: int) -> torch.Tensor | float:
+        """Multiplier of the Gumbel noise at ``level``: scalar or [K]."""
+        if self.decay == "sdud":
+            return self.log_sigma.exp().detach()  # set by sdud_loss only, not by the noise's effect
+        if self.decay == "frqud":
+            return (self.usage(level) > self.frqud_ratio / self.codebook_sizes[level]).float()
+        return 1.0
+
+    def sdud_loss(self, next_sid_loss: torch.Tensor) -> torch.Tensor:
+        """SDUD's auxiliary objective for ``sigma`` (zero without SDUD)."""
+        if self.log_sigma is None:
+            return next_sid_loss.new_zeros(())
+        log_k = float(np.log(max(self.codebook_sizes)))
+        return next_sid_loss.detach() / (2 * log_k) * torch.exp(-2 * self.log_sigma) + self.log_sigma
+
+    def forward(self, x: torch.Tensor, track_usage: bool = True) -> QuantizerOutput:
+        """x [N, dim] -> codes, vectors and losses under the assignment strategy (the
+        deterministic argmax in eval mode). ``track_usage=False``: leave FrqUD's EMA alone."""
         residual = self.prepare(x)
         codes, vectors, logits = [], [], []
         loss = x.new_zeros(())
         for level in range(self.num_levels):
             book = self.codebook(level)
             scores = self.level_logits(level, residual)
-            code, vector = self.assign(scores, book, residual, self.training)
+            code, vector = self.assign(scores, book, residual, self.training, self.noise_weight(level))
+            if self.training and track_usage and self.decay == "frqud":
+                freq = torch.bincount(code, minlength=len(book)).float() / len(code)
+                self.usage(level).lerp_(freq, 1 - self.frqud_momentum)
             hard = book[code]
             loss = loss + F.mse_loss(hard, residual.detach()) + self.beta * F.mse_loss(residual, hard.detach())
             codes.append(code)
@@ -102,6 +141,9 @@ class ResidualQuantizer(nn.Module):
             book = self.codebook(level).double().numpy()
             scores = self.level_logits(level, torch.from_numpy(residual).float()).numpy()
             residual = residual - book[scores.argmax(-1)]
+
+
+DECAYS = ("none", "sdud", "frqud")
 
 
 def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 25, spherical: bool = False) -> np.ndarray:

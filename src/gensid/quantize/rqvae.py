@@ -43,15 +43,20 @@ class RQVAE(nn.Module):
             raise ValueError(f"quantizer.method {cfg.method!r}: expected rqkmeans or rqvae")
         self.encoder = mlp(dims)
         self.decoder = mlp(dims[::-1])
-        self.quantizer = ResidualQuantizer(latent, cfg.codebook_sizes, cfg.geometry, assignment, cfg.beta)
+        self.quantizer = ResidualQuantizer(latent, cfg.codebook_sizes, cfg.geometry, assignment, cfg.beta,
+                                           decay=cfg.decay, frqud_ratio=cfg.frqud_ratio)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (reconstruction [N, in_dim], loss scalar)."""
-        z = self.encoder(x)
-        out = self.quantizer(z)
-        recon = self.decoder(out.quantized)
+        out = self.quantizer(self.encoder(x))
+        recon, mse = self.reconstruct(out.quantized, x)
+        return recon, mse + out.loss
+
+    def reconstruct(self, quantized: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder output [N, in_dim] and its MSE against ``x`` (L2-normalised under cosine)."""
+        recon = self.decoder(quantized)
         target = F.normalize(x, dim=-1) if self.quantizer.geometry == "cosine" else x
-        return recon, F.mse_loss(recon, target) + out.loss
+        return recon, F.mse_loss(recon, target)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Samples (item ids) -> model tensors (codes, masks, text vectors)."""
+"""Samples (item ids) -> model tensors (codes, masks, text and item vectors)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,27 @@ from gensid.data.splits import Samples
 
 @dataclass
 class ItemFeatures:
-    """Per-item inputs the model reads: codes [N, L] long and text vectors [N, D] or None."""
+    """Per-item inputs the model reads, N items.
+
+    codes [N, L] long; text [N, T] frozen text vectors (history_input ``*+text``, and the
+    joint strategies' item encoder input); quantized [N, d] deterministic quantized vectors
+    (history_input ``quantized*``); item_vectors [N, d] the item encoder's ``z_base``, used
+    to order items that share a SID (joint strategies).
+    """
 
     codes: torch.Tensor
     text: torch.Tensor | None = None
+    quantized: torch.Tensor | None = None
+    item_vectors: torch.Tensor | None = None
 
 
 @dataclass
 class Batch:
+    history_items: torch.Tensor  # [B, H] item ids (0 where masked)
     history_codes: torch.Tensor  # [B, H, L]
     history_mask: torch.Tensor  # [B, H] bool, True = real item
-    history_text: torch.Tensor | None  # [B, H, D]
+    history_text: torch.Tensor | None  # [B, H, T]
+    history_vectors: torch.Tensor | None  # [B, H, d]
     target_codes: torch.Tensor  # [B, L]
     targets: torch.Tensor  # [B] item ids
 
@@ -36,4 +46,5 @@ class Batch:
         safe = hist.clamp(min=0)
         targets = torch.from_numpy(samples.targets[rows])
         text = items.text[safe] if items.text is not None else None
-        return cls(items.codes[safe], mask, text, items.codes[targets], targets)
+        vectors = items.quantized[safe] if items.quantized is not None else None
+        return cls(safe, items.codes[safe], mask, text, vectors, items.codes[targets], targets)

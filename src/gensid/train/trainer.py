@@ -23,7 +23,10 @@ from gensid.data.splits import Samples
 from gensid.io import JsonlLog, load_tensors, save_tensors
 from gensid.model.recommender import GenerativeRecommender
 from gensid.train.batches import Batch, ItemFeatures
+from gensid.train.objectives import JointObjective, NextTokenObjective
 from gensid.train.schedule import warmup_linear
+
+Objective = NextTokenObjective | JointObjective
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -63,15 +66,23 @@ def length_bucketed_batches(samples: Samples, batch_size: int, rng: np.random.Ge
 
 
 class Trainer:
+    """Trains ``model`` on ``train`` with ``objective`` (see :mod:`gensid.train.objectives`).
+
+    ``validate(model) -> metrics`` picks the best epoch; ``observe(model) -> dict`` (optional)
+    adds per-epoch analyses (SID drift, code usage, ...) to the log.
+    """
+
     def __init__(self, model: GenerativeRecommender, cfg: TrainConfig, train: Samples, items: ItemFeatures,
                  run_dir: str | Path, validate: Callable[[GenerativeRecommender], dict[str, float]],
+                 objective: Objective, observe: Callable[[GenerativeRecommender], dict] | None = None,
                  monitor: str = "ndcg@10", progress: bool = True):
         self.model, self.cfg, self.train, self.items = model, cfg, train, items
         self.run_dir = Path(run_dir)
-        self.validate, self.monitor, self.progress = validate, monitor, progress
+        self.validate, self.objective, self.observe = validate, objective, observe
+        self.monitor, self.progress = monitor, progress
         self.log = JsonlLog(self.run_dir / "log.jsonl")
         self.steps_per_epoch = -(-len(train) // cfg.batch_size)
-        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(objective.param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = warmup_linear(self.opt, cfg.warmup_steps, cfg.epochs * self.steps_per_epoch)
         self.epoch, self.best_score, self.best_epoch, self.elapsed = 0, -1.0, -1, 0.0
         self.stale = 0
@@ -109,30 +120,41 @@ class Trainer:
     def _autocast(self):
         return torch.autocast("cpu", dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
 
-    def train_epoch(self) -> float:
+    def train_epoch(self) -> dict:
+        """One pass over the training samples -> mean loss terms and item-encoder gradient norms."""
         self.model.train()
         torch.manual_seed(self.cfg.seed * 100_003 + self.epoch)
         batches = length_bucketed_batches(self.train, self.cfg.batch_size,
                                           np.random.default_rng([self.cfg.seed, self.epoch]))
-        total, count = 0.0, 0
+        totals: dict[str, float] = {}
+        grad_norms: list[float] = []
+        count = 0
+        item_encoder = self.model.tokenizer.encoder if self.model.tokenizer is not None else None
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", disable=not self.progress,
                    leave=False)
+        total_steps = self.cfg.epochs * self.steps_per_epoch
         for step, rows in enumerate(bar):
             batch = Batch.build(self.train, rows, self.items)
             with self._autocast():
-                logits = self.model(batch.history_codes, batch.history_mask, batch.target_codes,
-                                    batch.history_text)
-            loss = self.model.loss(logits, batch.target_codes, self.cfg.label_smoothing)
+                terms = self.objective(self.model, batch, (self.epoch * self.steps_per_epoch + step) / total_steps)
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            terms["total"].backward()
+            if item_encoder is not None:
+                grads = [p.grad for p in item_encoder.parameters() if p.grad is not None]
+                grad_norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+                                  if grads else 0.0)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.opt.step()
             self.sched.step()
-            total += loss.item() * len(rows)
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + value.item() * len(rows)
             count += len(rows)
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{total / count:.4f}")
-        return total / count
+                bar.set_postfix(loss=f"{totals['total'] / count:.4f}")
+        out: dict = {name: value / count for name, value in totals.items()}
+        if grad_norms:
+            out["item_encoder_grad_norm"] = grad_norms
+        return out
 
     def fit(self) -> dict:
         """Train until ``epochs``, ``max_minutes`` or ``patience`` stops it; keep the best model."""
@@ -145,10 +167,14 @@ class Trainer:
                 self.log.write(event="early_stop", epoch=self.epoch)
                 break
             start = time.perf_counter()
-            loss = self.train_epoch()
+            terms = self.train_epoch()
             self.elapsed += time.perf_counter() - start
             self.epoch += 1
-            record = {"event": "epoch", "epoch": self.epoch, "loss": loss, "train_minutes": self.elapsed / 60}
+            loss = terms.pop("total")
+            record = {"event": "epoch", "epoch": self.epoch, "loss": loss, "terms": terms,
+                      "train_minutes": self.elapsed / 60}
+            if self.observe is not None:
+                record["analysis"] = self.observe(self.model)
             if self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs:
                 metrics = self.validate(self.model)
                 record["valid"] = metrics

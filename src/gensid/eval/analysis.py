@@ -1,0 +1,94 @@
+"""Mechanism analyses of learnable SIDs: drift, train/inference agreement, code usage,
+hubness and hit rate by item popularity. All work on plain arrays so they apply to any run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from gensid.io import load_tensors, save_tensors
+from gensid.model.recommender import GenerativeRecommender
+from gensid.quantize.sids import code_usage
+from gensid.train.objectives import item_snapshot
+
+
+def sid_drift(before: np.ndarray, after: np.ndarray) -> float:
+    """Share of items whose SID [N, L] changed."""
+    return float((np.asarray(before) != np.asarray(after)).any(1).mean())
+
+
+@torch.no_grad()
+def assignment_agreement(model: GenerativeRecommender, text: torch.Tensor, deterministic: np.ndarray) -> dict:
+    """Share of items whose training-time (noisy) codes equal the inference codes, overall and per level."""
+    tokenizer = model.tokenizer
+    was_training = tokenizer.training
+    tokenizer.train()
+    codes = tokenizer.quantizer(tokenizer.encoder(text), track_usage=False).codes.numpy()
+    tokenizer.train(was_training)
+    same = codes == deterministic
+    return {"all": float(same.all(1).mean()), "per_level": same.mean(0).round(4).tolist()}
+
+
+class SIDMonitor:
+    """Per-epoch analysis of a joint run's item side; remembers the initial and last SIDs.
+
+    The last epoch's codes are kept in ``codes_path`` so a resumed run measures drift
+    against the epoch before the interruption.
+    """
+
+    def __init__(self, text: torch.Tensor, initial_codes: np.ndarray, codes_path: Path):
+        self.text, self.initial, self.codes_path = text, np.asarray(initial_codes), Path(codes_path)
+
+    def __call__(self, model: GenerativeRecommender) -> dict:
+        snap = item_snapshot(model, self.text, keep_text=False)
+        codes = snap.codes.numpy()
+        previous = load_tensors(self.codes_path)[0]["codes"].numpy() if self.codes_path.exists() else self.initial
+        save_tensors(self.codes_path, {"codes": snap.codes})
+        sizes = model.tokenizer.quantizer.codebook_sizes
+        usage = code_usage(codes, sizes)
+        for level, entry in enumerate(usage):
+            entry["histogram"] = np.bincount(codes[:, level], minlength=sizes[level]).tolist()
+        out = {"drift_incremental": sid_drift(previous, codes), "drift_cumulative": sid_drift(self.initial, codes),
+               "agreement": assignment_agreement(model, self.text, codes), "code_usage": usage,
+               "collision_rate": collision_rate(codes)}
+        quantizer = model.tokenizer.quantizer
+        if quantizer.log_sigma is not None:
+            out["sdud_sigma"] = float(quantizer.log_sigma.exp())
+        return out
+
+
+def collision_rate(codes: np.ndarray) -> float:
+    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    return float((counts[inverse.reshape(-1)] > 1).mean())
+
+
+def popularity_buckets(popularity: np.ndarray, buckets: int = 5) -> np.ndarray:
+    """Bucket of each item [N]: items sorted by popularity (most first) and cut into ``buckets``
+    groups with equal shares of the training interactions; 0 = head, buckets-1 = tail."""
+    order = np.argsort(-popularity, kind="stable")
+    share = np.cumsum(popularity[order]) / max(popularity.sum(), 1)
+    bucket = np.empty(len(popularity), dtype=np.int64)
+    bucket[order] = np.minimum((share * buckets - 1e-9).astype(np.int64).clip(min=0), buckets - 1)
+    return bucket
+
+
+def hit_rate_by_bucket(ranked: np.ndarray, targets: np.ndarray, bucket_of_item: np.ndarray, k: int = 10,
+                       buckets: int = 5) -> list[dict]:
+    """Hit@k of the samples whose target falls in each popularity bucket (head -> tail)."""
+    hits = (ranked[:, :k] == targets[:, None]).any(1)
+    target_bucket = bucket_of_item[targets]
+    return [{"bucket": b, "samples": int((target_bucket == b).sum()),
+             "items": int((bucket_of_item == b).sum()),
+             f"hit@{k}": float(hits[target_bucket == b].mean()) if (target_bucket == b).any() else float("nan")}
+            for b in range(buckets)]
+
+
+def norm_vs_popularity(vectors: np.ndarray, popularity: np.ndarray, bucket_of_item: np.ndarray) -> dict:
+    """Hubness check: Spearman correlation of item-vector norm and popularity, mean norm per bucket."""
+    norms = np.linalg.norm(vectors, axis=1)
+    rho = spearmanr(norms, popularity).statistic
+    return {"spearman": float(rho),
+            "mean_norm_by_bucket": [float(norms[bucket_of_item == b].mean()) for b in range(int(bucket_of_item.max()) + 1)]}

@@ -1,0 +1,212 @@
+"""``gensid experiment configs/<name>.yaml``: run a list of variants, then tabulate and plot them.
+
+An experiment file names a dataset, a results file and variants; each variant is an
+experiment config (``configs/*.yaml``) plus ``--set``-style overrides, run for one or
+more seeds into ``<output>/runs/<method>-<variant>-s<seed>/``. Runs are resumable and a
+finished run (``metrics.json``) is not run again, so an interrupted experiment picks up
+where it stopped. ``--shard i/n`` lets n processes split the variants (one per core).
+Variants with ``from_results: true`` are baselines measured by another command
+(e.g. SASRec by ``benchmarks/sasrec.py``): their rows are copied from the results file.
+
+The report (``<output>/table.md``, ``results.json``, ``*.png``) is rebuilt from whatever
+has finished, each time a run ends.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from rich.console import Console
+
+from gensid.config import ConfigError, load_config
+from gensid.io import write_json, write_text
+from gensid.pipeline import train_run
+from gensid.report import plots
+from gensid.report.results import read_rows, upsert_rows
+
+console = Console()
+TABLE_METRICS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
+
+
+@dataclass
+class Variant:
+    method: str  # results-file method name: two_stage, ste, dgi, diger_frqud, sasrec, ...
+    variant: str = ""  # what this row changes, e.g. "no_weight_sharing"
+    config: str = ""  # experiment config, relative to the experiment file
+    set: list[str] = field(default_factory=list)
+    seeds: list[int] | None = None
+    from_results: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}" + (f" ({self.variant})" if self.variant else "")
+
+    def run_name(self, seed: int) -> str:
+        return f"{self.method}-{self.variant or 'default'}-s{seed}".replace(" ", "_")
+
+
+@dataclass
+class Plan:
+    path: Path
+    name: str
+    dataset: str
+    results_file: Path
+    output: Path
+    seeds: list[int]
+    variants: list[Variant]
+
+    def jobs(self) -> list[tuple[Variant, int]]:
+        return [(v, s) for v in self.variants if not v.from_results for s in (v.seeds or self.seeds)]
+
+    def run_dir(self, variant: Variant, seed: int) -> Path:
+        return self.output / "runs" / variant.run_name(seed)
+
+
+def load_plan(path: str | Path) -> Plan:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: experiment file not found")
+    raw = yaml.safe_load(path.read_text()) or {}
+    known = {"name", "dataset", "results_file", "output", "seeds", "variants"}
+    if unknown := set(raw) - known:
+        raise ConfigError(f"{path}: unknown field(s) {sorted(unknown)}; expected {sorted(known)}")
+    for key in ("name", "dataset", "variants"):
+        if key not in raw:
+            raise ConfigError(f"{path}: missing field {key!r}")
+    variants = []
+    fields = set(Variant.__dataclass_fields__)
+    for i, item in enumerate(raw["variants"]):
+        if not isinstance(item, dict) or "method" not in item:
+            raise ConfigError(f"{path}: variants[{i}] must be a mapping with a 'method'")
+        if unknown := set(item) - fields:
+            raise ConfigError(f"{path}: variants[{i}]: unknown field(s) {sorted(unknown)}; expected {sorted(fields)}")
+        variant = Variant(**item)
+        if not variant.from_results:
+            if not variant.config:
+                raise ConfigError(f"{path}: variants[{i}] ({variant.label}) needs a 'config'")
+            load_config(path.parent / variant.config, variant.set)  # fail now, not hours later
+        variants.append(variant)
+    labels = [v.label for v in variants]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{path}: two variants share a method and variant name")
+    return Plan(path, raw["name"], raw["dataset"],
+                Path(raw.get("results_file", f"benchmarks/results/{raw['dataset']}-rec.json")),
+                Path(raw.get("output", f"experiments/{raw['name']}")), list(raw.get("seeds", [0])), variants)
+
+
+def run_experiment(path: str | Path, shard: tuple[int, int] = (0, 1), report_only: bool = False,
+                   progress: bool = True) -> Path:
+    """Run the plan's unfinished variants of this shard, then write the report; returns its folder."""
+    plan = load_plan(path)
+    jobs = plan.jobs()
+    index, count = shard
+    for i, (variant, seed) in enumerate(jobs):
+        if report_only or i % count != index:
+            continue
+        run_dir = plan.run_dir(variant, seed)
+        if (run_dir / "metrics.json").exists():
+            continue
+        console.rule(f"[{i + 1}/{len(jobs)}] {variant.label}, seed {seed}")
+        cfg = load_config(plan.path.parent / variant.config, [*variant.set, f"train.seed={seed}"])
+        metrics = train_run(cfg, run_dir, progress=progress)
+        command = f"gensid experiment {plan.path}" + (f" --shard {index}/{count}" if count > 1 else "")
+        upsert_rows(plan.results_file, [
+            {"method": variant.method, "variant": variant.variant, "split": split, "seed": seed,
+             "metrics": metrics[split], "train_minutes": round(metrics["train_minutes"], 2),
+             "best_epoch": metrics["best_epoch"], "run_dir": str(run_dir), "command": command}
+            for split in ("valid", "test")])
+        write_report(plan)
+    return write_report(plan)
+
+
+def _finished(plan: Plan) -> list[tuple[Variant, int, dict, list[dict]]]:
+    out = []
+    for variant, seed in plan.jobs():
+        run_dir = plan.run_dir(variant, seed)
+        if (run_dir / "metrics.json").exists():
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line]
+            out.append((variant, seed, metrics, log))
+    return out
+
+
+def write_report(plan: Plan) -> Path:
+    """table.md (mean ± std over seeds), results.json and plots from the finished runs."""
+    finished = _finished(plan)
+    rows: list[dict] = []
+    for variant in plan.variants:
+        if variant.from_results:
+            for r in read_rows(plan.results_file):
+                if r["method"] == variant.method and r["split"] == "test" and (
+                        not variant.variant or r["variant"] == variant.variant):
+                    rows.append({"label": variant.label, "seed": r["seed"], "metrics": r["metrics"],
+                                 "train_minutes": r.get("train_minutes"), "source": r.get("command", "")})
+        for v, seed, metrics, _ in finished:
+            if v is variant:
+                rows.append({"label": variant.label, "seed": seed, "metrics": metrics["test"],
+                             "train_minutes": metrics["train_minutes"], "best_epoch": metrics["best_epoch"],
+                             "collision_rate": metrics["sid"]["collision_rate"],
+                             "test_by_popularity": metrics.get("test_by_popularity"),
+                             "hubness": metrics.get("hubness")})
+    plan.output.mkdir(parents=True, exist_ok=True)
+    write_json(plan.output / "results.json", rows)
+    write_text(plan.output / "table.md", markdown_table(plan, rows))
+    _plots(plan, finished)
+    return plan.output
+
+
+def markdown_table(plan: Plan, rows: list[dict]) -> str:
+    lines = [f"# {plan.name}: {plan.dataset}, test split, full-catalog ranking", "",
+             f"Produced by `gensid experiment {plan.path}`; mean ± std over seeds where there are several.", "",
+             "| method | seeds | R@5 | R@10 | N@5 | N@10 | train min |", "|---|---|---|---|---|---|---|"]
+    for variant in plan.variants:
+        group = [r for r in rows if r["label"] == variant.label]
+        if not group:
+            lines.append(f"| {variant.label} | not run yet | | | | | |")
+            continue
+        cells = []
+        for name in TABLE_METRICS:
+            values = np.array([r["metrics"][name] for r in group])
+            cells.append(f"{values.mean():.4f}" + (f" ± {values.std(ddof=1):.4f}" if len(values) > 1 else ""))
+        minutes = [r["train_minutes"] for r in group if r["train_minutes"] is not None]
+        minutes_cell = f"{np.mean(minutes):.1f}" if minutes else ""
+        lines.append(f"| {variant.label} | {len(group)} | {' | '.join(cells)} | {minutes_cell} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plots(plan: Plan, finished: list) -> None:
+    first = {}
+    for variant, seed, metrics, log in finished:  # one run per variant: the lowest seed
+        if variant.label not in first or seed < first[variant.label][0]:
+            first[variant.label] = (seed, metrics, log)
+    epochs = {label: [r for r in log if r.get("event") == "epoch" and "analysis" in r]
+              for label, (_, _, log) in first.items()}
+    epochs = {k: v for k, v in epochs.items() if v}
+    out = plan.output
+    if epochs:
+        plots.per_epoch({k: [(r["epoch"], r["analysis"]["agreement"]["all"]) for r in v] for k, v in epochs.items()},
+                        "share of items", "train/inference assignment agreement", out / "agreement.png")
+        plots.per_epoch({k: [(r["epoch"], r["analysis"]["drift_incremental"]) for r in v] for k, v in epochs.items()},
+                        "share of items whose SID changed", "incremental SID drift", out / "drift_incremental.png")
+        plots.per_epoch({k: [(r["epoch"], r["analysis"]["drift_cumulative"]) for r in v] for k, v in epochs.items()},
+                        "share of items whose SID changed", "cumulative SID drift", out / "drift_cumulative.png")
+        plots.per_epoch({k: [(r["epoch"], r["analysis"]["code_usage"][0]["perplexity"]) for r in v]
+                         for k, v in epochs.items()}, "perplexity", "level-1 code perplexity", out / "perplexity.png")
+        plots.code_usage({k: v[-1]["analysis"]["code_usage"][0]["histogram"] for k, v in epochs.items()},
+                         "level-1 code usage at the last epoch", out / "code_usage.png")
+        grads = {k: [g for r in v for g in r.get("terms", {}).get("item_encoder_grad_norm", [])]
+                 for k, v in epochs.items()}
+        if any(grads.values()):
+            plots.per_step({k: g for k, g in grads.items() if g}, "gradient norm",
+                           "item-encoder gradient norm per step", out / "grad_norm.png")
+    buckets = {k: [b["hit@10"] for b in m["test_by_popularity"]] for k, (_, m, _) in first.items()
+               if m.get("test_by_popularity")}
+    if buckets:
+        plots.buckets(buckets, "test hit@10", "hit rate by item popularity", out / "popularity_buckets.png")
+    hub = {k: m["hubness"]["mean_norm_by_bucket"] for k, (_, m, _) in first.items() if m.get("hubness")}
+    if hub:
+        plots.buckets(hub, "mean item-vector norm", "item-vector norm by popularity (hubness)", out / "hubness.png")

@@ -1,0 +1,70 @@
+"""PNG plots of an experiment's analyses (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def per_epoch(series: dict[str, list[tuple[int, float]]], ylabel: str, title: str, path: Path) -> Path:
+    """One line per variant: ``series[label] = [(epoch, value), ...]``."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for label, points in series.items():
+        if points:
+            x, y = zip(*points, strict=True)
+            ax.plot(x, y, marker="o", label=label)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def code_usage(histograms: dict[str, list[int]], title: str, path: Path) -> Path:
+    """Sorted code counts of one level per variant (a collapsed codebook is a spike then zeros)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for label, counts in histograms.items():
+        ax.plot(np.sort(np.asarray(counts))[::-1], label=label)
+    ax.set(xlabel="code rank", ylabel="items assigned", title=title, yscale="symlog")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def buckets(values: dict[str, list[float]], ylabel: str, title: str, path: Path) -> Path:
+    """Grouped bars over popularity buckets (head -> tail), one group member per variant."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    labels = list(values)
+    width = 0.8 / max(len(labels), 1)
+    for i, label in enumerate(labels):
+        ys = values[label]
+        ax.bar(np.arange(len(ys)) + i * width, ys, width, label=label)
+    n = max((len(v) for v in values.values()), default=0)
+    ax.set_xticks(np.arange(n) + 0.4 - width / 2, [f"{'head' if b == 0 else 'tail' if b == n - 1 else b}"
+                                                   for b in range(n)])
+    ax.set(xlabel="item popularity bucket", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def per_step(series: dict[str, list[float]], ylabel: str, title: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for label, ys in series.items():
+        ax.plot(ys, label=label, linewidth=0.7)
+    ax.set(xlabel="training step", ylabel=ylabel, title=title, yscale="log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

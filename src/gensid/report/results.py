@@ -1,0 +1,43 @@
+"""The results files of DESIGN.md (``benchmarks/results/<dataset>-<task>.json``): a JSON list of
+rows ``{method, variant, split, seed, metrics, train_minutes, command, commit}``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from gensid.io import write_json
+
+RESULTS = Path("benchmarks") / "results"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+                              ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def row_key(row: dict) -> tuple:
+    return tuple(row.get(k) for k in ("method", "variant", "split", "seed"))
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def upsert_rows(path: str | Path, rows: list[dict]) -> Path:
+    """Add ``rows`` to the results file ``path``, replacing rows with the same method, variant,
+    split and seed; each row needs method, variant, split, seed, metrics, train_minutes, command."""
+    keys = {row_key(r) for r in rows}
+    kept = [r for r in read_rows(path) if row_key(r) not in keys]
+    commit = git_commit()
+    write_json(path, kept + [{"commit": commit, **r} for r in rows])
+    return Path(path)
+
+
+def upsert_row(dataset: str, task: str, row: dict, results_dir: str | Path = RESULTS) -> Path:
+    return upsert_rows(Path(results_dir) / f"{dataset}-{task}.json", [row])

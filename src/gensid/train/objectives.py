@@ -1,0 +1,110 @@
+"""What a training step optimises: one objective per strategy.
+
+- :class:`NextTokenObjective` (two-stage): SIDs are fixed; next-code cross-entropy.
+- :class:`JointObjective` (ste / DGI / DIGER): every step re-tokenizes the batch's items
+  with the model's tokenizer under the configured assignment; the hard codes are the
+  targets, the assignment's vectors are the decoder's teacher-forcing inputs (and the
+  history tokens with ``history_input: quantized*``), and the weighted loss terms of
+  ``LossConfig`` are added.
+
+An objective returns named loss terms (``total`` is what is minimised) and says which
+parameters learn at which rate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from gensid.config import ExperimentConfig
+from gensid.model.recommender import GenerativeRecommender
+from gensid.train.batches import Batch, ItemFeatures
+
+
+class NextTokenObjective:
+    def __init__(self, cfg: ExperimentConfig):
+        self.label_smoothing = cfg.train.label_smoothing
+
+    def __call__(self, model: GenerativeRecommender, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
+        logits = model(batch.history_codes, batch.history_mask, batch.target_codes, batch.history_text)
+        loss = model.loss(logits, batch.target_codes, self.label_smoothing)
+        return {"next_token": loss, "total": loss}
+
+    def param_groups(self, model: GenerativeRecommender) -> list[dict]:
+        return [{"params": list(model.parameters())}]
+
+
+class JointObjective:
+    """``text`` [N, T]: every item's frozen text vector, the tokenizer's input."""
+
+    def __init__(self, cfg: ExperimentConfig, text: torch.Tensor):
+        self.cfg, self.text = cfg, text
+
+    def temperature(self, progress: float) -> float:
+        """gumbel_soft: exponential annealing tau_start -> tau_end; dril: fixed."""
+        q = self.cfg.quantizer
+        if q.assignment == "gumbel_soft":
+            return q.tau_start * (q.tau_end / q.tau_start) ** min(max(progress, 0.0), 1.0)
+        return q.dril_temperature
+
+    def __call__(self, model: GenerativeRecommender, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
+        tokenizer, weights = model.tokenizer, self.cfg.loss
+        quantizer = tokenizer.quantizer
+        quantizer.assign.tau = self.temperature(progress)
+        b, h = batch.history_items.shape
+        items, where = torch.unique(torch.cat([batch.history_items.reshape(-1), batch.targets]), return_inverse=True)
+        x = self.text[items]
+        z_base = tokenizer.encoder(x)  # [U, d]
+        out = quantizer(z_base)
+        hist, target = where[:-b].view(b, h), where[-b:]
+        target_codes = out.codes[target]
+        memory = model.encode(out.codes[hist], batch.history_mask, batch.history_text, out.quantized[hist])
+        logits = model.code_logits(memory, batch.history_mask, out.level_vectors[target][:, :-1])
+        terms = {"next_token": model.loss(logits, target_codes, self.cfg.train.label_smoothing)}
+        if weights.global_cosine:
+            terms["global_cosine"] = (1 - F.cosine_similarity(quantizer.prepare(z_base), out.quantized, -1)).mean()
+        if weights.codebook:
+            terms["codebook"] = out.loss
+        if weights.rqvae_reconstruction:
+            terms["rqvae_reconstruction"] = tokenizer.reconstruct(out.quantized, x)[1]
+        if weights.infonce:
+            terms["infonce"] = self.infonce(model.context(memory, batch.history_mask), z_base[target], batch.targets)
+        if weights.diversity:
+            terms["diversity"] = sum(1 - entropy(lg.softmax(-1).mean(0)) / math.log(lg.shape[-1])
+                                     for lg in out.logits) / len(out.logits)
+        if quantizer.decay == "sdud":
+            terms["sdud"] = quantizer.sdud_loss(terms["next_token"])
+        terms["total"] = sum(getattr(weights, name) * value for name, value in terms.items())
+        return terms
+
+    def infonce(self, context: torch.Tensor, item: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """In-batch InfoNCE [B, d] x [B, d]; other rows with the same target are not negatives."""
+        scores = F.normalize(context, dim=-1) @ F.normalize(item, dim=-1).T / self.cfg.loss.infonce_temperature
+        same = targets.unsqueeze(0) == targets.unsqueeze(1)
+        scores = scores.masked_fill(same & ~torch.eye(len(targets), dtype=torch.bool), float("-inf"))
+        return F.cross_entropy(scores, torch.arange(len(targets)))
+
+    def param_groups(self, model: GenerativeRecommender) -> list[dict]:
+        """The item side (tokenizer) at ``train.quantizer_lr``, the recommender at ``train.lr``."""
+        item_side = {id(p) for p in model.tokenizer.parameters()}
+        rest = [p for p in model.parameters() if id(p) not in item_side]
+        return [{"params": list(model.tokenizer.parameters()), "lr": self.cfg.train.quantizer_lr},
+                {"params": rest, "lr": self.cfg.train.lr}]
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * p.clamp(min=1e-12).log()).sum(-1)
+
+
+@torch.no_grad()
+def item_snapshot(model: GenerativeRecommender, text: torch.Tensor, keep_text: bool) -> ItemFeatures:
+    """The deterministic item side of a joint model: codes [N, L], quantized and z_base [N, d]."""
+    was_training = model.training
+    model.eval()
+    z_base = torch.cat([model.tokenizer.encoder(chunk) for chunk in text.split(8192)])
+    codes = model.tokenizer.quantizer.encode(z_base)
+    quantized = model.tokenizer.quantizer.decode(codes)
+    model.train(was_training)
+    return ItemFeatures(codes, text if keep_text else None, quantized, z_base)
