@@ -7,7 +7,9 @@ that flow on. Swappable by name; each decides where gradients go.
   identity to the input residual (the VQ-VAE estimator; naive joint training).
 - ``gumbel_soft`` (DGI): ``p = softmax((s + g) / tau)``, the soft vector ``p @ E`` flows on,
   so a downstream loss reaches the codebook and, through ``s``, the item encoder; the
-  hard codes ``argmax p`` are the supervision targets.
+  hard codes ``argmax s`` (noise-free, the codes the index will hold) are the supervision
+  targets. Noisy targets (``argmax p``) flip codes whose scores are close, which with 256
+  codes in 128 dimensions is most of them, and the recommender then chases noise.
 - ``dril`` (DIGER): Gumbel noise on the logits, the hard code of the noisy logits in the
   forward pass, gradients through the soft probabilities ``softmax(noisy / T)``.
 
@@ -55,7 +57,7 @@ class Assignment:
         soft = probs @ codebook
         codes = noisy.argmax(-1)
         if self.name == "gumbel_soft":
-            return codes, soft
+            return logits.argmax(-1), soft
         hard = codebook[codes]  # dril: hard forward, soft backward
         return codes, hard + soft - soft.detach()
 

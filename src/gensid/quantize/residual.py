@@ -1,7 +1,9 @@
 """A residual quantizer: L codebooks applied to successive residuals.
 
 Geometry ``euclidean`` scores codes by ``-||r - e||^2``; ``cosine`` L2-normalises the
-input and the codebooks and scores by ``gamma * cos(r, e)`` with a learnable ``gamma``.
+input and scores codes by ``gamma * cos(r, e)`` with a learnable ``gamma``. Either way the
+vector subtracted from the residual is the raw codebook row: unit rows would overshoot
+the shrinking residuals of the deeper levels (and collapse their codes).
 
 Uncertainty decay (DIGER) scales the Gumbel noise of the ``dril`` assignment:
 
@@ -61,9 +63,8 @@ class ResidualQuantizer(nn.Module):
         return len(self.codebooks)
 
     def codebook(self, level: int) -> torch.Tensor:
-        """Codebook ``level`` as used for scoring, [K, D] (unit rows under cosine)."""
-        book = self.codebooks[level]
-        return F.normalize(book, dim=-1) if self.geometry == "cosine" else book
+        """Codebook ``level`` [K, D]: the vectors an assignment passes on."""
+        return self.codebooks[level]
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1) if self.geometry == "cosine" else x
@@ -72,7 +73,7 @@ class ResidualQuantizer(nn.Module):
         """[N, D] -> [N, K] scores (higher is closer)."""
         book = self.codebook(level)
         if self.geometry == "cosine":
-            return self.log_gamma.exp() * F.normalize(residual, dim=-1) @ book.T
+            return self.log_gamma.exp() * F.normalize(residual, dim=-1) @ F.normalize(book, dim=-1).T
         return -(residual.pow(2).sum(-1, keepdim=True) - 2 * residual @ book.T + book.pow(2).sum(-1))
 
     def usage(self, level: int) -> torch.Tensor:
@@ -135,8 +136,10 @@ class ResidualQuantizer(nn.Module):
         """Residual k-means: fit each level's codebook to the residuals left by the previous one."""
         residual = self.prepare(x).double().numpy()
         for level, k in enumerate(self.codebook_sizes):
+            # level 0 sees unit inputs under cosine: spherical centroids; deeper levels keep the
+            # residuals' scale in the centroids (cosine scoring normalises them anyway)
             centroids = kmeans(residual.astype(np.float32), k, seed=seed + level, niter=niter,
-                               spherical=self.geometry == "cosine")
+                               spherical=self.geometry == "cosine" and level == 0)
             self.codebooks[level].copy_(torch.from_numpy(centroids))
             book = self.codebook(level).double().numpy()
             scores = self.level_logits(level, torch.from_numpy(residual).float()).numpy()

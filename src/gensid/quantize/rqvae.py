@@ -21,12 +21,26 @@ from gensid.quantize.sids import SemanticIDs
 def mlp(dims: list[int]) -> nn.Module:
     if len(dims) < 2:
         return nn.Identity()
+    if len(dims) == 2:
+        return nn.Linear(*dims)
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(dims) - 2:
             layers.append(nn.SiLU())
     return nn.Sequential(*layers)
+
+
+class Center(nn.Module):
+    """Subtracts the mean item vector (fitted once): text embeddings share a large common
+    direction that would otherwise dominate every projection of them."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.mean
 
 
 class RQVAE(nn.Module):
@@ -41,7 +55,7 @@ class RQVAE(nn.Module):
             dims, latent = [in_dim, *cfg.hidden_dims, cfg.latent_dim], cfg.latent_dim
         else:
             raise ValueError(f"quantizer.method {cfg.method!r}: expected rqkmeans or rqvae")
-        self.encoder = mlp(dims)
+        self.encoder = nn.Sequential(Center(in_dim), mlp(dims)) if dims else nn.Identity()
         self.decoder = mlp(dims[::-1])
         self.quantizer = ResidualQuantizer(latent, cfg.codebook_sizes, cfg.geometry, assignment, cfg.beta,
                                            decay=cfg.decay, frqud_ratio=cfg.frqud_ratio)
@@ -62,9 +76,26 @@ class RQVAE(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.quantizer.encode(self.encoder(x))
 
+    @torch.no_grad()
+    def init_encoder(self, x: torch.Tensor) -> None:
+        """Centre the inputs; a single linear encoder (``hidden_dims: []``) starts as the PCA
+        projection of the centred vectors and the decoder as its inverse."""
+        center, projection = self.encoder[0], self.encoder[1]
+        center.mean.copy_(x.mean(0))
+        if isinstance(projection, nn.Linear):
+            _, _, v = torch.linalg.svd(x - center.mean, full_matrices=False)  # v [min(N, D), D]
+            components = v[: projection.out_features]
+            projection.weight.copy_(components)
+            projection.bias.zero_()
+            self.decoder.weight.copy_(components.T)
+            self.decoder.bias.copy_(center.mean)
+
     def fit(self, x: torch.Tensor, cfg: QuantizerConfig, seed: int = 0, progress: bool = True) -> list[float]:
-        """k-means init of the codebooks, then (rqvae) reconstruction training. Returns epoch losses."""
+        """Encoder init, k-means init of the codebooks, then (rqvae) reconstruction training.
+        Returns the epoch losses."""
         with torch.no_grad():
+            if self.method == "rqvae":
+                self.init_encoder(x)
             self.quantizer.init_kmeans(self.encoder(x), seed=seed)
         if self.method == "rqkmeans":
             return []
