@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import typer
@@ -42,14 +45,26 @@ def _show_examples(run_dir: Path, users: int = 3, k: int = 5) -> None:
 def train(config: Path = typer.Argument(..., help="experiment YAML in configs/"),
           run_dir: Path = typer.Option(None, help="output folder (default runs/<name>)"),
           set_: list[str] = typer.Option([], "--set", help="override, e.g. --set train.lr=1e-3"),
-          examples: int = typer.Option(3, help="example recommendations to print")) -> None:
+          examples: int = typer.Option(3, help="example recommendations to print"),
+          nproc: int = typer.Option(1, min=1, help="data-parallel processes on this machine (torchrun + DDP)")
+          ) -> None:
     """Fit the semantic IDs, train the generative recommender, evaluate on valid and test."""
     from gensid.config import load_config
     from gensid.pipeline import train_run
+    from gensid.train import distributed
 
     cfg = load_config(config, set_)
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # relaunch this command under torchrun
+        args = [a for i, a in enumerate(sys.argv[1:]) if not a.startswith("--nproc")
+                and not (i > 0 and sys.argv[i] == "--nproc")]
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                   "-m", "gensid.cli", *args]
+        raise typer.Exit(subprocess.run(command, check=False).returncode)
+    distributed.init_from_env()
     run_dir = run_dir or Path("runs") / cfg.name
     metrics = train_run(cfg, run_dir)
+    if not distributed.is_main():
+        return
     console.print(_table(f"{metrics['dataset']} test (full catalog, leave-one-out)",
                          {f"{cfg.train.strategy} (gensid)": metrics["test"],
                           "most_popular": metrics["most_popular"]["test"]}))

@@ -35,7 +35,7 @@ from gensid.io import JsonlLog, load_tensors, save_tensors, seed_everything, wri
 from gensid.model import GenerativeRecommender
 from gensid.quantize import RQVAE, Assignment, SemanticIDs, code_usage, fit_semantic_ids
 from gensid.text import embed_texts
-from gensid.train import ItemFeatures, Trainer
+from gensid.train import ItemFeatures, Trainer, distributed
 from gensid.train.objectives import JointObjective, NextTokenObjective, item_snapshot
 
 STRATEGIES = ("two_stage", "joint")
@@ -197,11 +197,16 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     config_path = run_dir / "config.yaml"
     if config_path.exists() and load_config(config_path).to_dict() != cfg.to_dict():
         raise ValueError(f"{config_path}: this run directory holds a different config; use a new directory")
-    write_text(config_path, cfg.to_yaml())
+    main = distributed.is_main()  # under torchrun only rank 0 writes, validates and evaluates
+    progress = progress and main
+    if main:
+        write_text(config_path, cfg.to_yaml())
     log = JsonlLog(run_dir / "log.jsonl")
     run = prepare(cfg, run_dir, progress)
-    log.write(event="prepared", users=len(run.dataset.interactions), items=len(run.dataset.catalog),
-              train_samples=len(run.splits.train), sid_sizes=run.index.sizes)
+    if main:
+        log.write(event="prepared", users=len(run.dataset.interactions), items=len(run.dataset.catalog),
+                  train_samples=len(run.splits.train), sid_sizes=run.index.sizes,
+                  world_size=distributed.rank_and_size()[1])
     valid_subset = validation_subset(run.splits.valid, cfg.eval.max_users)
 
     def validate(_: GenerativeRecommender) -> dict[str, float]:
@@ -217,6 +222,8 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     trainer = Trainer(run.model, cfg.train, run.splits.train, run.items, run_dir, validate, objective, observe,
                       progress=progress)
     summary = trainer.fit()
+    if not main:
+        return summary
     start = time.perf_counter()
     metrics = {
         "dataset": run.dataset.name,

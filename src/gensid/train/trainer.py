@@ -22,6 +22,7 @@ from gensid.config import TrainConfig
 from gensid.data.splits import Samples
 from gensid.io import JsonlLog, load_tensors, save_tensors
 from gensid.model.recommender import GenerativeRecommender
+from gensid.train import distributed
 from gensid.train.batches import Batch, ItemFeatures
 from gensid.train.objectives import JointObjective, NextTokenObjective
 from gensid.train.schedule import warmup_linear
@@ -83,6 +84,8 @@ class Trainer:
         self.log = JsonlLog(self.run_dir / "log.jsonl")
         self.steps_per_epoch = -(-len(train) // cfg.batch_size)
         self.opt = torch.optim.AdamW(objective.param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.rank, self.world = distributed.rank_and_size()
+        self.step_module = distributed.wrap(model, objective)
         self.sched = warmup_linear(self.opt, cfg.warmup_steps, cfg.epochs * self.steps_per_epoch)
         self.epoch, self.best_score, self.best_epoch, self.elapsed = 0, -1.0, -1, 0.0
         self.stale = 0
@@ -96,6 +99,8 @@ class Trainer:
         return self.run_dir / "model.safetensors"
 
     def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         opt_tensors, groups = optimizer_tensors(self.opt)
         tensors.update(opt_tensors)
@@ -114,7 +119,8 @@ class Trainer:
         self.sched.load_state_dict(meta["sched"])
         self.epoch, self.best_score, self.best_epoch = meta["epoch"], meta["best_score"], meta["best_epoch"]
         self.elapsed, self.stale = meta["elapsed"], meta["stale"]
-        self.log.write(event="resume", epoch=self.epoch)
+        if self.rank == 0:
+            self.log.write(event="resume", epoch=self.epoch)
         return True
 
     def _autocast(self):
@@ -134,9 +140,12 @@ class Trainer:
                    leave=False)
         total_steps = self.cfg.epochs * self.steps_per_epoch
         for step, rows in enumerate(bar):
+            if len(rows) < self.world:  # a last batch too small to give every rank a row
+                continue
+            rows = np.array_split(rows, self.world)[self.rank]  # this rank's share of the batch
             batch = Batch.build(self.train, rows, self.items)
             with self._autocast():
-                terms = self.objective(self.model, batch, (self.epoch * self.steps_per_epoch + step) / total_steps)
+                terms = self.step_module(batch, (self.epoch * self.steps_per_epoch + step) / total_steps)
             self.opt.zero_grad(set_to_none=True)
             terms["total"].backward()
             if item_encoder is not None:
@@ -157,39 +166,54 @@ class Trainer:
         return out
 
     def fit(self) -> dict:
-        """Train until ``epochs``, ``max_minutes`` or ``patience`` stops it; keep the best model."""
+        """Train until ``epochs``, ``max_minutes`` or ``patience`` stops it; keep the best model.
+        Distributed: every rank trains, rank 0 validates, logs and saves, and decides when to stop."""
         self.resume()
         while self.epoch < self.cfg.epochs:
-            if self.cfg.max_minutes and self.elapsed >= self.cfg.max_minutes * 60:
-                self.log.write(event="time_budget_reached", epoch=self.epoch, minutes=self.elapsed / 60)
-                break
-            if self.cfg.patience and self.stale >= self.cfg.patience:
-                self.log.write(event="early_stop", epoch=self.epoch)
+            if distributed.broadcast_flag(self.rank == 0 and self._should_stop()):
                 break
             start = time.perf_counter()
             terms = self.train_epoch()
             self.elapsed += time.perf_counter() - start
             self.epoch += 1
-            loss = terms.pop("total")
-            record = {"event": "epoch", "epoch": self.epoch, "loss": loss, "terms": terms,
-                      "train_minutes": self.elapsed / 60}
-            if self.observe is not None:
-                record["analysis"] = self.observe(self.model)
-            if self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs:
-                metrics = self.validate(self.model)
-                record["valid"] = metrics
-                score = metrics[self.monitor]
-                if score > self.best_score:
-                    self.best_score, self.best_epoch, self.stale = score, self.epoch, 0
-                    save_tensors(self.best_path, self.model.state_dict(), {"epoch": self.epoch})
-                else:
-                    self.stale += 1
-            self.log.write(**record)
-            if self.progress:
-                tqdm.write(f"epoch {self.epoch}: loss {loss:.4f}" +
-                           (f"  valid {self.monitor} {record['valid'][self.monitor]:.4f}" if "valid" in record else ""))
-            self.save_checkpoint()
+            if self.rank == 0:
+                self._end_epoch(terms)
+        if self.world > 1:
+            spread = distributed.replica_spread(self.model)
+            if self.rank == 0:
+                self.log.write(event="replicas", world_size=self.world, max_parameter_spread=spread)
         if self.best_path.exists():
             tensors, _ = load_tensors(self.best_path)
             self.model.load_state_dict(tensors)
         return {"epochs": self.epoch, "best_epoch": self.best_epoch, "train_minutes": self.elapsed / 60}
+
+    def _should_stop(self) -> bool:
+        if self.cfg.max_minutes and self.elapsed >= self.cfg.max_minutes * 60:
+            self.log.write(event="time_budget_reached", epoch=self.epoch, minutes=self.elapsed / 60)
+            return True
+        if self.cfg.patience and self.stale >= self.cfg.patience:
+            self.log.write(event="early_stop", epoch=self.epoch)
+            return True
+        return False
+
+    def _end_epoch(self, terms: dict) -> None:
+        """Analyses, validation, best model, log line and checkpoint of the epoch just trained."""
+        loss = terms.pop("total")
+        record = {"event": "epoch", "epoch": self.epoch, "loss": loss, "terms": terms,
+                  "train_minutes": self.elapsed / 60}
+        if self.observe is not None:
+            record["analysis"] = self.observe(self.model)
+        if self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs:
+            metrics = self.validate(self.model)
+            record["valid"] = metrics
+            score = metrics[self.monitor]
+            if score > self.best_score:
+                self.best_score, self.best_epoch, self.stale = score, self.epoch, 0
+                save_tensors(self.best_path, self.model.state_dict(), {"epoch": self.epoch})
+            else:
+                self.stale += 1
+        self.log.write(**record)
+        if self.progress:
+            tqdm.write(f"epoch {self.epoch}: loss {loss:.4f}" +
+                       (f"  valid {self.monitor} {record['valid'][self.monitor]:.4f}" if "valid" in record else ""))
+        self.save_checkpoint()
