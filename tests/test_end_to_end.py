@@ -116,3 +116,24 @@ def test_experiment_runner_two_stage_against_dgi_on_movielens(tmp_path):
 
     again = CliRunner().invoke(app, ["experiment", str(tmp_path / "missing.yaml")])
     assert again.exit_code != 0 and "not found" in str(again.exception)
+
+
+@pytest.mark.slow
+def test_generative_search_with_dgi_on_movielens(tmp_path):
+    """Search task end to end: the genre path of the target is the query, DGI retrieves."""
+    cfg = load_config("configs/ml100k.yaml", ["data.task=search", "data.query_field=class", "data.max_history=10",
+                                              "data.max_users=100", "train.epochs=2", *TINY, *DGI])
+    metrics = train_run(cfg, tmp_path, progress=False)
+    assert metrics["task"] == "search" and metrics["test"]["hit@20"] > 0
+    run = load_run(tmp_path)
+    assert run.model.query_proj is not None and set(run.queries) == {"train", "valid", "test"}
+    # the query matters: the same histories with other queries give other rankings
+    from gensid.eval.evaluate import recommend_items
+
+    test = run.splits.test
+    ranked = recommend_items(run.model, run.index, test, run.items, 20, queries=run.queries["test"])
+    shuffled = run.queries["test"][torch.randperm(len(test), generator=torch.Generator().manual_seed(0))]
+    other = recommend_items(run.model, run.index, test, run.items, 20, queries=shuffled)
+    assert (ranked != other).any(1).mean() > 0.5
+    with pytest.raises(ValueError, match="search model"):
+        run.recommend([0, 1], k=5)

@@ -21,7 +21,9 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     source: str = "movielens-100k"  # "movielens-100k" or a path to a data folder / file
-    format: str = "auto"  # auto | letter | recbole | csv
+    format: str = "auto"  # auto | letter | recbole | csv | search_log (user, timestamp, query, item)
+    task: str = "rec"  # rec (next item from the history) | search (query + history -> item)
+    query_field: str = "categories"  # search on purchase data: the item field whose text is the query
     max_history: int = 20
     text_fields: list[str] = field(default_factory=lambda: ["title", "brand", "categories"])
     max_users: int = 0  # >0: keep only the first N users (quick runs and tests)

@@ -29,7 +29,7 @@ from gensid.report import plots
 from gensid.report.results import read_rows, upsert_rows
 
 console = Console()
-TABLE_METRICS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
+REC_COLUMNS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
 
 
 @dataclass
@@ -58,6 +58,7 @@ class Plan:
     output: Path
     seeds: list[int]
     variants: list[Variant]
+    columns: list[str]  # metrics shown in table.md
 
     def jobs(self) -> list[tuple[Variant, int]]:
         return [(v, s) for v in self.variants if not v.from_results for s in (v.seeds or self.seeds)]
@@ -71,7 +72,7 @@ def load_plan(path: str | Path) -> Plan:
     if not path.exists():
         raise ConfigError(f"{path}: experiment file not found")
     raw = yaml.safe_load(path.read_text()) or {}
-    known = {"name", "dataset", "results_file", "output", "seeds", "variants"}
+    known = {"name", "dataset", "results_file", "output", "seeds", "variants", "columns"}
     if unknown := set(raw) - known:
         raise ConfigError(f"{path}: unknown field(s) {sorted(unknown)}; expected {sorted(known)}")
     for key in ("name", "dataset", "variants"):
@@ -95,7 +96,8 @@ def load_plan(path: str | Path) -> Plan:
         raise ConfigError(f"{path}: two variants share a method and variant name")
     return Plan(path, raw["name"], raw["dataset"],
                 Path(raw.get("results_file", f"benchmarks/results/{raw['dataset']}-rec.json")),
-                Path(raw.get("output", f"experiments/{raw['name']}")), list(raw.get("seeds", [0])), variants)
+                Path(raw.get("output", f"experiments/{raw['name']}")), list(raw.get("seeds", [0])), variants,
+                list(raw.get("columns", REC_COLUMNS)))
 
 
 def run_experiment(path: str | Path, shard: tuple[int, int] = (0, 1), report_only: bool = False,
@@ -162,14 +164,15 @@ def write_report(plan: Plan) -> Path:
 def markdown_table(plan: Plan, rows: list[dict]) -> str:
     lines = [f"# {plan.name}: {plan.dataset}, test split, full-catalog ranking", "",
              f"Produced by `gensid experiment {plan.path}`; mean ± std over seeds where there are several.", "",
-             "| method | seeds | R@5 | R@10 | N@5 | N@10 | train min |", "|---|---|---|---|---|---|---|"]
+             "| method | seeds | " + " | ".join(plan.columns) + " | train min |",
+             "|---|---|" + "---|" * len(plan.columns) + "---|"]
     for variant in plan.variants:
         group = [r for r in rows if r["label"] == variant.label]
         if not group:
-            lines.append(f"| {variant.label} | not run yet | | | | | |")
+            lines.append(f"| {variant.label} | not run yet |" + " |" * (len(plan.columns) + 1))
             continue
         cells = []
-        for name in TABLE_METRICS:
+        for name in plan.columns:
             values = np.array([r["metrics"][name] for r in group])
             cells.append(f"{values.mean():.4f}" + (f" ± {values.std(ddof=1):.4f}" if len(values) > 1 else ""))
         minutes = [r["train_minutes"] for r in group if r["train_minutes"] is not None]

@@ -21,6 +21,7 @@ import torch
 from gensid.baselines.popularity import MostPopular
 from gensid.config import ExperimentConfig, load_config
 from gensid.data import Dataset, LeaveOneOut, Samples, leave_one_out, load_dataset
+from gensid.data.search import load_search_log, product_search, time_split
 from gensid.eval.analysis import (
     SIDMonitor,
     collision_rate,
@@ -39,6 +40,7 @@ from gensid.train import ItemFeatures, Trainer, distributed
 from gensid.train.objectives import JointObjective, NextTokenObjective, item_snapshot
 
 STRATEGIES = ("two_stage", "joint")
+TASKS = ("rec", "search")
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Run:
     index: SIDIndex
     items: ItemFeatures
     model: GenerativeRecommender
+    queries: dict[str, torch.Tensor] | None = None  # search: query vectors [N_split, T] per split
 
     @property
     def joint(self) -> bool:
@@ -64,6 +67,9 @@ class Run:
             return
         self.items = item_snapshot(self.model, self.text, keep_text=self.cfg.model.history_input.endswith("+text"))
         self.index = SIDIndex(self.items.codes.numpy(), self.model.code_sizes)
+
+    def split_queries(self, split: str) -> torch.Tensor | None:
+        return self.queries[split] if self.queries is not None else None
 
     def quantizer_codes(self) -> np.ndarray:
         """[N, levels] the quantizer's codes (without the two-stage disambiguation code)."""
@@ -127,9 +133,7 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     seed_everything(cfg.train.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    full = load_dataset(cfg.data.source, cfg.data.format, cfg.data.text_fields)
-    dataset = full.head(cfg.data.max_users)
-    splits = leave_one_out(dataset.interactions, cfg.data.max_history)
+    full, dataset, splits, queries = load_task(cfg, progress)
     text = item_text_vectors(cfg, full, dataset, run_dir, progress)
     if len(text) != len(dataset.catalog):
         raise ValueError(f"{run_dir / 'index'}: vectors of {len(text)} items, but the catalog has "
@@ -137,24 +141,59 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     tokenizer, sids = tokenizer_and_sids(cfg, text, run_dir, progress)
     uses_text = cfg.model.history_input.endswith("+text")
     text_dim = text.shape[1] if uses_text else None
+    query_dim = queries["train"].shape[1] if queries is not None else None
     if cfg.train.strategy == "joint":
         tokenizer.quantizer.assign = Assignment(cfg.quantizer.assignment)
         model = GenerativeRecommender(cfg.quantizer.codebook_sizes, cfg.model, cfg.data.max_history, text_dim,
-                                      tokenizer)
-        run = Run(cfg, run_dir, dataset, splits, text, None, None, model)
+                                      tokenizer, query_dim)
+        run = Run(cfg, run_dir, dataset, splits, text, None, None, model, queries)
         run.refresh_index()
         return run
     index = SIDIndex(sids.codes, sids.sizes)
     items = ItemFeatures(torch.from_numpy(sids.codes), text if uses_text else None)
-    model = GenerativeRecommender(sids.sizes, cfg.model, cfg.data.max_history, text_dim)
-    return Run(cfg, run_dir, dataset, splits, text, index, items, model)
+    model = GenerativeRecommender(sids.sizes, cfg.model, cfg.data.max_history, text_dim, query_dim=query_dim)
+    return Run(cfg, run_dir, dataset, splits, text, index, items, model, queries)
+
+
+def load_task(cfg: ExperimentConfig, progress: bool = True
+              ) -> tuple[Dataset, Dataset, LeaveOneOut, dict[str, torch.Tensor] | None]:
+    """(full dataset, dataset used, splits, query vectors per split or None).
+
+    ``data.task: rec``: leave-one-out next-item samples. ``search``: a search log
+    (``data.format: search_log``, split by time) or, for a purchase data set, the Amazon
+    product-search construction; each sample's query text becomes a sentence vector.
+    """
+    if cfg.data.task not in TASKS:
+        raise ValueError(f"data.task {cfg.data.task!r}: expected one of {TASKS}")
+    if cfg.data.format == "search_log":
+        if cfg.data.task != "search":
+            raise ValueError("data.format search_log needs data.task search")
+        log = load_search_log(cfg.data.source, cfg.data.text_fields)
+        full = dataset = log.dataset
+        search = time_split(log, cfg.data.max_history)
+    else:
+        full = load_dataset(cfg.data.source, cfg.data.format, cfg.data.text_fields)
+        dataset = full.head(cfg.data.max_users)
+        if cfg.data.task == "rec":
+            return full, dataset, leave_one_out(dataset.interactions, cfg.data.max_history), None
+        search = product_search(dataset, cfg.data.max_history, cfg.data.query_field)
+    parts = {"train": search.train, "valid": search.valid, "test": search.test}
+    distinct = sorted({q for part in parts.values() for q in part.queries})
+    vectors = embed_texts(distinct, cfg.text.model, cfg.text.batch_size, progress=False)
+    row = {q: i for i, q in enumerate(distinct)}
+    queries = {name: torch.from_numpy(vectors[[row[q] for q in part.queries]]) for name, part in parts.items()}
+    splits = LeaveOneOut(*(part.as_samples() for part in parts.values()))
+    return full, dataset, splits, queries
 
 
 def evaluate_split(run: Run, split: str, max_users: int = 0, progress: bool = False) -> dict[str, float]:
     run.refresh_index()
     samples = getattr(run.splits, split).head(max_users)
+    queries = run.split_queries(split)
+    queries = queries[: len(samples)] if queries is not None else None
     e = run.cfg.eval
-    return evaluate_generative(run.model, run.index, samples, run.items, e.ks, e.beam_size, e.batch_size, progress)
+    return evaluate_generative(run.model, run.index, samples, run.items, e.ks, e.beam_size, e.batch_size, progress,
+                               queries)
 
 
 def popularity_metrics(run: Run, split: str) -> dict[str, float]:
@@ -169,7 +208,8 @@ def test_analysis(run: Run, progress: bool = False) -> dict:
     joint runs, the hubness check (item-vector norm against popularity)."""
     run.refresh_index()
     test, e = run.splits.test, run.cfg.eval
-    ranked = recommend_items(run.model, run.index, test, run.items, e.beam_size, e.batch_size, progress)
+    ranked = recommend_items(run.model, run.index, test, run.items, e.beam_size, e.batch_size, progress,
+                             run.split_queries("test"))
     popularity = np.bincount(run.splits.train.targets, minlength=len(run.dataset.catalog))
     buckets = popularity_buckets(popularity)
     codes = run.quantizer_codes()
@@ -183,12 +223,11 @@ def test_analysis(run: Run, progress: bool = False) -> dict:
     return out
 
 
-def validation_subset(samples: Samples, max_users: int, seed: int = 0) -> Samples:
-    """A fixed random subset of ``max_users`` samples (all when 0): unbiased, unlike the first N."""
+def validation_subset(samples: Samples, max_users: int, seed: int = 0) -> np.ndarray:
+    """Rows of a fixed random subset of ``max_users`` samples (all when 0): unbiased, unlike the first N."""
     if not max_users or max_users >= len(samples):
-        return samples
-    rows = np.sort(np.random.default_rng(seed).choice(len(samples), max_users, replace=False))
-    return Samples(samples.histories[rows], samples.targets[rows], samples.users[rows])
+        return np.arange(len(samples))
+    return np.sort(np.random.default_rng(seed).choice(len(samples), max_users, replace=False))
 
 
 def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True) -> dict:
@@ -207,12 +246,16 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
         log.write(event="prepared", users=len(run.dataset.interactions), items=len(run.dataset.catalog),
                   train_samples=len(run.splits.train), sid_sizes=run.index.sizes,
                   world_size=distributed.rank_and_size()[1])
-    valid_subset = validation_subset(run.splits.valid, cfg.eval.max_users)
+    rows = validation_subset(run.splits.valid, cfg.eval.max_users)
+    valid = run.splits.valid
+    valid_subset = Samples(valid.histories[rows], valid.targets[rows], valid.users[rows])
+    valid_queries = run.split_queries("valid")[rows] if run.queries is not None else None
 
     def validate(_: GenerativeRecommender) -> dict[str, float]:
         run.refresh_index()
         e = cfg.eval
-        return evaluate_generative(run.model, run.index, valid_subset, run.items, e.ks, e.beam_size, e.batch_size)
+        return evaluate_generative(run.model, run.index, valid_subset, run.items, e.ks, e.beam_size, e.batch_size,
+                                   queries=valid_queries)
 
     if run.joint:
         objective = JointObjective(cfg, run.text)
@@ -220,13 +263,14 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     else:
         objective, observe = NextTokenObjective(cfg), None
     trainer = Trainer(run.model, cfg.train, run.splits.train, run.items, run_dir, validate, objective, observe,
-                      progress=progress)
+                      progress=progress, queries=run.split_queries("train"))
     summary = trainer.fit()
     if not main:
         return summary
     start = time.perf_counter()
     metrics = {
         "dataset": run.dataset.name,
+        "task": cfg.data.task,
         "strategy": cfg.train.strategy,
         **summary,
         "valid": evaluate_split(run, "valid", progress=progress),

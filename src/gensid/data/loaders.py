@@ -146,16 +146,21 @@ def load_log(path: Path, text_fields: list[str]) -> Dataset:
     missing = {"user", "item", "timestamp"} - set(log.columns)
     if missing:
         raise DataError(f"{path}:1: missing column(s) {sorted(missing)}; expected user, item, timestamp")
+    return _group_log(log, catalog_beside(path, log["item"], text_fields), path, header_rows=1, name=path.stem)
+
+
+def catalog_beside(path: Path, item_ids: pd.Series, text_fields: list[str] | None) -> Catalog:
+    """Item text from ``items.csv``/``items.parquet`` beside ``path`` (column ``item`` + text
+    fields; all other columns when ``text_fields`` is None), else the ids themselves as titles."""
     items_path = next((p for p in (path.with_name("items.csv"), path.with_name("items.parquet")) if p.exists()), None)
-    if items_path is not None:
-        items = _read_table(items_path)
-        if "item" not in items:
-            raise DataError(f"{items_path}:1: no item column")
-        catalog = Catalog(items["item"].tolist(), items.drop(columns=["item"]).to_dict("records"), text_fields)
-    else:  # no item text: the id is the text
-        ids = sorted(set(log["item"]))
-        catalog = Catalog(ids, [{"title": i} for i in ids], ["title"])
-    return _group_log(log, catalog, path, header_rows=1, name=path.stem)
+    if items_path is None:
+        ids = sorted(set(item_ids))
+        return Catalog(ids, [{"title": i} for i in ids], ["title"])
+    items = _read_table(items_path)
+    if "item" not in items:
+        raise DataError(f"{items_path}:1: no item column")
+    fields = text_fields or [c for c in items.columns if c != "item"]
+    return Catalog(items["item"].tolist(), items.drop(columns=["item"]).to_dict("records"), fields)
 
 
 def _read_table(path: Path) -> pd.DataFrame:

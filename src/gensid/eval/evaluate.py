@@ -16,25 +16,26 @@ from gensid.train.batches import Batch, ItemFeatures
 
 @torch.no_grad()
 def recommend_items(model: GenerativeRecommender, index: SIDIndex, samples: Samples, items: ItemFeatures,
-                    beam_size: int, batch_size: int = 256, progress: bool = False) -> np.ndarray:
-    """Top ``beam_size`` item ids per sample [N, beam_size], best first."""
+                    beam_size: int, batch_size: int = 256, progress: bool = False,
+                    queries: torch.Tensor | None = None) -> np.ndarray:
+    """Top ``beam_size`` item ids per sample [N, beam_size], best first (``queries`` [N, T]: search)."""
     model.eval()
     # batch histories of similar length together (less padding), then restore the order
     order = np.argsort((samples.histories >= 0).sum(1), kind="stable")
     ranked = np.full((len(samples), beam_size), -1, dtype=np.int64)
     for start in tqdm(range(0, len(samples), batch_size), desc="beam search", disable=not progress, leave=False):
         rows = order[start:start + batch_size]
-        batch = Batch.build(samples, rows, items)
+        batch = Batch.build(samples, rows, items, queries)
         result = constrained_beam_search(model, index, batch.history_codes, batch.history_mask, beam_size,
-                                         batch.history_text, batch.history_vectors, items.item_vectors)
+                                         batch.history_text, batch.history_vectors, items.item_vectors, batch.query)
         ranked[rows, : result.items.shape[1]] = result.items.numpy()
     return ranked
 
 
 def evaluate_generative(model: GenerativeRecommender, index: SIDIndex, samples: Samples, items: ItemFeatures,
-                        ks: list[int], beam_size: int, batch_size: int = 256, progress: bool = False
-                        ) -> dict[str, float]:
+                        ks: list[int], beam_size: int, batch_size: int = 256, progress: bool = False,
+                        queries: torch.Tensor | None = None) -> dict[str, float]:
     if beam_size < max(ks):
         raise ValueError(f"eval.beam_size {beam_size} must be >= the largest K {max(ks)}")
-    ranked = recommend_items(model, index, samples, items, beam_size, batch_size, progress)
+    ranked = recommend_items(model, index, samples, items, beam_size, batch_size, progress, queries)
     return metrics_from_ranks(rank_of_targets(ranked, samples.targets), ks)

@@ -35,11 +35,12 @@ def constrained_beam_search(model: GenerativeRecommender, index: SIDIndex, histo
                             history_mask: torch.Tensor, beam_size: int,
                             history_text: torch.Tensor | None = None,
                             history_vectors: torch.Tensor | None = None,
-                            item_vectors: torch.Tensor | None = None) -> BeamResult:
+                            item_vectors: torch.Tensor | None = None,
+                            query: torch.Tensor | None = None) -> BeamResult:
     """history_codes [B, H, L], history_mask [B, H] (history_text [B, H, T] and history_vectors
-    [B, H, d] as the model reads them; item_vectors [N, d] for geometric verification)
-    -> top ``beam_size`` items per user."""
-    memory = model.encode(history_codes, history_mask, history_text, history_vectors)
+    [B, H, d] as the model reads them; item_vectors [N, d] for geometric verification; query
+    [B, T] for search models) -> top ``beam_size`` items per user."""
+    memory = model.encode(history_codes, history_mask, history_text, history_vectors, query)
     decoder = IncrementalDecoder(model)
     cache = decoder.start(memory, model.memory_mask(history_mask))
     batch = memory.shape[0]

@@ -75,7 +75,7 @@ def score(h: torch.Tensor, weight: torch.Tensor, log_gamma: torch.Tensor | None)
 
 class GenerativeRecommender(nn.Module):
     def __init__(self, code_sizes: list[int], cfg: ModelConfig, max_history: int,
-                 text_dim: int | None = None, tokenizer: RQVAE | None = None):
+                 text_dim: int | None = None, tokenizer: RQVAE | None = None, query_dim: int | None = None):
         super().__init__()
         if cfg.history_input not in HISTORY_INPUTS:
             raise ValueError(f"model.history_input {cfg.history_input!r}: expected one of {HISTORY_INPUTS}")
@@ -83,6 +83,8 @@ class GenerativeRecommender(nn.Module):
             raise ValueError(f"model.history_input {cfg.history_input} needs item text vectors")
         if tokenizer is None and (cfg.history_input.startswith("quantized") or cfg.tie_heads):
             raise ValueError("model.history_input quantized and model.tie_heads need train.strategy=joint")
+        if query_dim is not None and cfg.history_input == "code_tokens":
+            raise ValueError("search (a query token) needs one token per history item, not code_tokens")
         if tokenizer is not None and tokenizer.quantizer.dim != cfg.d_model:
             raise ValueError(f"joint training feeds codebook vectors to the decoder: quantizer.latent_dim "
                              f"({tokenizer.quantizer.dim}) must equal model.d_model ({cfg.d_model})")
@@ -100,6 +102,9 @@ class GenerativeRecommender(nn.Module):
                 nn.init.normal_(emb.weight, std=cfg.embedding_init_std)
         self.text_proj = nn.Linear(text_dim, d) if cfg.history_input.endswith("+text") else None
         self.history_pos = nn.Parameter(torch.randn(max_history, d) * 0.02)
+        # search: the query's frozen sentence vector becomes one more encoder token, after the history
+        self.query_proj = nn.Linear(query_dim, d) if query_dim is not None else None
+        self.query_pos = nn.Parameter(torch.randn(d) * 0.02) if query_dim is not None else None
         self.code_pos = nn.Parameter(torch.randn(len(code_sizes), d) * 0.02)
         self.bos = nn.Parameter(torch.randn(d) * 0.02)
 
@@ -134,11 +139,11 @@ class GenerativeRecommender(nn.Module):
         return self.code_embeddings[level](codes)
 
     def encode(self, history_codes: torch.Tensor, history_mask: torch.Tensor,
-               history_text: torch.Tensor | None = None, history_vectors: torch.Tensor | None = None
-               ) -> torch.Tensor:
+               history_text: torch.Tensor | None = None, history_vectors: torch.Tensor | None = None,
+               query: torch.Tensor | None = None) -> torch.Tensor:
         """history_codes [B, H, L] (any value where masked), history_mask [B, H] True = real item,
         history_text [B, H, text_dim] or None, history_vectors [B, H, d] quantized item vectors
-        (history_input quantized*) -> memory [B, H, d]."""
+        (history_input quantized*), query [B, query_dim] (search models) -> memory [B, H(+1), d]."""
         codes = history_codes.clamp(min=0)
         if self.cfg.history_input == "code_tokens":
             return self._encode_code_tokens(codes, history_mask)
@@ -146,7 +151,11 @@ class GenerativeRecommender(nn.Module):
         if self.text_proj is not None:
             tokens = tokens + self.text_proj(history_text)
         tokens = tokens + self.history_pos[-tokens.shape[1]:]
-        return self.encoder(tokens, src_key_padding_mask=~history_mask)
+        if self.query_proj is not None:
+            if query is None:
+                raise ValueError("this is a search model: give the query vectors")
+            tokens = torch.cat([tokens, (self.query_proj(query) + self.query_pos).unsqueeze(1)], 1)
+        return self.encoder(tokens, src_key_padding_mask=~self.memory_mask(history_mask))
 
     def _encode_code_tokens(self, codes: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
         """TIGER's input for comparison: one token per code -> memory [B, H*L, d]."""
@@ -157,9 +166,12 @@ class GenerativeRecommender(nn.Module):
         return self.encoder(tokens.reshape(b, h * n, -1), src_key_padding_mask=~mask)
 
     def memory_mask(self, history_mask: torch.Tensor) -> torch.Tensor:
-        """Key mask of the encoder memory [B, H] or [B, H*L] (code_tokens)."""
+        """Key mask of the encoder memory [B, H], [B, H+1] (search: the query token) or [B, H*L]
+        (code_tokens)."""
         if self.cfg.history_input == "code_tokens":
             return history_mask.repeat_interleave(self.num_levels, 1)
+        if self.query_proj is not None:
+            return torch.cat([history_mask, history_mask.new_ones(len(history_mask), 1)], 1)
         return history_mask
 
     def context(self, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
@@ -183,9 +195,9 @@ class GenerativeRecommender(nn.Module):
                             memory_key_padding_mask=~memory_mask)
 
     def forward(self, history_codes: torch.Tensor, history_mask: torch.Tensor, target_codes: torch.Tensor,
-                history_text: torch.Tensor | None = None) -> list[torch.Tensor]:
+                history_text: torch.Tensor | None = None, query: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Teacher forcing: target_codes [B, L] -> L logits tensors [B, K_m]."""
-        memory = self.encode(history_codes, history_mask, history_text)
+        memory = self.encode(history_codes, history_mask, history_text, query=query)
         return self.code_logits(memory, history_mask, target_codes[:, :-1])
 
     def code_logits(self, memory: torch.Tensor, history_mask: torch.Tensor, prefix: torch.Tensor

@@ -35,9 +35,12 @@ class Batch:
     history_vectors: torch.Tensor | None  # [B, H, d]
     target_codes: torch.Tensor  # [B, L]
     targets: torch.Tensor  # [B] item ids
+    query: torch.Tensor | None = None  # [B, T] query vectors (search)
 
     @classmethod
-    def build(cls, samples: Samples, rows: np.ndarray | slice, items: ItemFeatures) -> Batch:
+    def build(cls, samples: Samples, rows: np.ndarray | slice, items: ItemFeatures,
+              queries: torch.Tensor | None = None) -> Batch:
+        """``queries`` [N, T]: the query vector of every sample (search), or None."""
         hist = torch.from_numpy(samples.histories[rows])
         mask = hist >= 0
         # drop the history columns that are padding in every row (histories are left-padded)
@@ -47,4 +50,5 @@ class Batch:
         targets = torch.from_numpy(samples.targets[rows])
         text = items.text[safe] if items.text is not None else None
         vectors = items.quantized[safe] if items.quantized is not None else None
-        return cls(safe, items.codes[safe], mask, text, vectors, items.codes[targets], targets)
+        query = queries[torch.as_tensor(rows)] if queries is not None else None
+        return cls(safe, items.codes[safe], mask, text, vectors, items.codes[targets], targets, query)

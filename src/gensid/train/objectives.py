@@ -28,7 +28,7 @@ class NextTokenObjective:
         self.label_smoothing = cfg.train.label_smoothing
 
     def __call__(self, model: GenerativeRecommender, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
-        logits = model(batch.history_codes, batch.history_mask, batch.target_codes, batch.history_text)
+        logits = model(batch.history_codes, batch.history_mask, batch.target_codes, batch.history_text, batch.query)
         loss = model.loss(logits, batch.target_codes, self.label_smoothing)
         return {"next_token": loss, "total": loss}
 
@@ -60,7 +60,8 @@ class JointObjective:
         out = quantizer(z_base)
         hist, target = where[:-b].view(b, h), where[-b:]
         target_codes = out.codes[target]
-        memory = model.encode(out.codes[hist], batch.history_mask, batch.history_text, out.quantized[hist])
+        memory = model.encode(out.codes[hist], batch.history_mask, batch.history_text, out.quantized[hist],
+                              batch.query)
         logits = model.code_logits(memory, batch.history_mask, out.level_vectors[target][:, :-1])
         terms = {"next_token": model.loss(logits, target_codes, self.cfg.train.label_smoothing)}
         if weights.global_cosine:
@@ -70,7 +71,8 @@ class JointObjective:
         if weights.rqvae_reconstruction:
             terms["rqvae_reconstruction"] = tokenizer.reconstruct(out.quantized, x)[1]
         if weights.infonce:
-            terms["infonce"] = self.infonce(model.context(memory, batch.history_mask), z_base[target], batch.targets)
+            context = model.context(memory, model.memory_mask(batch.history_mask))
+            terms["infonce"] = self.infonce(context, z_base[target], batch.targets)
         if weights.diversity:
             terms["diversity"] = sum(1 - entropy(lg.softmax(-1).mean(0)) / math.log(lg.shape[-1])
                                      for lg in out.logits) / len(out.logits)

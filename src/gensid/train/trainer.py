@@ -70,14 +70,15 @@ class Trainer:
     """Trains ``model`` on ``train`` with ``objective`` (see :mod:`gensid.train.objectives`).
 
     ``validate(model) -> metrics`` picks the best epoch; ``observe(model) -> dict`` (optional)
-    adds per-epoch analyses (SID drift, code usage, ...) to the log.
+    adds per-epoch analyses (SID drift, code usage, ...) to the log; ``queries`` [N, T] are
+    the training samples' query vectors (search).
     """
 
     def __init__(self, model: GenerativeRecommender, cfg: TrainConfig, train: Samples, items: ItemFeatures,
                  run_dir: str | Path, validate: Callable[[GenerativeRecommender], dict[str, float]],
                  objective: Objective, observe: Callable[[GenerativeRecommender], dict] | None = None,
-                 monitor: str = "ndcg@10", progress: bool = True):
-        self.model, self.cfg, self.train, self.items = model, cfg, train, items
+                 monitor: str = "ndcg@10", progress: bool = True, queries: torch.Tensor | None = None):
+        self.model, self.cfg, self.train, self.items, self.queries = model, cfg, train, items, queries
         self.run_dir = Path(run_dir)
         self.validate, self.objective, self.observe = validate, objective, observe
         self.monitor, self.progress = monitor, progress
@@ -143,7 +144,7 @@ class Trainer:
             if len(rows) < self.world:  # a last batch too small to give every rank a row
                 continue
             rows = np.array_split(rows, self.world)[self.rank]  # this rank's share of the batch
-            batch = Batch.build(self.train, rows, self.items)
+            batch = Batch.build(self.train, rows, self.items, self.queries)
             with self._autocast():
                 terms = self.step_module(batch, (self.epoch * self.steps_per_epoch + step) / total_steps)
             self.opt.zero_grad(set_to_none=True)

@@ -1,0 +1,81 @@
+"""BM25 and the dense dual encoder on Amazon personalized product search, one run.
+
+    python benchmarks/search_baselines.py --data ../shared/data/amazon-beauty --dataset beauty
+
+Builds the product-search splits (query = the target's category path, history = the
+previous <= 10 items), ranks the full catalog with each baseline and writes test and
+validation rows into ``benchmarks/results/<dataset>-search.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+
+import numpy as np
+import torch
+
+from gensid.baselines.bm25 import BM25Search
+from gensid.baselines.dense import DenseDualEncoder
+from gensid.data import load_dataset
+from gensid.data.search import SearchSamples, product_search
+from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
+from gensid.report.results import upsert_row
+from gensid.text import embed_texts
+
+KS = [1, 5, 10, 20]
+
+
+def query_vectors(samples: SearchSamples, vectors: dict[str, np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([vectors[q] for q in samples.queries]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--dataset", required=True, help="name in the results file, e.g. beauty")
+    parser.add_argument("--text-fields", nargs="+", default=["title", "brand", "categories"])
+    parser.add_argument("--epochs", type=int, default=5, help="dense dual encoder epochs")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+    dataset = load_dataset(args.data, "auto", args.text_fields)
+    splits = product_search(dataset)
+    item_text = torch.from_numpy(embed_texts(dataset.catalog.texts))
+    distinct = sorted({q for part in (splits.train, splits.valid, splits.test) for q in part.queries})
+    vectors = dict(zip(distinct, embed_texts(distinct, progress=False), strict=True))
+    print(f"{args.dataset}: {len(splits.train)} train / {len(splits.valid)} valid / {len(splits.test)} test "
+          f"searches, {len(distinct)} distinct queries, {len(dataset.catalog)} items")
+
+    start = time.perf_counter()
+    bm25 = BM25Search(dataset.catalog)
+    bm25_minutes = (time.perf_counter() - start) / 60
+    start = time.perf_counter()
+    dense = DenseDualEncoder(item_text.shape[1])
+    losses = dense.fit(splits.train, query_vectors(splits.train, vectors), item_text, epochs=args.epochs)
+    dense_minutes = (time.perf_counter() - start) / 60
+
+    for split in ("valid", "test"):
+        samples = getattr(splits, split)
+        runs = {
+            "bm25": (bm25.rank(samples, max(KS)), "query + history titles, k1 1.5, b 0.75", bm25_minutes),
+            "dense": (dense.rank(samples, query_vectors(samples, vectors), item_text, max(KS)),
+                      f"all-MiniLM-L6-v2 frozen, linear projections d128, InfoNCE, {args.epochs} epochs "
+                      f"(final loss {losses[-1]:.3f})", dense_minutes),
+        }
+        for method, (ranked, variant, minutes) in runs.items():
+            metrics = metrics_from_ranks(rank_of_targets(ranked, samples.targets), KS)
+            upsert_row(args.dataset, "search", {"method": method, "variant": variant, "split": split, "seed": 0,
+                                                "metrics": metrics, "train_minutes": round(minutes, 2),
+                                                "command": command})
+            print(f"{split} {method}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                                   if k.startswith(("hit", "ndcg@5", "ndcg@10", "ndcg@20"))))
+
+
+if __name__ == "__main__":
+    main()
