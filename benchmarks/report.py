@@ -9,15 +9,19 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-COLUMNS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
+REC_COLUMNS = {"recall@5": "R@5", "recall@10": "R@10", "ndcg@5": "N@5", "ndcg@10": "N@10"}
+SEARCH_COLUMNS = {"hit@1": "H@1", "hit@5": "H@5", "hit@10": "H@10", "hit@20": "H@20", "ndcg@5": "N@5",
+                  "ndcg@10": "N@10", "ndcg@20": "N@20"}
 
 
 def quality_table(path: Path, split: str = "test") -> str:
+    columns = SEARCH_COLUMNS if path.stem.endswith("-search") else REC_COLUMNS
     rows = [r for r in json.loads(path.read_text()) if r["split"] == split]
     lines = [f"**{path.stem}** ({split})", "",
-             "| method | variant | seed | R@5 | R@10 | N@5 | N@10 | train min |", "|---|---|---|---|---|---|---|---|"]
+             "| method | variant | seed | " + " | ".join(columns.values()) + " | train min |",
+             "|---|---|---|" + "---|" * (len(columns) + 1)]
     for r in sorted(rows, key=lambda r: -r["metrics"]["ndcg@10"]):
-        cells = " | ".join(f"{r['metrics'][c]:.4f}" for c in COLUMNS)
+        cells = " | ".join(f"{r['metrics'][c]:.4f}" for c in columns)
         lines.append(f"| {r['method']} | {r['variant']} | {r['seed']} | {cells} | {r['train_minutes']:.1f} |")
     return "\n".join(lines)
 
@@ -40,7 +44,7 @@ def speed_table(path: Path) -> str:
 
 
 def main() -> None:
-    for path in sorted(RESULTS.glob("*-rec.json")):
+    for path in sorted([*RESULTS.glob("*-rec.json"), *RESULTS.glob("*-search.json")]):
         print(quality_table(path) + "\n")
     if (RESULTS / "speed.json").exists():
         print(speed_table(RESULTS / "speed.json"))
