@@ -39,10 +39,23 @@ def constrained_beam_search(model: GenerativeRecommender, index: SIDIndex, histo
                             query: torch.Tensor | None = None) -> BeamResult:
     """history_codes [B, H, L], history_mask [B, H] (history_text [B, H, T] and history_vectors
     [B, H, d] as the model reads them; item_vectors [N, d] for geometric verification; query
-    [B, T] for search models) -> top ``beam_size`` items per user."""
+    [B, T] for search models) -> top ``beam_size`` items per user.
+
+    Three stages, each its own function so they can be timed apart: context encoding,
+    generative search over the trie, and verification (leaves -> items -> ranking)."""
     memory = model.encode(history_codes, history_mask, history_text, history_vectors, query)
+    memory_mask = model.memory_mask(history_mask)
+    leaves, scores = search_leaves(model, index, memory, memory_mask, beam_size)
+    context = model.context(memory, memory_mask) if item_vectors is not None else None
+    return verify(index, leaves, scores, beam_size, context, item_vectors)
+
+
+@torch.no_grad()
+def search_leaves(model: GenerativeRecommender, index: SIDIndex, memory: torch.Tensor, memory_mask: torch.Tensor,
+                  beam_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trie-constrained beam search -> leaves [B, W] (-1 = none) and their log-probabilities [B, W]."""
     decoder = IncrementalDecoder(model)
-    cache = decoder.start(memory, model.memory_mask(history_mask))
+    cache = decoder.start(memory, memory_mask)
     batch = memory.shape[0]
     node = torch.zeros(batch, 1, dtype=torch.long)  # [B, W] trie node per beam (-1 = dead beam)
     scores = torch.zeros(batch, 1)
@@ -59,7 +72,16 @@ def constrained_beam_search(model: GenerativeRecommender, index: SIDIndex, histo
         if m + 1 < index.num_levels:
             cache.reorder(parent)
             tokens = decoder.embed(code, m)
-    items, valid = index.items_of_leaves(node)  # [B, W, S]
+    return node, scores
+
+
+@torch.no_grad()
+def verify(index: SIDIndex, leaves: torch.Tensor, scores: torch.Tensor, k: int,
+           context: torch.Tensor | None = None, item_vectors: torch.Tensor | None = None) -> BeamResult:
+    """Leaves [B, W] with beam scores -> the top ``k`` items: by beam score, then cosine of the
+    context [B, d] with the item vectors [N, d] (when given), then lower item id."""
+    batch = leaves.shape[0]
+    items, valid = index.items_of_leaves(leaves)  # [B, W, S]
     items = items.view(batch, -1)
     scores = scores.unsqueeze(-1).expand(-1, -1, valid.shape[-1]).masked_fill(~valid, float("-inf"))
     scores = scores.reshape(batch, -1)
@@ -67,10 +89,11 @@ def constrained_beam_search(model: GenerativeRecommender, index: SIDIndex, histo
     order = items.masked_fill(items < 0, torch.iinfo(torch.long).max).argsort(dim=1, stable=True)
     items, scores = items.gather(1, order), scores.gather(1, order)
     if item_vectors is not None:
-        context = F.normalize(model.context(memory, model.memory_mask(history_mask)), dim=-1)
-        cosine = (F.normalize(item_vectors, dim=-1)[items.clamp(min=0)] @ context.unsqueeze(-1)).squeeze(-1)
+        context = F.normalize(context, dim=-1)
+        candidates = F.normalize(item_vectors[items.clamp(min=0)], dim=-1)  # [B, W*S, d]
+        cosine = (candidates @ context.unsqueeze(-1)).squeeze(-1)
         order = cosine.argsort(dim=1, descending=True, stable=True)
         items, scores = items.gather(1, order), scores.gather(1, order)
-    order = scores.argsort(dim=1, descending=True, stable=True)[:, :beam_size]
+    order = scores.argsort(dim=1, descending=True, stable=True)[:, :k]
     items, scores = items.gather(1, order), scores.gather(1, order)
     return BeamResult(items.masked_fill(~torch.isfinite(scores), -1), scores)
