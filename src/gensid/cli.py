@@ -89,6 +89,23 @@ def recommend(run_dir: Path, history: str = typer.Option(..., help="comma-separa
 
 
 @app.command()
+def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="interface to listen on"),
+          port: int = typer.Option(8000, help="TCP port"),
+          threads: int = typer.Option(1, min=1, help="torch threads for the model"),
+          max_batch: int = typer.Option(64, min=1, help="most /recommend requests per model call"),
+          max_wait_ms: float = typer.Option(5.0, min=0, help="how long a request waits for others to batch with")
+          ) -> None:
+    """Serve a trained run over HTTP: /recommend, /items, /items/{id}, /health."""
+    import torch
+    import uvicorn
+
+    from gensid.serve import create_app
+
+    torch.set_num_threads(threads)
+    uvicorn.run(create_app(run_dir, max_batch, max_wait_ms), host=host, port=port)
+
+
+@app.command()
 def experiment(plan: Path = typer.Argument(..., help="experiment file in configs/ (a list of variants)"),
                shard: str = typer.Option("0/1", help="i/n: run every n-th variant from the i-th (one process per core)"),
                report_only: bool = typer.Option(False, help="only rebuild the table and plots")) -> None:
