@@ -16,10 +16,11 @@ METRICS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10", "recall@20"]
 def _table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     table = Table(title=title)
     table.add_column("method")
-    for name in METRICS:
+    names = [m for m in METRICS if all(m in metrics for metrics in rows.values())]  # eval.ks may omit some
+    for name in names:
         table.add_column(name, justify="right")
     for method, metrics in rows.items():
-        table.add_row(method, *(f"{metrics[m]:.4f}" for m in METRICS))
+        table.add_row(method, *(f"{metrics[m]:.4f}" for m in names))
     return table
 
 
