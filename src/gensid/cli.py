@@ -103,7 +103,7 @@ def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="interface t
     from gensid.serve import create_app
 
     torch.set_num_threads(threads)
-    uvicorn.run(create_app(run_dir, max_batch, max_wait_ms), host=host, port=port)
+    uvicorn.run(create_app(run_dir, max_batch, max_wait_ms, preload_text_encoder=True), host=host, port=port)
 
 
 @app.command()

@@ -120,12 +120,16 @@ def render(fields: dict[str, str], text_fields: list[str]) -> str:
     return text
 
 
-def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.0) -> FastAPI:
-    """The app for ``run_dir``; the run is loaded (and added items replayed) at startup."""
+def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.0,
+               preload_text_encoder: bool = False) -> FastAPI:
+    """The app for ``run_dir``; the run is loaded (and added items replayed) at startup, and the
+    text encoder too with ``preload_text_encoder`` (else on the first ``POST /items``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         service = await asyncio.to_thread(Service, run_dir)
+        if preload_text_encoder:
+            await asyncio.to_thread(service.text_encoder)
         batcher = MicroBatcher(service.recommend_batch, max_batch, max_wait_ms)
         batcher.start()
         app.state.service, app.state.batcher = service, batcher
