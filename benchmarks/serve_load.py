@@ -33,7 +33,7 @@ from benchmarks.speed import git_commit, machine
 from gensid.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
-WORDS = "space river night city love war ghost detective island summer robot king".split()
+WORDS = ["space", "river", "night", "city", "love", "war", "ghost", "detective", "island", "summer", "robot", "king"]
 
 
 def free_port() -> int:
