@@ -31,8 +31,9 @@ class SIDIndex:
         self.sizes = list(sizes)
         node_of_prefix = [np.zeros(len(codes), dtype=np.int64)]  # depth 0: the root
         for m in range(1, len(sizes) + 1):
-            _, inverse = np.unique(codes[:, :m], axis=0, return_inverse=True)
-            node_of_prefix.append(inverse.reshape(-1))
+            # a depth-m node = (its parent node, its code): one int64 key, a 1-D unique in prefix order
+            key = node_of_prefix[-1] * sizes[m - 1] + codes[:, m - 1]
+            node_of_prefix.append(np.unique(key, return_inverse=True)[1].reshape(-1))
         self.children: list[torch.Tensor] = []
         for m, k in enumerate(sizes):
             table = np.full((int(node_of_prefix[m].max()) + 1, k), -1, dtype=np.int64)
