@@ -45,7 +45,7 @@ class Service:
         self.store = ItemStore(Path(run_dir) / "catalog.sqlite")
         self.lock = threading.Lock()
         self.trained_items = len(self.run.dataset.catalog)
-        self.encoder: TextEncoder | None = None  # loaded on the first POST /items
+        self.encoder: TextEncoder | None = None  # loaded by text_encoder(), at startup or on first use
         self.replay()
 
     def replay(self) -> None:

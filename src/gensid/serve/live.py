@@ -5,7 +5,8 @@ next free one among the items that share those codes. A code beyond the model's
 last-position vocabulary grows that position's code embedding and head by one row,
 initialised to the mean of the existing rows: the new code then starts as an "average"
 disambiguation code (its logit is the mean of the others' in a dot-product head), so
-the item is reachable at once without disturbing the ranking of the existing items.
+the item is reachable at once; existing items keep their logits and shift only through the
+last position's softmax normaliser.
 Joint runs: the SID is the model's own tokenizer's deterministic codes (no
 disambiguation code); items that share a SID are ordered by cosine with the new
 item's vector, as for the trained items.
