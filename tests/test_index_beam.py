@@ -109,3 +109,30 @@ def test_fewer_items_than_beams_leaves_empty_slots(rng):
     result = constrained_beam_search(model, index, hist, torch.ones(1, 6, dtype=torch.bool), beam_size=5)
     assert sorted(result.items[0, :3].tolist()) == [0, 1, 2]
     assert result.items.shape[1] <= 5 and (result.items[0, 3:] == -1).all()
+
+
+def test_adding_items_equals_building_the_index_with_them(rng):
+    """SIDIndex.add grows the tables in place; the result serves exactly like a rebuilt index."""
+    for _ in range(100):
+        sizes = [3, 3, 2]
+        n, extra = rng.integers(1, 30), rng.integers(1, 10)
+        codes = np.stack([rng.integers(0, k, n) for k in sizes], 1)
+        added = np.stack([rng.integers(0, k + 1, extra) for k in sizes], 1)  # some codes beyond sizes
+        grown = SIDIndex(codes, sizes)
+        assert grown.add(added[:3]).tolist() == list(range(n, n + min(3, extra)))
+        grown.add(added[3:])
+        both = np.concatenate([codes, added])
+        rebuilt = SIDIndex(both, [max(k, int(both[:, m].max()) + 1) for m, k in enumerate(sizes)])
+        assert grown.sizes == rebuilt.sizes and grown.max_leaf_size == rebuilt.max_leaf_size
+        assert grown.is_valid(torch.from_numpy(both)).all()
+        for sid in np.unique(both, axis=0):
+            expected = np.flatnonzero((both == sid).all(1)).tolist()
+            assert leaf_items(grown, sid) == leaf_items(rebuilt, sid) == expected
+
+
+def leaf_items(index: SIDIndex, sid: np.ndarray) -> list[int]:
+    node = 0
+    for m, code in enumerate(sid):
+        node = int(index.children[m][node, code])
+    items, valid = index.items_of_leaves(torch.tensor([node]))
+    return items[valid].tolist()

@@ -19,10 +19,11 @@ METRICS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10", "recall@20"]
 def _table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     table = Table(title=title)
     table.add_column("method")
-    for name in METRICS:
+    names = [m for m in METRICS if all(m in metrics for metrics in rows.values())]  # eval.ks may omit some
+    for name in names:
         table.add_column(name, justify="right")
     for method, metrics in rows.items():
-        table.add_row(method, *(f"{metrics[m]:.4f}" for m in METRICS))
+        table.add_row(method, *(f"{metrics[m]:.4f}" for m in names))
     return table
 
 
@@ -101,6 +102,23 @@ def recommend(run_dir: Path, history: str = typer.Option(..., help="comma-separa
         raise typer.BadParameter("give at least one item id", param_hint="--history")
     for rank, item in enumerate(run.recommend(items, k), 1):
         console.print(f"{rank:>3}. [{run.dataset.catalog.item_ids[item]}] {run.dataset.catalog.title(item)}")
+
+
+@app.command()
+def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="interface to listen on"),
+          port: int = typer.Option(8000, help="TCP port"),
+          threads: int = typer.Option(1, min=1, help="torch threads for the model"),
+          max_batch: int = typer.Option(64, min=1, help="most /recommend requests per model call"),
+          max_wait_ms: float = typer.Option(5.0, min=0, help="how long a request waits for others to batch with")
+          ) -> None:
+    """Serve a trained run over HTTP: /recommend, /items, /items/{id}, /health."""
+    import torch
+    import uvicorn
+
+    from gensid.serve import create_app
+
+    torch.set_num_threads(threads)
+    uvicorn.run(create_app(run_dir, max_batch, max_wait_ms, preload_text_encoder=True), host=host, port=port)
 
 
 @app.command()

@@ -43,12 +43,27 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.item_ids)
 
+    def __contains__(self, external_id: object) -> bool:
+        return str(external_id) in self._index
+
     def index_of(self, external_id: str) -> int:
         """Internal id of an external item id; ``KeyError`` naming the id if unknown."""
         try:
             return self._index[str(external_id)]
         except KeyError:
             raise KeyError(f"unknown item id {external_id!r}") from None
+
+    def append(self, external_id: str, fields: dict[str, str]) -> int:
+        """Add one item (text rendered as for the others); returns its internal id."""
+        if str(external_id) in self._index:
+            raise DataError(f"catalog: item id {external_id!r} exists already")
+        if not any(fields.get(name) for name in self.text_fields):
+            raise DataError(f"item {external_id!r}: none of the text fields {self.text_fields} is given")
+        self._index[str(external_id)] = len(self.item_ids)
+        self.item_ids.append(str(external_id))
+        self.fields.append(dict(fields))
+        self.texts.append(render_text(fields, self.text_fields))
+        return len(self.item_ids) - 1
 
     def title(self, item: int) -> str:
         fields = self.fields[item]

@@ -71,6 +71,8 @@ def _read_json(path: Path) -> dict:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
     return data
@@ -109,15 +111,20 @@ def load_letter(folder: Path, text_fields: list[str]) -> Dataset:
 
 def _read_atomic(path: Path) -> pd.DataFrame:
     """A RecBole atomic file; the header's ``name:type`` columns become plain ``name``."""
-    with open(path, newline="") as fh:
-        header = fh.readline().rstrip("\n").split("\t")
+    try:
+        with open(path, newline="") as fh:
+            header = fh.readline().rstrip("\n").split("\t")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}:1: not UTF-8 text (byte {exc.start})") from None
     names = [h.split(":")[0] for h in header]
     if not header or any(":" not in h for h in header):
         raise DataError(f"{path}:1: expected a header of name:type columns, got {header!r:.80}")
+    if len(set(names)) != len(names):
+        raise DataError(f"{path}:1: repeated column name in the header {header!r:.80}")
     try:
         df = pd.read_csv(path, sep="\t", skiprows=1, names=names, dtype=str, keep_default_na=False,
                          quoting=csv.QUOTE_NONE, on_bad_lines="error")
-    except pd.errors.ParserError as exc:
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: malformed row ({exc})") from None
     return df
 

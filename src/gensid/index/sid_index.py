@@ -31,19 +31,69 @@ class SIDIndex:
         self.sizes = list(sizes)
         node_of_prefix = [np.zeros(len(codes), dtype=np.int64)]  # depth 0: the root
         for m in range(1, len(sizes) + 1):
-            _, inverse = np.unique(codes[:, :m], axis=0, return_inverse=True)
-            node_of_prefix.append(inverse.reshape(-1))
+            # a depth-m node = (its parent node, its code): one int64 key, a 1-D unique in prefix order
+            key = node_of_prefix[-1] * sizes[m - 1] + codes[:, m - 1]
+            node_of_prefix.append(np.unique(key, return_inverse=True)[1].reshape(-1))
         self.children: list[torch.Tensor] = []
         for m, k in enumerate(sizes):
             table = np.full((int(node_of_prefix[m].max()) + 1, k), -1, dtype=np.int64)
             table[node_of_prefix[m], codes[:, m]] = node_of_prefix[m + 1]
             self.children.append(torch.from_numpy(table))
-        leaf_of_item = node_of_prefix[-1]
-        order = np.lexsort((np.arange(len(codes)), leaf_of_item))  # by leaf, then item id
-        counts = np.bincount(leaf_of_item, minlength=int(leaf_of_item.max()) + 1 if len(codes) else 0)
+        self.leaf_of_item = node_of_prefix[-1]
+        self._build_leaves()
+
+    def _build_leaves(self) -> None:
+        """CSR leaf item lists from ``leaf_of_item`` [N] (items by leaf, then item id)."""
+        leaf_of_item = self.leaf_of_item
+        order = np.lexsort((np.arange(len(leaf_of_item)), leaf_of_item))
+        counts = np.bincount(leaf_of_item, minlength=self._num_leaves(self.children[-1].numpy()))
         self.leaf_items = torch.from_numpy(order.astype(np.int64))
         self.leaf_start = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
         self.max_leaf_size = int(counts.max()) if len(counts) else 0
+
+    def add(self, codes: np.ndarray) -> np.ndarray:
+        """Insert items with SIDs ``codes`` [n, L] (ids ``len(self)..len(self)+n-1``), growing the
+        child tables by a row per new node (and by columns where a code is beyond ``sizes``).
+        Returns their item ids [n]; they are retrievable at once."""
+        codes = np.asarray(codes, dtype=np.int64).reshape(-1, self.num_levels)
+        if len(codes) and codes.min() < 0:
+            raise ValueError("codes must be >= 0")
+        tables = [t.numpy() for t in self.children]
+        leaves = np.empty(len(codes), dtype=np.int64)
+        for row, sid in enumerate(codes):
+            node = 0
+            for m, code in enumerate(sid):
+                table = tables[m]
+                if code >= table.shape[1]:  # a code beyond the vocabulary: widen this level
+                    table = np.pad(table, ((0, 0), (0, code + 1 - table.shape[1])), constant_values=-1)
+                    self.sizes[m] = table.shape[1]
+                if table[node, code] < 0:  # a new prefix: a new node at the next depth
+                    table[node, code] = len(tables[m + 1]) if m + 1 < len(tables) else self._num_leaves(table)
+                    if m + 1 < len(tables):
+                        tables[m + 1] = np.pad(tables[m + 1], ((0, 1), (0, 0)), constant_values=-1)
+                tables[m] = table
+                node = int(table[node, code])
+            leaves[row] = node
+        self.children = [torch.from_numpy(t) for t in tables]
+        ids = np.arange(len(self.codes), len(self.codes) + len(codes))
+        self.codes = np.concatenate([self.codes, codes])
+        self.leaf_of_item = np.concatenate([self.leaf_of_item, leaves])
+        self._build_leaves()
+        return ids
+
+    @staticmethod
+    def _num_leaves(last_table: np.ndarray) -> int:
+        return int(last_table.max()) + 1 if last_table.size else 0
+
+    def child_codes(self, prefix: np.ndarray) -> np.ndarray:
+        """Codes already used after ``prefix`` [m] (m < L), sorted; empty if the prefix is new."""
+        node = 0
+        for m, code in enumerate(prefix):
+            table = self.children[m]
+            if not 0 <= code < table.shape[1] or table[node, code] < 0:
+                return np.zeros(0, dtype=np.int64)
+            node = int(table[node, code])
+        return (self.children[len(prefix)][node] >= 0).nonzero()[:, 0].numpy()
 
     @property
     def num_levels(self) -> int:

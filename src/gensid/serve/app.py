@@ -1,0 +1,176 @@
+"""The FastAPI app over a trained run directory.
+
+Endpoints: ``POST /recommend``, ``POST /items``, ``GET /items/{id}``, ``GET /health``.
+(``POST /search`` comes with the generative search task.) Model calls and item inserts
+run in worker threads under one lock, so the event loop never blocks on the model;
+``/recommend`` calls are micro-batched (:class:`MicroBatcher`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi import FastAPI, HTTPException
+
+from gensid.data import Samples
+from gensid.data.catalog import render_text
+from gensid.eval.evaluate import recommend_items
+from gensid.pipeline import Run, load_run
+from gensid.serve.batcher import MicroBatcher
+from gensid.serve.live import ItemAdder
+from gensid.serve.schemas import (
+    AddItemsRequest,
+    AddItemsResponse,
+    Health,
+    ItemOut,
+    Recommendation,
+    RecommendRequest,
+    RecommendResponse,
+)
+from gensid.serve.store import AddedItem, ItemStore
+from gensid.text import TextEncoder
+
+
+class Service:
+    """A loaded run plus its added-items store; every method is thread-safe."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run: Run = load_run(run_dir)
+        self.adder = ItemAdder(self.run)
+        self.store = ItemStore(Path(run_dir) / "catalog.sqlite")
+        self.lock = threading.Lock()
+        self.trained_items = len(self.run.dataset.catalog)
+        self.encoder: TextEncoder | None = None  # loaded by text_encoder(), at startup or on first use
+        self.replay()
+
+    def replay(self) -> None:
+        """Re-insert the stored added items (with their stored SIDs and vectors)."""
+        added = self.store.all()
+        if added:
+            self.adder.add([a.item_id for a in added], [a.fields for a in added],
+                           torch.from_numpy(np.stack([a.vector for a in added])),
+                           np.asarray([a.sid for a in added], dtype=np.int64))
+
+    @property
+    def beam_size(self) -> int:
+        return self.run.cfg.eval.beam_size
+
+    def recommend_batch(self, histories: list[list[int]]) -> list[list[int]]:
+        """Internal item-id histories (oldest first) -> ranked internal ids, ``beam_size`` each."""
+        width = self.run.cfg.data.max_history
+        hist = np.full((len(histories), width), -1, dtype=np.int64)
+        for row, history in enumerate(histories):
+            recent = history[-width:]
+            hist[row, width - len(recent):] = recent
+        samples = Samples(hist, np.zeros(len(hist), dtype=np.int64), np.zeros(len(hist), dtype=np.int64))
+        with self.lock:
+            ranked = recommend_items(self.run.model, self.run.index, samples, self.run.items, self.beam_size,
+                                     batch_size=len(hist))
+        return [[int(i) for i in row if i >= 0] for row in ranked]
+
+    def add_items(self, request: AddItemsRequest) -> list[ItemOut]:
+        """Embed, tokenize, commit to the store, then insert into the live index."""
+        catalog = self.run.dataset.catalog
+        fields = [dict(it.fields) for it in request.items]
+        texts = [render(f, catalog.text_fields) for f in fields]
+        self.refuse_existing(request)  # before the slow part; again under the lock for racing requests
+        vectors = torch.from_numpy(self.text_encoder().encode(texts, progress=False))
+        with self.lock:
+            self.refuse_existing(request)
+            sids = self.adder.sids(vectors)
+            self.store.add([AddedItem(it.id, f, s.tolist(), v.numpy())
+                            for it, f, s, v in zip(request.items, fields, sids, vectors, strict=True)])
+            internal = self.adder.add([it.id for it in request.items], fields, vectors, sids)
+        return [self.item_out(i) for i in internal]
+
+    def refuse_existing(self, request: AddItemsRequest) -> None:
+        existing = [it.id for it in request.items if it.id in self.run.dataset.catalog]
+        if existing:
+            raise HTTPException(409, f"item id(s) already in the catalog: {existing[:5]}")
+
+    def text_encoder(self) -> TextEncoder:
+        """The run's text encoder, loaded once (``embed_texts`` would reload it per request)."""
+        if self.encoder is None:
+            self.encoder = TextEncoder(self.run.cfg.text.model, self.run.cfg.text.batch_size)
+        return self.encoder
+
+    def item_out(self, internal: int) -> ItemOut:
+        catalog = self.run.dataset.catalog
+        return ItemOut(id=catalog.item_ids[internal], title=catalog.title(internal), fields=catalog.fields[internal],
+                       sid=self.run.index.codes[internal].tolist(), added=internal >= self.trained_items)
+
+    def internal_ids(self, external: list[str]) -> list[int]:
+        catalog = self.run.dataset.catalog
+        unknown = [i for i in external if i not in catalog]
+        if unknown:
+            raise HTTPException(404, f"unknown item id(s) in history: {unknown[:5]}")
+        return [catalog.index_of(i) for i in external]
+
+
+def render(fields: dict[str, str], text_fields: list[str]) -> str:
+    """Item text as the catalog renders it; a 422 naming the fields when none is given."""
+    text = render_text(fields, text_fields)
+    if not text:
+        raise HTTPException(422, f"an item needs at least one of the text fields {text_fields}; got {sorted(fields)}")
+    return text
+
+
+def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.0,
+               preload_text_encoder: bool = False) -> FastAPI:
+    """The app for ``run_dir``; the run is loaded (and added items replayed) at startup, and the
+    text encoder too with ``preload_text_encoder`` (else on the first ``POST /items``)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service = await asyncio.to_thread(Service, run_dir)
+        if preload_text_encoder:
+            await asyncio.to_thread(service.text_encoder)
+        batcher = MicroBatcher(service.recommend_batch, max_batch, max_wait_ms)
+        batcher.start()
+        app.state.service, app.state.batcher = service, batcher
+        yield
+        await batcher.stop()
+        service.store.close()
+
+    app = FastAPI(title="gensid", summary="Generative recommendation with semantic IDs", lifespan=lifespan)
+
+    def service() -> Service:
+        return app.state.service
+
+    @app.post("/recommend", response_model=RecommendResponse)
+    async def recommend(request: RecommendRequest) -> RecommendResponse:
+        svc = service()
+        if request.k > svc.beam_size:
+            raise HTTPException(422, f"k={request.k} is larger than the run's beam size {svc.beam_size}")
+        ranked = await app.state.batcher.submit(svc.internal_ids(request.history))
+        catalog = svc.run.dataset.catalog
+        return RecommendResponse(items=[Recommendation(rank=r, id=catalog.item_ids[i], title=catalog.title(i))
+                                        for r, i in enumerate(ranked[:request.k], 1)])
+
+    @app.post("/items", response_model=AddItemsResponse, status_code=201)
+    async def add_items(request: AddItemsRequest) -> AddItemsResponse:
+        ids = [it.id for it in request.items]
+        if len(set(ids)) != len(ids):
+            raise HTTPException(422, "item ids repeat within the request")
+        return AddItemsResponse(items=await asyncio.to_thread(service().add_items, request))
+
+    @app.get("/items/{item_id}", response_model=ItemOut)
+    async def get_item(item_id: str) -> ItemOut:
+        svc = service()
+        if item_id not in svc.run.dataset.catalog:
+            raise HTTPException(404, f"unknown item id {item_id!r}")
+        return svc.item_out(svc.run.dataset.catalog.index_of(item_id))
+
+    @app.get("/health", response_model=Health)
+    async def health() -> Health:
+        svc = service()
+        return Health(status="ok", strategy=svc.run.cfg.train.strategy, items=len(svc.run.dataset.catalog),
+                      added_items=len(svc.run.dataset.catalog) - svc.trained_items,
+                      sid_sizes=svc.run.index.sizes)
+
+    return app

@@ -1,0 +1,95 @@
+"""A training run killed with SIGKILL resumes from its last checkpoint to exactly the metrics of
+an uninterrupted run; a truncated or corrupted checkpoint stops the run with a clear error."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gensid.io import load_tensors
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.max_users=40", "train.epochs=4", "train.threads=1", "train.batch_size=32", "model.d_model=32",
+        "model.d_ff=64", "model.encoder_layers=1", "model.decoder_layers=1", "quantizer.codebook_sizes=[16,16]",
+        "eval.ks=[5,10]", "eval.beam_size=10"]
+
+
+def train_command(run_dir: Path) -> list[str]:
+    sets = [arg for s in TINY for arg in ("--set", s)]
+    return [sys.executable, "-m", "gensid.cli", "train", str(ROOT / "configs/ml100k.yaml"), "--run-dir", str(run_dir),
+            "--examples", "0", *sets]
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src"), "COLUMNS": "500"}
+
+
+def train(run_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(train_command(run_dir), env=environment(), capture_output=True, text=True, timeout=600)
+
+
+def events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def kill_after_first_epoch(run_dir: Path) -> None:
+    """Start training, SIGKILL it as soon as the first checkpoint is written (epoch 2 running)."""
+    proc = subprocess.Popen(train_command(run_dir), env=environment(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoint.safetensors").exists():
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "metrics.json").exists(), "the run finished before it was killed"
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("straight")
+    result = train(run_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("killed") / "run"
+    kill_after_first_epoch(run_dir)
+    return run_dir
+
+
+def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_run(straight, killed, tmp_path):
+    run_dir = shutil.copytree(killed, tmp_path / "run")
+    result = train(run_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed = [e for e in events(run_dir) if e.get("event") == "resume"]
+    assert resumed and resumed[0]["epoch"] >= 1  # it did not start over
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, run_dir))
+    for key in ("epochs", "best_epoch", "valid", "test", "test_by_popularity", "sid"):
+        assert a[key] == b[key], key
+    weights_a, weights_b = (load_tensors(d / "model.safetensors")[0] for d in (straight, run_dir))
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble_header"])
+def test_a_damaged_checkpoint_stops_the_run_with_a_clear_error(killed, tmp_path, damage):
+    run_dir = shutil.copytree(killed, tmp_path / "run")
+    checkpoint = run_dir / "checkpoint.safetensors"
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\xff" * 64 + data[64:])
+    result = train(run_dir)
+    assert result.returncode != 0
+    assert f"{checkpoint}: not a readable safetensors file" in result.stderr

@@ -1,0 +1,180 @@
+"""The HTTP service over tiny trained MovieLens runs (two-stage and joint)."""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gensid.config import load_config
+from gensid.pipeline import train_run
+from gensid.serve import create_app
+
+TINY = ["data.max_users=40", "train.epochs=1", "train.threads=1", "train.batch_size=64", "model.d_model=32",
+        "model.d_ff=64", "model.encoder_layers=1", "model.decoder_layers=1", "quantizer.codebook_sizes=[16,16]",
+        "eval.ks=[5,10]", "eval.beam_size=10"]
+JOINT = ["train.strategy=joint", "quantizer.method=rqvae", "quantizer.latent_dim=32", "quantizer.hidden_dims=[32]",
+         "quantizer.epochs=2", "quantizer.geometry=cosine", "quantizer.assignment=dril", "model.logits=cosine",
+         "model.tie_heads=true"]
+NEW = {"movie_title": "A Brand New Space Opera", "release_year": "2026", "class": "Sci-Fi Adventure"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Trained tiny runs, one per strategy (a few seconds each); tests work on copies."""
+    runs = {}
+    for name, extra in (("two_stage", []), ("joint", JOINT)):
+        run_dir = tmp_path_factory.mktemp(name)
+        train_run(load_config("configs/ml100k.yaml", TINY + extra), run_dir, progress=False)
+        runs[name] = run_dir
+    return runs
+
+
+@pytest.fixture
+def run_dir(trained, tmp_path):
+    return shutil.copytree(trained["two_stage"], tmp_path / "run")
+
+
+def client(run_dir, **kwargs) -> TestClient:
+    return TestClient(create_app(run_dir, **kwargs))
+
+
+def full_beam(c: TestClient, history: list[str]) -> list[str]:
+    """Beam search as wide as the catalog (exhaustive): what the model can retrieve at all."""
+    svc = c.app.state.service
+    svc.run.cfg.eval.beam_size = len(svc.run.dataset.catalog)
+    ranked = svc.recommend_batch([[svc.run.dataset.catalog.index_of(i) for i in history]])[0]
+    return [svc.run.dataset.catalog.item_ids[i] for i in ranked]
+
+
+def test_health_and_recommend_return_ranked_items_with_titles(run_dir):
+    with client(run_dir) as c:
+        health = c.get("/health").json()
+        catalog = c.app.state.service.run.dataset.catalog
+        assert health["status"] == "ok" and health["items"] == len(catalog) and health["added_items"] == 0
+        history = catalog.item_ids[:3]
+        r = c.post("/recommend", json={"history": history, "k": 5})
+        assert r.status_code == 200
+        items = r.json()["items"]
+        assert [it["rank"] for it in items] == [1, 2, 3, 4, 5]
+        assert all(it["title"] == catalog.title(catalog.index_of(it["id"])) for it in items)
+        run = c.app.state.service.run
+        assert [it["id"] for it in items] == [catalog.item_ids[i] for i in run.recommend(
+            [catalog.index_of(i) for i in history], 5)]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "says"), [
+    ("/recommend", {"history": ["no-such-item"], "k": 5}, 404, "no-such-item"),
+    ("/recommend", {"history": [], "k": 5}, 422, "history"),
+    ("/recommend", {"history": ["1"] * 201, "k": 5}, 422, "history"),
+    ("/recommend", {"history": ["1"], "k": 0}, 422, "k"),
+    ("/recommend", {"history": ["1"], "k": 11}, 422, "beam size 10"),
+    ("/recommend", {"history": ["1"], "k": 101}, 422, "k"),
+    ("/recommend", {"history": "1"}, 422, "history"),
+    ("/items", {"items": []}, 422, "items"),
+    ("/items", {"items": [{"id": "x", "fields": {"movie_title": "A"}}] * 2}, 422, "repeat"),
+    ("/items", {"items": [{"id": "1", "fields": {"movie_title": "A"}}]}, 409, "'1'"),
+    ("/items", {"items": [{"id": "x", "fields": {"plot": "A"}}]}, 422, "movie_title"),
+    ("/items", {"items": [{"id": "", "fields": {"movie_title": "A"}}]}, 422, "id"),
+    ("/items", {"items": [{"id": "x", "fields": {"movie_title": 3}}]}, 422, "movie_title"),
+])
+def test_bad_requests_get_a_4xx_naming_what_is_wrong(run_dir, path, body, status, says):
+    with client(run_dir) as c:
+        r = c.post(path, json=body)
+        assert r.status_code == status, r.text
+        assert says in r.text
+        assert c.get("/health").json()["added_items"] == 0
+
+
+def test_unknown_item_is_404(run_dir):
+    with client(run_dir) as c:
+        r = c.get("/items/no-such-item")
+        assert r.status_code == 404 and "no-such-item" in r.text
+        assert c.get("/items/1").json()["added"] is False
+
+
+@pytest.mark.parametrize("strategy", ["two_stage", "joint"])
+def test_added_item_is_retrievable_at_once_and_after_a_restart(trained, tmp_path, strategy):
+    run_dir = shutil.copytree(trained[strategy], tmp_path / "run")
+    with client(run_dir) as c:
+        history = c.app.state.service.run.dataset.catalog.item_ids[:3]
+        assert "new-1" not in full_beam(c, history)
+        r = c.post("/items", json={"items": [{"id": "new-1", "fields": NEW}]})
+        assert r.status_code == 201, r.text
+        sid = r.json()["items"][0]["sid"]
+        assert c.get("/items/new-1").json() == {"id": "new-1", "title": NEW["movie_title"], "fields": NEW,
+                                                "sid": sid, "added": True}
+        assert "new-1" in full_beam(c, history)
+        assert c.post("/recommend", json={"history": [*history, "new-1"], "k": 5}).status_code == 200
+    with client(run_dir) as c:  # a new process would see the same: the app reloads RUN_DIR
+        assert c.get("/health").json()["added_items"] == 1
+        assert c.get("/items/new-1").json()["sid"] == sid
+        assert "new-1" in full_beam(c, history)
+
+
+def test_a_collision_gets_the_next_disambiguation_code_and_grows_the_model(run_dir):
+    with client(run_dir) as c:
+        run = c.app.state.service.run
+        size = run.model.code_sizes[-1]
+        # an item of the largest collision group: its disambiguation code is the last one
+        crowded = int(np.flatnonzero(run.index.codes[:, -1] == size - 1)[0])
+        twin = run.dataset.catalog.fields[crowded]
+        r = c.post("/items", json={"items": [{"id": "twin-1", "fields": twin}, {"id": "twin-2", "fields": twin}]})
+        sids = [it["sid"] for it in r.json()["items"]]
+        assert sids == [[*run.index.codes[crowded, :-1].tolist(), size],
+                        [*run.index.codes[crowded, :-1].tolist(), size + 1]]
+        assert run.model.code_sizes[-1] == run.index.sizes[-1] == size + 2
+        assert run.model.heads[-1].weight.shape[0] == run.model.code_embeddings[-1].num_embeddings == size + 2
+        history = run.dataset.catalog.item_ids[:2]
+        assert {"twin-1", "twin-2"} <= set(full_beam(c, history))
+    with client(run_dir) as c:
+        assert c.get("/items/twin-2").json()["sid"] == sids[1]
+        assert c.app.state.service.run.model.code_sizes[-1] == size + 2
+
+
+def test_concurrent_recommends_share_model_calls_and_get_their_own_answers(run_dir):
+    with client(run_dir, max_batch=16, max_wait_ms=300) as c:
+        ids = c.app.state.service.run.dataset.catalog.item_ids
+        histories = [ids[i:i + 1 + i % 4] for i in range(12)]
+        alone = [c.post("/recommend", json={"history": h, "k": 5}).json() for h in histories]
+        batcher = c.app.state.batcher
+        calls = len(batcher.batch_sizes)
+        with ThreadPoolExecutor(12) as pool:
+            together = list(pool.map(lambda h: c.post("/recommend", json={"history": h, "k": 5}).json(), histories))
+        assert together == alone
+        sizes = batcher.batch_sizes[calls:]
+        assert sum(sizes) == 12 and len(sizes) < 12 and max(sizes) > 1
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+                           max_leaves=12)
+item_ids = st.text(max_size=8) | st.sampled_from(["1", "50", "181"])
+recommend_bodies = st.fixed_dictionaries({"history": st.lists(item_ids, max_size=6) | json_values,
+                                          "k": st.integers(-5, 150) | json_values})
+item_bodies = st.fixed_dictionaries({"items": st.lists(st.fixed_dictionaries(
+    {"id": item_ids, "fields": st.dictionaries(st.sampled_from(["movie_title", "class", "x"]), st.text(max_size=20),
+                                               max_size=3) | json_values}), max_size=3) | json_values})
+
+
+def test_fuzzed_requests_never_get_a_5xx(run_dir):
+    with client(run_dir, max_wait_ms=0) as c:
+        @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(st.sampled_from(["/recommend", "/items"]), recommend_bodies | item_bodies | json_values)
+        def check(path, body):
+            assert c.post(path, json=body).status_code < 500
+
+        @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(st.text(min_size=1, max_size=20))
+        def check_get(item_id):
+            assert c.get("/items/" + quote(item_id, safe="")).status_code < 500
+
+        check()
+        check_get()
+        assert c.get("/health").status_code == 200
