@@ -84,12 +84,21 @@ def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_run(straight, kil
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garble_header"])
-def test_a_damaged_checkpoint_stops_the_run_with_a_clear_error(killed, tmp_path, damage):
+@pytest.mark.parametrize(("damage", "message"), [("truncate", "not a readable safetensors file"),
+                                                  ("garble_header", "not a readable safetensors file"),
+                                                  ("flip_tensor_bytes", "corrupted")])
+def test_a_damaged_checkpoint_stops_the_run_with_a_clear_error(killed, tmp_path, damage, message):
     run_dir = shutil.copytree(killed, tmp_path / "run")
     checkpoint = run_dir / "checkpoint.safetensors"
-    data = checkpoint.read_bytes()
-    checkpoint.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\xff" * 64 + data[64:])
+    data = bytearray(checkpoint.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "garble_header":
+        data[:64] = b"\xff" * 64
+    else:  # inside the tensor data: safetensors alone would load this silently
+        middle = len(data) // 2
+        data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
+    checkpoint.write_bytes(bytes(data))
     result = train(run_dir)
     assert result.returncode != 0
-    assert f"{checkpoint}: not a readable safetensors file" in result.stderr
+    assert f"{checkpoint}: {message}" in result.stderr

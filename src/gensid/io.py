@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -43,17 +44,31 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of ``tensors`` (in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
-    """Atomically save tensors with safetensors (no pickle); ``meta`` goes in the header."""
+    """Atomically save tensors with safetensors (no pickle); ``meta`` and a sha256 of the
+    tensors go in the header (safetensors itself checks only the header and the size)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    header = {"meta": json.dumps(meta)} if meta is not None else None
+    header = {"sha256": tensors_digest(tensors)}
+    if meta is not None:
+        header["meta"] = json.dumps(meta)
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata=header))
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     """Load tensors and the ``meta`` header saved by :func:`save_tensors`.
 
-    A truncated or corrupted file raises ``ValueError`` naming the file.
+    A truncated or corrupted file (header, size, or tensor bytes against the stored sha256)
+    raises ``ValueError`` naming the file.
     """
     from safetensors import safe_open
 
@@ -64,6 +79,8 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None
         tensors = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for bad files
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if "sha256" in header and tensors_digest(tensors) != header["sha256"]:
+        raise ValueError(f"{path}: corrupted: the tensor bytes do not match the sha256 stored at save time")
     meta = json.loads(header["meta"]) if "meta" in header else None
     return tensors, meta
 
