@@ -24,7 +24,6 @@ from gensid.data import Dataset, LeaveOneOut, Samples, leave_one_out, load_datas
 from gensid.data.search import load_search_log, product_search, time_split
 from gensid.eval.analysis import (
     SIDMonitor,
-    collision_rate,
     hit_rate_by_bucket,
     norm_vs_popularity,
     popularity_buckets,
@@ -35,6 +34,7 @@ from gensid.index import SIDIndex
 from gensid.io import JsonlLog, load_tensors, save_tensors, seed_everything, write_json, write_text
 from gensid.model import GenerativeRecommender
 from gensid.quantize import RQVAE, Assignment, SemanticIDs, code_usage, fit_semantic_ids
+from gensid.quantize.sids import collision_rate
 from gensid.text import embed_texts
 from gensid.train import ItemFeatures, Trainer, distributed
 from gensid.train.objectives import JointObjective, NextTokenObjective, item_snapshot

@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 
 from gensid.io import load_tensors, save_tensors
 from gensid.model.recommender import GenerativeRecommender
-from gensid.quantize.sids import code_usage
+from gensid.quantize.sids import code_usage, collision_rate
 from gensid.train.objectives import item_snapshot
 
 
@@ -58,11 +58,6 @@ class SIDMonitor:
         if quantizer.log_sigma is not None:
             out["sdud_sigma"] = float(quantizer.log_sigma.exp())
         return out
-
-
-def collision_rate(codes: np.ndarray) -> float:
-    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
-    return float((counts[inverse.reshape(-1)] > 1).mean())
 
 
 def popularity_buckets(popularity: np.ndarray, buckets: int = 5) -> np.ndarray:

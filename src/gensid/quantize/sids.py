@@ -39,8 +39,7 @@ class SemanticIDs:
 
     def collision_rate(self) -> float:
         """Share of items whose quantizer codes (without the extra code) are shared with another item."""
-        _, inverse, counts = np.unique(self.codes[:, :-1], axis=0, return_inverse=True, return_counts=True)
-        return float((counts[inverse.reshape(-1)] > 1).mean())
+        return collision_rate(self.codes[:, :-1])
 
     def stats(self) -> dict:
         return {
@@ -48,6 +47,12 @@ class SemanticIDs:
             "max_collision_group": self.sizes[-1],
             "levels": code_usage(self.codes[:, :-1], self.sizes[:-1]),
         }
+
+
+def collision_rate(codes: np.ndarray) -> float:
+    """Share of items whose code tuple (a row of ``codes`` [N, L]) is shared with another item."""
+    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    return float((counts[inverse.reshape(-1)] > 1).mean())
 
 
 def code_usage(codes: np.ndarray, sizes: list[int]) -> list[dict]:
