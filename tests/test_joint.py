@@ -11,7 +11,7 @@ from gensid.data.catalog import Interactions
 from gensid.data.splits import leave_one_out
 from gensid.index import SIDIndex, constrained_beam_search
 from gensid.model import GenerativeRecommender
-from gensid.quantize import RQVAE, Assignment
+from gensid.quantize import RQVAE, Assignment, SemanticIDs
 from gensid.train import Batch, ItemFeatures
 from gensid.train.objectives import JointObjective, item_snapshot
 
@@ -19,16 +19,17 @@ D, TEXT_DIM, SIZES = 16, 24, [8, 6]
 
 
 def joint_setup(assignment="gumbel_soft", tie_heads=False, logits="cosine", history_input="codes",
-                decay="none", loss=None, seed=0):
+                decay="none", loss=None, seed=0, latent_dim=D, decoder_input=None):
     torch.manual_seed(seed)
-    qcfg = QuantizerConfig(method="rqvae", codebook_sizes=SIZES, geometry="cosine", latent_dim=D,
+    qcfg = QuantizerConfig(method="rqvae", codebook_sizes=SIZES, geometry="cosine", latent_dim=latent_dim,
                            hidden_dims=[32], assignment=assignment, decay=decay)
     tokenizer = RQVAE(TEXT_DIM, qcfg)
     text = torch.randn(40, TEXT_DIM)
     tokenizer.quantizer.init_kmeans(tokenizer.encoder(text).detach())
     tokenizer.quantizer.assign = Assignment(assignment)
     mcfg = ModelConfig(d_model=D, n_heads=2, encoder_layers=1, decoder_layers=1, d_ff=32, dropout=0.0,
-                       history_input=history_input, logits=logits, tie_heads=tie_heads)
+                       history_input=history_input, logits=logits, tie_heads=tie_heads,
+                       decoder_input=decoder_input)
     model = GenerativeRecommender(SIZES, mcfg, max_history=5, tokenizer=tokenizer)
     cfg = ExperimentConfig(quantizer=qcfg, model=mcfg, loss=loss or LossConfig(next_token=1.0, sdud=0.0))
     rng = np.random.default_rng(seed)
@@ -55,6 +56,55 @@ def test_next_token_loss_alone_reaches_the_item_side_only_when_differentiable(as
         assert encoder > 0 and codebooks == 0.0
     else:  # soft vectors: both the codebooks and the item encoder learn from next-token
         assert encoder > 0 and codebooks > 0
+
+
+@pytest.mark.parametrize("decoder_input", ["embedding", "codebook", "embedding+codebook"])
+def test_a_wider_latent_enters_through_a_projection_and_the_decoder_input_decides_the_gradient(decoder_input):
+    # history as codes: only the decoder's teacher-forcing inputs can carry next-token to the codebooks
+    model, objective, batch, text = joint_setup("gumbel_soft", latent_dim=2 * D, decoder_input=decoder_input)
+    assert model.latent_proj.weight.shape == (D, 2 * D)
+    objective(model, batch, 0.0)["total"].backward()
+    assert (grad_norm(model.tokenizer.quantizer.codebooks) > 0) == (decoder_input != "embedding")
+    # history as quantized vectors: the code embeddings learn only as decoder inputs
+    model, objective, batch, text = joint_setup("gumbel_soft", latent_dim=2 * D, decoder_input=decoder_input,
+                                                history_input="quantized")
+    objective(model, batch, 0.0)["total"].backward()
+    assert (grad_norm(model.code_embeddings.parameters()) > 0) == (decoder_input != "codebook")
+    snap = item_snapshot(model, text, keep_text=False)
+    assert snap.item_vectors.shape == (len(text), 2 * D)
+    memory = model.encode(batch.history_codes, batch.history_mask, history_vectors=snap.quantized[batch.history_items])
+    assert model.context(memory, batch.history_mask).shape == (len(batch.targets), 2 * D)
+
+
+def test_a_disambiguation_position_makes_every_sid_unique_and_is_learned_from_the_batch():
+    model, objective, batch, text = joint_setup("gumbel_soft")
+    text = torch.cat([text, text[:5]])  # five exact duplicates: their quantizer codes must collide
+    sizes = SemanticIDs.from_codes(model.tokenizer.encode(text).numpy(), SIZES).sizes
+    model = GenerativeRecommender(sizes, model.cfg, max_history=5, tokenizer=model.tokenizer)
+    snap = item_snapshot(model, text, keep_text=False)
+    assert snap.codes.shape == (len(text), len(SIZES) + 1)
+    assert len(np.unique(snap.codes.numpy(), axis=0)) == len(text)
+    assert torch.equal(snap.codes[:, :-1], model.tokenizer.encode(text))
+    # the batch carries the disambiguation codes of the last refresh: the last position's targets
+    rng = np.random.default_rng(0)
+    split = leave_one_out(Interactions([str(u) for u in range(12)], [rng.integers(0, 45, 6) for _ in range(12)]), 5)
+    batch = Batch.build(split.train, np.arange(len(split.train)), ItemFeatures(snap.codes))
+    objective, losses = JointObjective(objective.cfg, text), []
+    for _ in range(2):
+        torch.manual_seed(1)
+        losses.append(float(objective(model, batch, 0.0)["next_token"]))
+        batch.target_codes[:, -1] = (batch.target_codes[:, -1] + 1) % sizes[-1]
+    assert losses[0] != losses[1]
+
+
+def test_tied_heads_need_the_latent_to_match_the_model_width():
+    with pytest.raises(ValueError, match="latent_dim"):
+        joint_setup("gumbel_soft", tie_heads=True, latent_dim=2 * D)
+
+
+def test_two_stage_has_no_codebook_to_feed_the_decoder():
+    with pytest.raises(ValueError, match="decoder_input"):
+        GenerativeRecommender(SIZES, ModelConfig(d_model=D, n_heads=2, decoder_input="codebook"), max_history=5)
 
 
 @pytest.mark.parametrize("assignment", ["gumbel_soft", "dril", "ste"])

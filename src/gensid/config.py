@@ -41,6 +41,9 @@ class QuantizerConfig:
     codebook_sizes: list[int] = field(default_factory=lambda: [256, 256, 256])
     geometry: str = "euclidean"  # euclidean | cosine
     latent_dim: int = 64  # rqvae only: size of the quantized latent
+    # joint: append TIGER's disambiguation code, recomputed from the current assignment at
+    # every index refresh (two-stage SIDs always have it)
+    disambiguation: bool = False
     hidden_dims: list[int] = field(default_factory=lambda: [256, 128])  # rqvae encoder MLP
     epochs: int = 200  # rqvae only
     lr: float = 1e-3
@@ -68,6 +71,11 @@ class ModelConfig:
     history_input: str = "codes"
     logits: str = "dot"  # dot | cosine (scaled cosine with a learnable gamma)
     tie_heads: bool = False  # joint only: the head of level m *is* codebook m (DGI)
+    # the decoder's input for a code: embedding (a learned per-code vector; the only choice for
+    # two-stage), codebook (joint, DGI: the codebook vector, during training the assignment's
+    # soft / straight-through vector) or embedding+codebook (joint: both, summed). None: the
+    # strategy's own (two-stage embedding, joint codebook)
+    decoder_input: str | None = None
     embedding_init_std: float = 0.02  # code embeddings ~ N(0, std); 0 keeps torch's N(0, 1)
 
 

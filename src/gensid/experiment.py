@@ -2,11 +2,14 @@
 
 An experiment file names a dataset, a results file and variants; each variant is an
 experiment config (``configs/*.yaml``) plus ``--set``-style overrides, run for one or
-more seeds into ``<output>/runs/<method>-<variant>-s<seed>/``. Runs are resumable and a
-finished run (``metrics.json``) is not run again, so an interrupted experiment picks up
-where it stopped. ``--shard i/n`` lets n processes split the variants (one per core).
-Variants with ``from_results: true`` are baselines measured by another command
-(e.g. SASRec by ``benchmarks/sasrec.py``): their rows are copied from the results file.
+more seeds into ``<output>/runs/<method>-<variant>-s<seed>/``. Runs are resumable, and a
+run that finished (``metrics.json``) or whose test row is already in the results file is
+not run again, so an interrupted experiment picks up where it stopped. Jobs go seed by
+seed (every variant's seed 0 first); ``--shard i/n`` lets n processes split them (one per
+core).
+Variants with ``from_results: true`` are measured by another command (e.g. SASRec by
+``benchmarks/sasrec.py``): their rows, of any variant name, come from the results file;
+with a ``config`` too, the listed seeds are also run here.
 
 The report (``<output>/table.md``, ``results.json``, ``*.png``) is rebuilt from whatever
 has finished, each time a run ends.
@@ -61,7 +64,14 @@ class Plan:
     columns: list[str]  # metrics shown in table.md
 
     def jobs(self) -> list[tuple[Variant, int]]:
-        return [(v, s) for v in self.variants if not v.from_results for s in (v.seeds or self.seeds)]
+        """(variant, seed) of every configured run, seed-major."""
+        pairs = [(v, s) for v in self.variants if v.config for s in (v.seeds or self.seeds)]
+        return sorted(pairs, key=lambda pair: pair[1])  # stable: plan order within a seed
+
+    def recorded(self, variant: Variant, seed: int) -> bool:
+        """Whether the results file already holds this run's test row (e.g. from another machine)."""
+        return any(r["method"] == variant.method and r["variant"] == variant.variant and r["seed"] == seed
+                   and r["split"] == "test" for r in read_rows(self.results_file))
 
     def run_dir(self, variant: Variant, seed: int) -> Path:
         return self.output / "runs" / variant.run_name(seed)
@@ -86,9 +96,9 @@ def load_plan(path: str | Path) -> Plan:
         if unknown := set(item) - fields:
             raise ConfigError(f"{path}: variants[{i}]: unknown field(s) {sorted(unknown)}; expected {sorted(fields)}")
         variant = Variant(**item)
-        if not variant.from_results:
-            if not variant.config:
-                raise ConfigError(f"{path}: variants[{i}] ({variant.label}) needs a 'config'")
+        if not variant.from_results and not variant.config:
+            raise ConfigError(f"{path}: variants[{i}] ({variant.label}) needs a 'config'")
+        if variant.config:
             load_config(path.parent / variant.config, variant.set)  # fail now, not hours later
         variants.append(variant)
     labels = [v.label for v in variants]
@@ -110,7 +120,7 @@ def run_experiment(path: str | Path, shard: tuple[int, int] = (0, 1), report_onl
         if report_only or i % count != index:
             continue
         run_dir = plan.run_dir(variant, seed)
-        if (run_dir / "metrics.json").exists():
+        if (run_dir / "metrics.json").exists() or plan.recorded(variant, seed):
             continue
         console.rule(f"[{i + 1}/{len(jobs)}] {variant.label}, seed {seed}")
         cfg = load_config(plan.path.parent / variant.config, [*variant.set, f"train.seed={seed}"])
@@ -141,12 +151,13 @@ def write_report(plan: Plan) -> Path:
     finished = _finished(plan)
     rows: list[dict] = []
     for variant in plan.variants:
-        if variant.from_results:
-            for r in read_rows(plan.results_file):
-                if r["method"] == variant.method and r["split"] == "test" and (
-                        not variant.variant or r["variant"] == variant.variant):
-                    rows.append({"label": variant.label, "seed": r["seed"], "metrics": r["metrics"],
-                                 "train_minutes": r.get("train_minutes"), "source": r.get("command", "")})
+        # seeds not finished in this output folder come from the results file (runs are not committed)
+        run_here = {seed for v, seed, _, _ in finished if v is variant}
+        for r in read_rows(plan.results_file):
+            if r["method"] == variant.method and r["split"] == "test" and r["seed"] not in run_here and (
+                    r["variant"] == variant.variant or (variant.from_results and not variant.variant)):
+                rows.append({"label": variant.label, "seed": r["seed"], "metrics": r["metrics"],
+                             "train_minutes": r.get("train_minutes"), "source": r.get("command", "")})
         for v, seed, metrics, _ in finished:
             if v is variant:
                 rows.append({"label": variant.label, "seed": seed, "metrics": metrics["test"],

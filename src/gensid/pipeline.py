@@ -62,18 +62,28 @@ class Run:
         return self.cfg.train.strategy == "joint"
 
     def refresh_index(self) -> None:
-        """Joint runs: rebuild items and the SID index from the model's deterministic assignment."""
+        """Joint runs: rebuild items and the SID index from the model's deterministic assignment.
+        The item features change in place, so a trainer holding them sees the new codes."""
         if not self.joint:
             return
-        self.items = item_snapshot(self.model, self.text, keep_text=self.cfg.model.history_input.endswith("+text"))
+        snap = item_snapshot(self.model, self.text, keep_text=self.cfg.model.history_input.endswith("+text"))
+        if self.items is None:
+            self.items = snap
+        else:
+            self.items.__dict__.update(snap.__dict__)
         self.index = SIDIndex(self.items.codes.numpy(), self.model.code_sizes)
+
+    @property
+    def disambiguation(self) -> bool:
+        """Whether SIDs end with a disambiguation code (two-stage always; joint when configured)."""
+        return self.model.num_levels > len(self.cfg.quantizer.codebook_sizes)
 
     def split_queries(self, split: str) -> torch.Tensor | None:
         return self.queries[split] if self.queries is not None else None
 
     def quantizer_codes(self) -> np.ndarray:
-        """[N, levels] the quantizer's codes (without the two-stage disambiguation code)."""
-        return self.index.codes if self.joint else self.index.codes[:, :-1]
+        """[N, levels] the quantizer's codes (without the disambiguation code)."""
+        return self.index.codes[:, : len(self.cfg.quantizer.codebook_sizes)]
 
     def recommend(self, history: list[int], k: int = 10) -> list[int]:
         """Top-k item ids for one history of internal item ids (oldest first)."""
@@ -144,8 +154,9 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     query_dim = queries["train"].shape[1] if queries is not None else None
     if cfg.train.strategy == "joint":
         tokenizer.quantizer.assign = Assignment(cfg.quantizer.assignment)
-        model = GenerativeRecommender(cfg.quantizer.codebook_sizes, cfg.model, cfg.data.max_history, text_dim,
-                                      tokenizer, query_dim)
+        # the disambiguation position's vocabulary: the largest collision group of the initial SIDs
+        sizes = sids.sizes if cfg.quantizer.disambiguation else cfg.quantizer.codebook_sizes
+        model = GenerativeRecommender(sizes, cfg.model, cfg.data.max_history, text_dim, tokenizer, query_dim)
         run = Run(cfg, run_dir, dataset, splits, text, None, None, model, queries)
         run.refresh_index()
         return run

@@ -43,10 +43,11 @@ class SIDMonitor:
         self.text, self.initial, self.codes_path = text, np.asarray(initial_codes), Path(codes_path)
 
     def __call__(self, model: GenerativeRecommender) -> dict:
-        snap = item_snapshot(model, self.text, keep_text=False)
-        codes = snap.codes.numpy()
+        levels = model.tokenizer.quantizer.num_levels  # without a disambiguation code
+        codes = item_snapshot(model, self.text, keep_text=False).codes[:, :levels]
         previous = load_tensors(self.codes_path)[0]["codes"].numpy() if self.codes_path.exists() else self.initial
-        save_tensors(self.codes_path, {"codes": snap.codes})
+        save_tensors(self.codes_path, {"codes": codes})
+        codes = codes.numpy()
         sizes = model.tokenizer.quantizer.codebook_sizes
         usage = code_usage(codes, sizes)
         for level, entry in enumerate(usage):

@@ -15,10 +15,13 @@ disambiguation code), d = ``d_model``.
 With a ``tokenizer`` (the joint strategies) the item side lives in the model and
 learns with it: the decoder's input for a code is the quantizer's codebook vector
 (during training the assignment's soft/straight-through vector, so the next-token
-loss reaches the codebooks and the item encoder), history items can be fed as their
-quantized vectors, the heads can *be* the codebooks (``tie_heads``: DGI's symmetric
-weight sharing), and a context vector (pooled memory) is scored against item vectors
-for in-batch InfoNCE and to order items that share a SID.
+loss reaches the codebooks and the item encoder), optionally plus a learned code
+embedding (``decoder_input``), history items can be fed as their quantized vectors,
+the heads can *be* the codebooks (``tie_heads``: DGI's symmetric weight sharing), and
+a context vector (pooled memory) is scored against item vectors for in-batch InfoNCE
+and to order items that share a SID. A quantizer latent wider than ``d_model`` (say
+the full 384-d text space, where residual k-means gives the two-stage codes) enters
+the Transformer through one linear projection; tied heads need the two to be equal.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from gensid.quantize.residual import ResidualQuantizer
 from gensid.quantize.rqvae import RQVAE
 
 HISTORY_INPUTS = ("codes", "codes+text", "quantized", "quantized+text", "code_tokens")
+DECODER_INPUTS = ("embedding", "codebook", "embedding+codebook")
 
 
 class CodeHead(nn.Module):
@@ -85,16 +89,24 @@ class GenerativeRecommender(nn.Module):
             raise ValueError("model.history_input quantized and model.tie_heads need train.strategy=joint")
         if query_dim is not None and cfg.history_input == "code_tokens":
             raise ValueError("search (a query token) needs one token per history item, not code_tokens")
-        if tokenizer is not None and tokenizer.quantizer.dim != cfg.d_model:
-            raise ValueError(f"joint training feeds codebook vectors to the decoder: quantizer.latent_dim "
-                             f"({tokenizer.quantizer.dim}) must equal model.d_model ({cfg.d_model})")
+        self.decoder_input = cfg.decoder_input or ("codebook" if tokenizer is not None else "embedding")
+        if self.decoder_input not in DECODER_INPUTS:
+            raise ValueError(f"model.decoder_input {cfg.decoder_input!r}: expected one of {DECODER_INPUTS}")
+        if tokenizer is None and self.decoder_input != "embedding":
+            raise ValueError(f"model.decoder_input {cfg.decoder_input} needs train.strategy=joint (a codebook)")
         d = cfg.d_model
+        latent = tokenizer.quantizer.dim if tokenizer is not None else d
+        if cfg.tie_heads and latent != d:
+            raise ValueError(f"model.tie_heads scores hidden states against the codebooks: quantizer.latent_dim "
+                             f"({latent}) must equal model.d_model ({d})")
         self.code_sizes = list(code_sizes)
         self.cfg = cfg
         self.tokenizer = tokenizer
         # per-level code embeddings: the history tokens (codes*) and, without a tokenizer,
         # the decoder inputs; with a tokenizer the decoder reads codebook vectors
         self.code_embeddings = nn.ModuleList([nn.Embedding(k, d) for k in code_sizes])
+        # quantized item vectors [.., latent] -> Transformer width (identity when equal)
+        self.latent_proj = nn.Linear(latent, d) if latent != d else nn.Identity()
         if cfg.embedding_init_std > 0:
             # small init (as GPT-2): torch's N(0, 1) default drowns the text projection and
             # takes Adam thousands of steps to reshape
@@ -120,7 +132,7 @@ class GenerativeRecommender(nn.Module):
             self.heads = nn.ModuleList([TiedHead(tokenizer.quantizer, m, cfg.logits) for m in range(len(code_sizes))])
         else:
             self.heads = nn.ModuleList([CodeHead(k, d, cfg.logits) for k in code_sizes])
-        self.context_proj = nn.Linear(d, d) if tokenizer is not None else None
+        self.context_proj = nn.Linear(d, latent) if tokenizer is not None else None
         self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(len(code_sizes)),
                              persistent=False)
 
@@ -132,11 +144,16 @@ class GenerativeRecommender(nn.Module):
         """[..., L] codes -> [..., d] sum of the per-level code embeddings."""
         return sum(emb(codes[..., m]) for m, emb in enumerate(self.code_embeddings))
 
-    def code_vectors(self, level: int, codes: torch.Tensor) -> torch.Tensor:
-        """Decoder input for chosen codes of ``level``: [...] -> [..., d]."""
-        if self.tokenizer is not None:
-            return self.tokenizer.quantizer.codebook(level)[codes]
-        return self.code_embeddings[level](codes)
+    def code_vectors(self, level: int, codes: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder input for chosen codes of ``level``: [...] -> [..., d]. ``vectors`` [..., latent]:
+        the assignment's vectors of these codes (training: soft or straight-through), by default
+        the codebook rows."""
+        out = self.code_embeddings[level](codes) if self.decoder_input != "codebook" else 0
+        if self.decoder_input != "embedding":
+            if vectors is None:
+                vectors = self.tokenizer.quantizer.codebook(level)[codes]
+            out = out + self.latent_proj(vectors)
+        return out
 
     def encode(self, history_codes: torch.Tensor, history_mask: torch.Tensor,
                history_text: torch.Tensor | None = None, history_vectors: torch.Tensor | None = None,
@@ -147,7 +164,10 @@ class GenerativeRecommender(nn.Module):
         codes = history_codes.clamp(min=0)
         if self.cfg.history_input == "code_tokens":
             return self._encode_code_tokens(codes, history_mask)
-        tokens = history_vectors if self.cfg.history_input.startswith("quantized") else self.embed_items(codes)
+        if self.cfg.history_input.startswith("quantized"):
+            tokens = self.latent_proj(history_vectors)
+        else:
+            tokens = self.embed_items(codes)
         if self.text_proj is not None:
             tokens = tokens + self.text_proj(history_text)
         tokens = tokens + self.history_pos[-tokens.shape[1]:]
@@ -175,20 +195,22 @@ class GenerativeRecommender(nn.Module):
         return history_mask
 
     def context(self, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
-        """The user's context vector [B, d]: projected mean of the real memory tokens (joint only)."""
+        """The user's context vector [B, latent], comparable with item vectors: projected mean of
+        the real memory tokens (joint only)."""
         weights = memory_mask.unsqueeze(-1).to(memory.dtype)
         pooled = (memory * weights).sum(1) / weights.sum(1).clamp(min=1)
         return self.context_proj(pooled)
 
-    def decode(self, memory: torch.Tensor, memory_mask: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        """memory [B, H, d], memory_mask [B, H], prefix [B, m] codes of levels 0..m-1, or their
-        decoder input vectors [B, m, d] -> hidden states [B, m+1, d] (the last predicts level m)."""
+    def decode(self, memory: torch.Tensor, memory_mask: torch.Tensor, prefix: torch.Tensor,
+               prefix_vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """memory [B, H, d], memory_mask [B, H], prefix [B, m] codes of levels 0..m-1 (and
+        ``prefix_vectors`` [B, m, latent], their assignment vectors; see :meth:`code_vectors`)
+        -> hidden states [B, m+1, d] (the last predicts level m)."""
         steps = [self.bos.expand(prefix.shape[0], 1, -1)]
         if prefix.shape[1]:
-            if prefix.is_floating_point():
-                steps.append(prefix)
-            else:
-                steps.append(torch.stack([self.code_vectors(m, prefix[:, m]) for m in range(prefix.shape[1])], 1))
+            steps.append(torch.stack([
+                self.code_vectors(m, prefix[:, m], None if prefix_vectors is None else prefix_vectors[:, m])
+                for m in range(prefix.shape[1])], 1))
         x = torch.cat(steps, 1) + self.code_pos[: prefix.shape[1] + 1]
         n = x.shape[1]
         return self.decoder(x, memory, tgt_mask=self.causal_mask[:n, :n], tgt_is_causal=True,
@@ -200,10 +222,11 @@ class GenerativeRecommender(nn.Module):
         memory = self.encode(history_codes, history_mask, history_text, query=query)
         return self.code_logits(memory, history_mask, target_codes[:, :-1])
 
-    def code_logits(self, memory: torch.Tensor, history_mask: torch.Tensor, prefix: torch.Tensor
-                    ) -> list[torch.Tensor]:
-        """Teacher forcing from memory; prefix as in :meth:`decode` (all L-1 levels) -> L x [B, K_m]."""
-        hidden = self.decode(memory, self.memory_mask(history_mask), prefix)
+    def code_logits(self, memory: torch.Tensor, history_mask: torch.Tensor, prefix: torch.Tensor,
+                    prefix_vectors: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Teacher forcing from memory; prefix (and prefix_vectors) as in :meth:`decode`, all L-1
+        levels -> L x [B, K_m]."""
+        hidden = self.decode(memory, self.memory_mask(history_mask), prefix, prefix_vectors)
         return [head(hidden[:, m]) for m, head in enumerate(self.heads)]
 
     def loss(self, logits: list[torch.Tensor], target_codes: torch.Tensor, label_smoothing: float = 0.0

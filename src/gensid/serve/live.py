@@ -7,9 +7,9 @@ initialised to the mean of the existing rows: the new code then starts as an "av
 disambiguation code (its logit is the mean of the others' in a dot-product head), so
 the item is reachable at once; existing items keep their logits and shift only through the
 last position's softmax normaliser.
-Joint runs: the SID is the model's own tokenizer's deterministic codes (no
-disambiguation code); items that share a SID are ordered by cosine with the new
-item's vector, as for the trained items.
+Joint runs: the SID is the model's own tokenizer's deterministic codes (plus the
+disambiguation code, as above, when the run has one); items that share a SID are
+ordered by cosine with the new item's vector, as for the trained items.
 """
 
 from __future__ import annotations
@@ -34,11 +34,8 @@ class ItemAdder:
 
     def sids(self, vectors: torch.Tensor) -> np.ndarray:
         """SIDs [n, L] for new items' text vectors [n, T], as :meth:`add` would give them."""
-        with torch.no_grad():
-            codes = item_snapshot(self.run.model, vectors, False).codes if self.run.joint \
-                else self.tokenizer.encode(vectors)
-        codes = codes.numpy().astype(np.int64)
-        if self.run.joint:
+        codes = self.tokenizer.encode(vectors).numpy().astype(np.int64)
+        if not self.run.disambiguation:
             return codes
         taken: dict[tuple, set[int]] = {}
         extra = np.empty(len(codes), dtype=np.int64)

@@ -5,7 +5,8 @@
   with the model's tokenizer under the configured assignment; the hard codes are the
   targets, the assignment's vectors are the decoder's teacher-forcing inputs (and the
   history tokens with ``history_input: quantized*``), and the weighted loss terms of
-  ``LossConfig`` are added.
+  ``LossConfig`` are added. With a disambiguation position, its codes come from the batch
+  (the item features of the last index refresh).
 
 An objective returns named loss terms (``total`` is what is minimised) and says which
 parameters learn at which rate.
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 from gensid.config import ExperimentConfig
 from gensid.model.recommender import GenerativeRecommender
+from gensid.quantize.sids import SemanticIDs
 from gensid.train.batches import Batch, ItemFeatures
 
 
@@ -59,10 +61,14 @@ class JointObjective:
         z_base = tokenizer.encoder(x)  # [U, d]
         out = quantizer(z_base)
         hist, target = where[:-b].view(b, h), where[-b:]
-        target_codes = out.codes[target]
-        memory = model.encode(out.codes[hist], batch.history_mask, batch.history_text, out.quantized[hist],
+        target_codes, history_codes = out.codes[target], out.codes[hist]
+        if model.num_levels > quantizer.num_levels:  # the disambiguation code of the last refresh
+            target_codes = torch.cat([target_codes, batch.target_codes[:, -1:]], 1)
+            history_codes = torch.cat([history_codes, batch.history_codes[..., -1:]], -1)
+        memory = model.encode(history_codes, batch.history_mask, batch.history_text, out.quantized[hist],
                               batch.query)
-        logits = model.code_logits(memory, batch.history_mask, out.level_vectors[target][:, :-1])
+        prefix = target_codes[:, :-1]  # teacher forcing: the codes (and vectors) of every level but the last
+        logits = model.code_logits(memory, batch.history_mask, prefix, out.level_vectors[target][:, : prefix.shape[1]])
         terms = {"next_token": model.loss(logits, target_codes, self.cfg.train.label_smoothing)}
         if weights.global_cosine:
             terms["global_cosine"] = (1 - F.cosine_similarity(quantizer.prepare(z_base), out.quantized, -1)).mean()
@@ -102,11 +108,17 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def item_snapshot(model: GenerativeRecommender, text: torch.Tensor, keep_text: bool) -> ItemFeatures:
-    """The deterministic item side of a joint model: codes [N, L], quantized and z_base [N, d]."""
+    """The deterministic item side of a joint model: codes [N, L], quantized and z_base [N, d].
+    With a disambiguation position the codes of ``text``'s items get TIGER's disambiguation
+    code (item order within a collision group; beyond the position's vocabulary the last code)."""
     was_training = model.training
     model.eval()
     z_base = torch.cat([model.tokenizer.encoder(chunk) for chunk in text.split(8192)])
-    codes = model.tokenizer.quantizer.encode(z_base)
-    quantized = model.tokenizer.quantizer.decode(codes)
+    quantizer = model.tokenizer.quantizer
+    codes = quantizer.encode(z_base)
+    quantized = quantizer.decode(codes)
     model.train(was_training)
+    if model.num_levels > quantizer.num_levels:
+        codes = torch.from_numpy(SemanticIDs.from_codes(codes.numpy(), quantizer.codebook_sizes).codes)
+        codes[:, -1].clamp_(max=model.code_sizes[-1] - 1)
     return ItemFeatures(codes, text if keep_text else None, quantized, z_base)

@@ -1,0 +1,50 @@
+"""The experiment plan's report: seeds run here merged with seeds from the results file."""
+
+import json
+from pathlib import Path
+
+import yaml
+
+from gensid.experiment import load_plan, write_report
+
+
+def finished_run(run_dir: Path, recall: float) -> None:
+    run_dir.mkdir(parents=True)
+    metrics = {"test": {"recall@10": recall}, "train_minutes": 1.0, "best_epoch": 1, "sid": {"collision_rate": 0.0}}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / "log.jsonl").write_text(json.dumps({"event": "done"}) + "\n")
+
+
+def test_seeds_run_here_join_the_seeds_in_the_results_file(tmp_path):
+    results = tmp_path / "results.json"
+    old = {"method": "two_stage", "variant": "older name", "split": "test", "metrics": {"recall@10": 0.5},
+           "train_minutes": 2.0, "command": "earlier run"}
+    # seed 0 measured before; seed 1 is in the file too (upserted by this plan) and run here
+    dgi = {**old, "method": "dgi", "variant": "full", "seed": 0, "metrics": {"recall@10": 0.1}}
+    results.write_text(json.dumps([{**old, "seed": 0}, {**old, "seed": 1, "metrics": {"recall@10": 0.7}}, dgi]))
+    plan_path = Path("configs") / f"_test_plan_{tmp_path.name}.yaml"
+    plan_path.write_text(yaml.safe_dump({
+        "name": "merge", "dataset": "tiny", "results_file": str(results), "output": str(tmp_path / "out"),
+        "columns": ["recall@10"],
+        "variants": [{"method": "two_stage", "config": "ml100k.yaml", "seeds": [1, 2], "from_results": True},
+                     {"method": "dgi", "variant": "full", "config": "ml100k.yaml", "seeds": [0, 1]},
+                     {"method": "sasrec", "from_results": True}]}))
+    try:
+        plan = load_plan(plan_path)
+    finally:
+        plan_path.unlink()
+    # seed-major: every variant's first seed before anyone's second
+    assert [(v.method, seed) for v, seed in plan.jobs()] == [("dgi", 0), ("two_stage", 1), ("dgi", 1),
+                                                             ("two_stage", 2)]
+    # a run whose test row the results file holds is not run again
+    assert plan.recorded(plan.variants[1], 0) and not plan.recorded(plan.variants[1], 1)
+    finished_run(plan.run_dir(plan.variants[0], 1), 0.3)
+    write_report(plan)
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    # seed 0 from the file, seed 1 from the run here (not twice), seed 2 not finished yet
+    assert sorted((r["seed"], r["metrics"]["recall@10"]) for r in rows if r["label"] == "two_stage") == [
+        (0, 0.5), (1, 0.3)]
+    assert [r["metrics"]["recall@10"] for r in rows if r["label"] == "dgi (full)"] == [0.1]
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| two_stage | 2 | 0.4000 ± 0.1414 |" in table
+    assert "| sasrec | not run yet |" in table
