@@ -22,6 +22,7 @@ TINY = ["data.max_users=40", "train.epochs=1", "train.threads=1", "train.batch_s
 JOINT = ["train.strategy=joint", "quantizer.method=rqvae", "quantizer.latent_dim=32", "quantizer.hidden_dims=[32]",
          "quantizer.epochs=2", "quantizer.geometry=cosine", "quantizer.assignment=dril", "model.logits=cosine",
          "model.tie_heads=true"]
+SEARCH = ["data.task=search", "data.query_field=class", "data.max_history=10"]
 NEW = {"movie_title": "A Brand New Space Opera", "release_year": "2026", "class": "Sci-Fi Adventure"}
 
 
@@ -29,7 +30,7 @@ NEW = {"movie_title": "A Brand New Space Opera", "release_year": "2026", "class"
 def trained(tmp_path_factory):
     """Trained tiny runs, one per strategy (a few seconds each); tests work on copies."""
     runs = {}
-    for name, extra in (("two_stage", []), ("joint", JOINT)):
+    for name, extra in (("two_stage", []), ("joint", JOINT), ("search", SEARCH)):
         run_dir = tmp_path_factory.mktemp(name)
         train_run(load_config("configs/ml100k.yaml", TINY + extra), run_dir, progress=False)
         runs[name] = run_dir
@@ -178,3 +179,31 @@ def test_fuzzed_requests_never_get_a_5xx(run_dir):
         check()
         check_get()
         assert c.get("/health").status_code == 200
+
+
+def test_search_ranks_by_query_and_history_and_each_endpoint_refuses_the_other_task(trained, tmp_path):
+    run_dir = shutil.copytree(trained["search"], tmp_path / "search")
+    with client(run_dir) as c:
+        catalog = c.app.state.service.run.dataset.catalog
+        history = catalog.item_ids[:3]
+        answers = {}
+        for query in ("comedy", "horror thriller", "children's animation"):
+            r = c.post("/search", json={"query": query, "history": history, "k": 10})
+            assert r.status_code == 200, r.text
+            answers[query] = [it["id"] for it in r.json()["items"]]
+            assert len(answers[query]) == len(set(answers[query])) == 10
+        assert len({tuple(a) for a in answers.values()}) > 1  # the query changes the ranking
+        # the same ranking as the run's own batch path with the encoder's query vector
+        svc = c.app.state.service
+        expected = svc.search_batch([("comedy", [catalog.index_of(i) for i in history])])[0][:10]
+        assert answers["comedy"] == [catalog.item_ids[i] for i in expected]
+        assert c.post("/search", json={"query": "comedy", "k": 5}).status_code == 200  # no history yet
+        for body, says in (({"query": " ", "k": 5}, "query"), ({"query": "comedy", "history": ["nope"]}, "nope"),
+                           ({"query": "comedy", "k": 11}, "beam size")):
+            r = c.post("/search", json=body)
+            assert r.status_code in (404, 422) and says in r.text, (body, r.text)
+        r = c.post("/recommend", json={"history": history, "k": 5})
+        assert r.status_code == 422 and "/search" in r.text
+    with client(shutil.copytree(trained["two_stage"], tmp_path / "rec")) as c:
+        r = c.post("/search", json={"query": "comedy", "k": 5})
+        assert r.status_code == 422 and "/recommend" in r.text

@@ -1,9 +1,10 @@
 """The FastAPI app over a trained run directory.
 
-Endpoints: ``POST /recommend``, ``POST /items``, ``GET /items/{id}``, ``GET /health``.
-(``POST /search`` comes with the generative search task.) Model calls and item inserts
-run in worker threads under one lock, so the event loop never blocks on the model;
-``/recommend`` calls are micro-batched (:class:`MicroBatcher`).
+Endpoints: ``POST /recommend`` (runs of ``data.task: rec``), ``POST /search`` (runs of
+``data.task: search``: query text plus history), ``POST /items``, ``GET /items/{id}``,
+``GET /health``. Model calls and item inserts run in worker threads under one lock, so the
+event loop never blocks on the model; ``/recommend`` and ``/search`` calls are
+micro-batched (:class:`MicroBatcher`), queries embedded once per batch.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from gensid.serve.schemas import (
     Recommendation,
     RecommendRequest,
     RecommendResponse,
+    SearchRequest,
 )
 from gensid.serve.store import AddedItem, ItemStore
 from gensid.text import TextEncoder
@@ -46,6 +48,7 @@ class Service:
         self.lock = threading.Lock()
         self.trained_items = len(self.run.dataset.catalog)
         self.encoder: TextEncoder | None = None  # loaded by text_encoder(), at startup or on first use
+        self.encoder_lock = threading.Lock()
         self.replay()
 
     def replay(self) -> None:
@@ -60,8 +63,20 @@ class Service:
     def beam_size(self) -> int:
         return self.run.cfg.eval.beam_size
 
+    @property
+    def task(self) -> str:
+        return self.run.cfg.data.task
+
     def recommend_batch(self, histories: list[list[int]]) -> list[list[int]]:
         """Internal item-id histories (oldest first) -> ranked internal ids, ``beam_size`` each."""
+        return self.rank(histories)
+
+    def search_batch(self, requests: list[tuple[str, list[int]]]) -> list[list[int]]:
+        """(query text, internal item-id history) pairs -> ranked internal ids, ``beam_size`` each."""
+        queries = torch.from_numpy(self.text_encoder().encode([q for q, _ in requests], progress=False))
+        return self.rank([h for _, h in requests], queries)
+
+    def rank(self, histories: list[list[int]], queries: torch.Tensor | None = None) -> list[list[int]]:
         width = self.run.cfg.data.max_history
         hist = np.full((len(histories), width), -1, dtype=np.int64)
         for row, history in enumerate(histories):
@@ -70,7 +85,7 @@ class Service:
         samples = Samples(hist, np.zeros(len(hist), dtype=np.int64), np.zeros(len(hist), dtype=np.int64))
         with self.lock:
             ranked = recommend_items(self.run.model, self.run.index, samples, self.run.items, self.beam_size,
-                                     batch_size=len(hist))
+                                     batch_size=len(hist), queries=queries)
         return [[int(i) for i in row if i >= 0] for row in ranked]
 
     def add_items(self, request: AddItemsRequest) -> list[ItemOut]:
@@ -95,8 +110,9 @@ class Service:
 
     def text_encoder(self) -> TextEncoder:
         """The run's text encoder, loaded once (``embed_texts`` would reload it per request)."""
-        if self.encoder is None:
-            self.encoder = TextEncoder(self.run.cfg.text.model, self.run.cfg.text.batch_size)
+        with self.encoder_lock:  # concurrent first requests load it once
+            if self.encoder is None:
+                self.encoder = TextEncoder(self.run.cfg.text.model, self.run.cfg.text.batch_size)
         return self.encoder
 
     def item_out(self, internal: int) -> ItemOut:
@@ -123,14 +139,15 @@ def render(fields: dict[str, str], text_fields: list[str]) -> str:
 def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.0,
                preload_text_encoder: bool = False) -> FastAPI:
     """The app for ``run_dir``; the run is loaded (and added items replayed) at startup, and the
-    text encoder too with ``preload_text_encoder`` (else on the first ``POST /items``)."""
+    text encoder too with ``preload_text_encoder`` (else on the first ``POST /items`` or ``/search``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         service = await asyncio.to_thread(Service, run_dir)
         if preload_text_encoder:
             await asyncio.to_thread(service.text_encoder)
-        batcher = MicroBatcher(service.recommend_batch, max_batch, max_wait_ms)
+        batch = service.search_batch if service.task == "search" else service.recommend_batch
+        batcher = MicroBatcher(batch, max_batch, max_wait_ms)
         batcher.start()
         app.state.service, app.state.batcher = service, batcher
         yield
@@ -142,15 +159,32 @@ def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.
     def service() -> Service:
         return app.state.service
 
-    @app.post("/recommend", response_model=RecommendResponse)
-    async def recommend(request: RecommendRequest) -> RecommendResponse:
+    def checked(task: str, k: int) -> Service:
         svc = service()
-        if request.k > svc.beam_size:
-            raise HTTPException(422, f"k={request.k} is larger than the run's beam size {svc.beam_size}")
-        ranked = await app.state.batcher.submit(svc.internal_ids(request.history))
+        if svc.task != task:
+            other = "/search" if svc.task == "search" else "/recommend"
+            raise HTTPException(422, f"this run was trained for data.task {svc.task!r}: use POST {other}")
+        if k > svc.beam_size:
+            raise HTTPException(422, f"k={k} is larger than the run's beam size {svc.beam_size}")
+        return svc
+
+    def response(svc: Service, ranked: list[int], k: int) -> RecommendResponse:
         catalog = svc.run.dataset.catalog
         return RecommendResponse(items=[Recommendation(rank=r, id=catalog.item_ids[i], title=catalog.title(i))
-                                        for r, i in enumerate(ranked[:request.k], 1)])
+                                        for r, i in enumerate(ranked[:k], 1)])
+
+    @app.post("/recommend", response_model=RecommendResponse)
+    async def recommend(request: RecommendRequest) -> RecommendResponse:
+        svc = checked("rec", request.k)
+        return response(svc, await app.state.batcher.submit(svc.internal_ids(request.history)), request.k)
+
+    @app.post("/search", response_model=RecommendResponse)
+    async def search(request: SearchRequest) -> RecommendResponse:
+        svc = checked("search", request.k)
+        if svc.encoder is None:  # first query: load the sentence encoder off the event loop
+            await asyncio.to_thread(svc.text_encoder)
+        ranked = await app.state.batcher.submit((request.query, svc.internal_ids(request.history)))
+        return response(svc, ranked, request.k)
 
     @app.post("/items", response_model=AddItemsResponse, status_code=201)
     async def add_items(request: AddItemsRequest) -> AddItemsResponse:

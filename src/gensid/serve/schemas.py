@@ -15,6 +15,13 @@ class RecommendRequest(BaseModel):
     k: int = Field(10, ge=1, le=100, description="how many items to return (at most the run's beam size)")
 
 
+class SearchRequest(BaseModel):
+    query: str = Field(min_length=1, max_length=1000, pattern=r"\S", description="the search query text")
+    history: list[str] = Field(default_factory=list, max_length=MAX_HISTORY,
+                               description="external ids of the user's last clicked items, oldest first")
+    k: int = Field(10, ge=1, le=100, description="how many items to return (at most the run's beam size)")
+
+
 class Recommendation(BaseModel):
     rank: int
     id: str
