@@ -30,7 +30,8 @@ NEW = {"movie_title": "A Brand New Space Opera", "release_year": "2026", "class"
 def trained(tmp_path_factory):
     """Trained tiny runs, one per strategy (a few seconds each); tests work on copies."""
     runs = {}
-    for name, extra in (("two_stage", []), ("joint", JOINT), ("search", SEARCH)):
+    for name, extra in (("two_stage", []), ("joint", JOINT), ("search", SEARCH),
+                        ("joint_disambiguation", [*JOINT, "quantizer.disambiguation=true"])):
         run_dir = tmp_path_factory.mktemp(name)
         train_run(load_config("configs/ml100k.yaml", TINY + extra), run_dir, progress=False)
         runs[name] = run_dir
@@ -100,7 +101,7 @@ def test_unknown_item_is_404(run_dir):
         assert c.get("/items/1").json()["added"] is False
 
 
-@pytest.mark.parametrize("strategy", ["two_stage", "joint"])
+@pytest.mark.parametrize("strategy", ["two_stage", "joint", "joint_disambiguation"])
 def test_added_item_is_retrievable_at_once_and_after_a_restart(trained, tmp_path, strategy):
     run_dir = shutil.copytree(trained[strategy], tmp_path / "run")
     with client(run_dir) as c:
@@ -207,3 +208,18 @@ def test_search_ranks_by_query_and_history_and_each_endpoint_refuses_the_other_t
     with client(shutil.copytree(trained["two_stage"], tmp_path / "rec")) as c:
         r = c.post("/search", json={"query": "comedy", "k": 5})
         assert r.status_code == 422 and "/recommend" in r.text
+
+
+@pytest.mark.parametrize("strategy", ["two_stage", "joint_disambiguation"])
+def test_a_duplicate_of_a_trained_item_gets_the_next_free_disambiguation_code(trained, tmp_path, strategy):
+    run_dir = shutil.copytree(trained[strategy], tmp_path / "run")
+    with client(run_dir) as c:
+        run = c.app.state.service.run
+        first = run.dataset.catalog.item_ids[0]
+        twin = dict(run.dataset.catalog.fields[0])
+        r = c.post("/items", json={"items": [{"id": "twin", "fields": twin}]})
+        assert r.status_code == 201, r.text
+        sid, original = r.json()["items"][0]["sid"], c.get(f"/items/{quote(first)}").json()["sid"]
+        assert sid[:-1] == original[:-1] and sid[-1] != original[-1]
+        assert len(sid) == len(run.cfg.quantizer.codebook_sizes) + 1
+        assert "twin" in full_beam(c, run.dataset.catalog.item_ids[1:4])

@@ -128,10 +128,10 @@ class GenerativeRecommender(nn.Module):
                                              norm=nn.LayerNorm(d), enable_nested_tensor=False)
         self.decoder = nn.TransformerDecoder(layer(nn.TransformerDecoderLayer), cfg.decoder_layers,
                                              norm=nn.LayerNorm(d))
-        if cfg.tie_heads:
-            self.heads = nn.ModuleList([TiedHead(tokenizer.quantizer, m, cfg.logits) for m in range(len(code_sizes))])
-        else:
-            self.heads = nn.ModuleList([CodeHead(k, d, cfg.logits) for k in code_sizes])
+        # tied heads are the quantizer's codebooks; a disambiguation position has no codebook
+        levels = tokenizer.quantizer.num_levels if cfg.tie_heads else 0
+        self.heads = nn.ModuleList([TiedHead(tokenizer.quantizer, m, cfg.logits) if m < levels
+                                    else CodeHead(k, d, cfg.logits) for m, k in enumerate(code_sizes)])
         self.context_proj = nn.Linear(d, latent) if tokenizer is not None else None
         self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(len(code_sizes)),
                              persistent=False)
