@@ -124,7 +124,9 @@ def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="interface t
 @app.command()
 def experiment(plan: Path = typer.Argument(..., help="experiment file in configs/ (a list of variants)"),
                shard: str = typer.Option("0/1", help="i/n: run every n-th variant from the i-th (one process per core)"),
-               report_only: bool = typer.Option(False, help="only rebuild the table and plots")) -> None:
+               report_only: bool = typer.Option(False, help="only rebuild the table and plots"),
+               only: str = typer.Option("", help="run only this variant, by its table label, e.g. 'dgi (full)'")
+               ) -> None:
     """Run an experiment's variants (resumable), then write its table, JSON and plots."""
     from gensid.experiment import run_experiment
 
@@ -133,7 +135,7 @@ def experiment(plan: Path = typer.Argument(..., help="experiment file in configs
         assert 0 <= index < count
     except (ValueError, AssertionError):
         raise typer.BadParameter(f"{shard!r}: expected i/n with 0 <= i < n, e.g. 0/2", param_hint="--shard") from None
-    out = run_experiment(plan, (index, count), report_only)
+    out = run_experiment(plan, (index, count), report_only, only=only)
     console.print((out / "table.md").read_text())
     console.print(f"report in {out}")
 

@@ -111,10 +111,15 @@ def load_plan(path: str | Path) -> Plan:
 
 
 def run_experiment(path: str | Path, shard: tuple[int, int] = (0, 1), report_only: bool = False,
-                   progress: bool = True) -> Path:
-    """Run the plan's unfinished variants of this shard, then write the report; returns its folder."""
+                   progress: bool = True, only: str = "") -> Path:
+    """Run the plan's unfinished variants of this shard (``only``: of the variant with this
+    label), then write the report; returns its folder."""
     plan = load_plan(path)
     jobs = plan.jobs()
+    if only:
+        if only not in {v.label for v in plan.variants}:
+            raise ConfigError(f"{path}: no variant labelled {only!r}; labels: {[v.label for v in plan.variants]}")
+        jobs = [(v, s) for v, s in jobs if v.label == only]
     index, count = shard
     for i, (variant, seed) in enumerate(jobs):
         if report_only or i % count != index:
