@@ -3,9 +3,11 @@
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
-from gensid.experiment import load_plan, write_report
+from gensid.config import ConfigError
+from gensid.experiment import load_plan, run_experiment, write_report
 
 
 def finished_run(run_dir: Path, recall: float) -> None:
@@ -31,6 +33,8 @@ def test_seeds_run_here_join_the_seeds_in_the_results_file(tmp_path):
                      {"method": "sasrec", "from_results": True}]}))
     try:
         plan = load_plan(plan_path)
+        with pytest.raises(ConfigError, match="no variant labelled 'dgi'.*'dgi \\(full\\)'"):
+            run_experiment(plan_path, only="dgi")
     finally:
         plan_path.unlink()
     # seed-major: every variant's first seed before anyone's second
