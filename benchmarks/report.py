@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from statistics import mean, stdev
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REC_COLUMNS = {"recall@5": "R@5", "recall@10": "R@10", "ndcg@5": "N@5", "ndcg@10": "N@10"}
@@ -15,15 +16,24 @@ SEARCH_COLUMNS = {"hit@1": "H@1", "hit@5": "H@5", "hit@10": "H@10", "hit@20": "H
 
 
 def quality_table(path: Path, split: str = "test") -> str:
+    """One row per (method, variant): the mean ± sample std over its seeds."""
     columns = SEARCH_COLUMNS if path.stem.endswith("-search") else REC_COLUMNS
-    rows = [r for r in json.loads(path.read_text()) if r["split"] == split]
-    lines = [f"**{path.stem}** ({split})", "",
-             "| method | variant | seed | " + " | ".join(columns.values()) + " | train min |",
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in json.loads(path.read_text()):
+        if r["split"] == split:
+            groups.setdefault((r["method"], r["variant"]), []).append(r)
+    lines = [f"**{path.stem}** ({split}; mean ± std over seeds)", "",
+             "| method | variant | seeds | " + " | ".join(columns.values()) + " | train min |",
              "|---|---|---|" + "---|" * (len(columns) + 1)]
-    for r in sorted(rows, key=lambda r: -r["metrics"]["ndcg@10"]):
-        cells = " | ".join(f"{r['metrics'][c]:.4f}" for c in columns)
-        lines.append(f"| {r['method']} | {r['variant']} | {r['seed']} | {cells} | {r['train_minutes']:.1f} |")
+    for (method, variant), rows in sorted(groups.items(), key=lambda g: -mean(r["metrics"]["ndcg@10"] for r in g[1])):
+        cells = " | ".join(spread([r["metrics"][c] for r in rows]) for c in columns)
+        minutes = mean(r["train_minutes"] for r in rows)
+        lines.append(f"| {method} | {variant} | {len(rows)} | {cells} | {minutes:.1f} |")
     return "\n".join(lines)
+
+
+def spread(values: list[float]) -> str:
+    return f"{values[0]:.4f}" if len(values) == 1 else f"{mean(values):.4f} ± {stdev(values):.4f}"
 
 
 def speed_table(path: Path) -> str:

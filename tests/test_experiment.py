@@ -42,6 +42,8 @@ def test_seeds_run_here_join_the_seeds_in_the_results_file(tmp_path):
                                                              ("two_stage", 2)]
     # a run whose test row the results file holds is not run again
     assert plan.recorded(plan.variants[1], 0) and not plan.recorded(plan.variants[1], 1)
+    # an unnamed from_results variant owns the method's rows whatever their variant name
+    assert plan.recorded(plan.variants[0], 1) and not plan.recorded(plan.variants[0], 2)
     finished_run(plan.run_dir(plan.variants[0], 1), 0.3)
     write_report(plan)
     rows = json.loads((tmp_path / "out" / "results.json").read_text())

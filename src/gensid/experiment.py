@@ -51,6 +51,12 @@ class Variant:
     def run_name(self, seed: int) -> str:
         return f"{self.method}-{self.variant or 'default'}-s{seed}".replace(" ", "_")
 
+    def owns(self, row: dict) -> bool:
+        """Whether a results-file row is this variant's: same method and variant name, or any
+        variant name of the method when this is an unnamed ``from_results`` variant."""
+        return row["method"] == self.method and (
+            row["variant"] == self.variant or (self.from_results and not self.variant))
+
 
 @dataclass
 class Plan:
@@ -70,8 +76,8 @@ class Plan:
 
     def recorded(self, variant: Variant, seed: int) -> bool:
         """Whether the results file already holds this run's test row (e.g. from another machine)."""
-        return any(r["method"] == variant.method and r["variant"] == variant.variant and r["seed"] == seed
-                   and r["split"] == "test" for r in read_rows(self.results_file))
+        return any(variant.owns(r) and r["seed"] == seed and r["split"] == "test"
+                   for r in read_rows(self.results_file))
 
     def run_dir(self, variant: Variant, seed: int) -> Path:
         return self.output / "runs" / variant.run_name(seed)
@@ -159,8 +165,7 @@ def write_report(plan: Plan) -> Path:
         # seeds not finished in this output folder come from the results file (runs are not committed)
         run_here = {seed for v, seed, _, _ in finished if v is variant}
         for r in read_rows(plan.results_file):
-            if r["method"] == variant.method and r["split"] == "test" and r["seed"] not in run_here and (
-                    r["variant"] == variant.variant or (variant.from_results and not variant.variant)):
+            if variant.owns(r) and r["split"] == "test" and r["seed"] not in run_here:
                 rows.append({"label": variant.label, "seed": r["seed"], "metrics": r["metrics"],
                              "train_minutes": r.get("train_minutes"), "source": r.get("command", "")})
         for v, seed, metrics, _ in finished:
