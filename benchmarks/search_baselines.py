@@ -21,6 +21,7 @@ from gensid.baselines.bm25 import BM25Search
 from gensid.baselines.dense import DenseDualEncoder
 from gensid.data import load_dataset
 from gensid.data.search import SearchSamples, product_search
+from gensid.eval.analysis import hit_rate_by_bucket, popularity_buckets
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.report.results import upsert_row
 from gensid.text import embed_texts
@@ -52,6 +53,9 @@ def main() -> None:
     print(f"{args.dataset}: {len(splits.train)} train / {len(splits.valid)} valid / {len(splits.test)} test "
           f"searches, {len(distinct)} distinct queries, {len(dataset.catalog)} items")
 
+    popularity = np.bincount(splits.train.targets, minlength=len(dataset.catalog))
+    buckets = popularity_buckets(popularity)
+
     start = time.perf_counter()
     bm25 = BM25Search(dataset.catalog)
     bm25_minutes = (time.perf_counter() - start) / 60
@@ -70,9 +74,11 @@ def main() -> None:
         }
         for method, (ranked, variant, minutes) in runs.items():
             metrics = metrics_from_ranks(rank_of_targets(ranked, samples.targets), KS)
-            upsert_row(args.dataset, "search", {"method": method, "variant": variant, "split": split, "seed": 0,
-                                                "metrics": metrics, "train_minutes": round(minutes, 2),
-                                                "command": command})
+            row = {"method": method, "variant": variant, "split": split, "seed": 0, "metrics": metrics,
+                   "train_minutes": round(minutes, 2), "command": command}
+            if split == "test":  # the same buckets as gensid's runs: training-target counts
+                row["test_by_popularity"] = hit_rate_by_bucket(ranked, samples.targets, buckets)
+            upsert_row(args.dataset, "search", row)
             print(f"{split} {method}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                                    if k.startswith(("hit", "ndcg@5", "ndcg@10", "ndcg@20"))))
 

@@ -167,7 +167,8 @@ def write_report(plan: Plan) -> Path:
         for r in read_rows(plan.results_file):
             if variant.owns(r) and r["split"] == "test" and r["seed"] not in run_here:
                 rows.append({"label": variant.label, "seed": r["seed"], "metrics": r["metrics"],
-                             "train_minutes": r.get("train_minutes"), "source": r.get("command", "")})
+                             "train_minutes": r.get("train_minutes"), "source": r.get("command", ""),
+                             "test_by_popularity": r.get("test_by_popularity")})
         for v, seed, metrics, _ in finished:
             if v is variant:
                 rows.append({"label": variant.label, "seed": seed, "metrics": metrics["test"],
@@ -178,7 +179,7 @@ def write_report(plan: Plan) -> Path:
     plan.output.mkdir(parents=True, exist_ok=True)
     write_json(plan.output / "results.json", rows)
     write_text(plan.output / "table.md", markdown_table(plan, rows))
-    _plots(plan, finished)
+    _plots(plan, finished, rows)
     return plan.output
 
 
@@ -202,7 +203,7 @@ def markdown_table(plan: Plan, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plots(plan: Plan, finished: list) -> None:
+def _plots(plan: Plan, finished: list, rows: list[dict]) -> None:
     first = {}
     for variant, seed, metrics, log in finished:  # one run per variant: the lowest seed
         if variant.label not in first or seed < first[variant.label][0]:
@@ -227,8 +228,10 @@ def _plots(plan: Plan, finished: list) -> None:
         if any(grads.values()):
             plots.per_step({k: g for k, g in grads.items() if g}, "gradient norm",
                            "item-encoder gradient norm per step", out / "grad_norm.png")
-    buckets = {k: [b["hit@10"] for b in m["test_by_popularity"]] for k, (_, m, _) in first.items()
-               if m.get("test_by_popularity")}
+    buckets = {}  # lowest seed per variant, baselines from the results file included
+    for r in sorted(rows, key=lambda r: r["seed"]):
+        if r.get("test_by_popularity") and r["label"] not in buckets:
+            buckets[r["label"]] = [b["hit@10"] for b in r["test_by_popularity"]]
     if buckets:
         plots.buckets(buckets, "test hit@10", "hit rate by item popularity", out / "popularity_buckets.png")
     hub = {k: m["hubness"]["mean_norm_by_bucket"] for k, (_, m, _) in first.items() if m.get("hubness")}
