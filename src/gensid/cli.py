@@ -66,7 +66,8 @@ def train(config: Path = typer.Argument(..., help="experiment YAML in configs/")
     metrics = train_run(cfg, run_dir)
     if not distributed.is_main():
         return
-    console.print(_table(f"{metrics['dataset']} test (full catalog, leave-one-out)",
+    protocol = "leave-one-out" if cfg.data.task == "rec" else "search"
+    console.print(_table(f"{metrics['dataset']} test (full catalog, {protocol})",
                          {f"{cfg.train.strategy} (gensid)": metrics["test"],
                           "most_popular": metrics["most_popular"]["test"]}))
     console.print(f"training {metrics['train_minutes']:.1f} min, best epoch {metrics['best_epoch']}; "
