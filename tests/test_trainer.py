@@ -20,7 +20,7 @@ def toy_problem(rng):
     return split, ItemFeatures(torch.from_numpy(codes))
 
 
-def make_trainer(run_dir, split, items, epochs=3):
+def make_trainer(run_dir, split, items, epochs=3, before_epoch=None):
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=16, n_heads=2, encoder_layers=1, decoder_layers=1, d_ff=32, dropout=0.1)
     model = GenerativeRecommender(SIZES, cfg, max_history=5)
@@ -28,7 +28,7 @@ def make_trainer(run_dir, split, items, epochs=3):
     # a validation score that changes with the weights, so "best model" bookkeeping is exercised
     validate = lambda m: {"ndcg@10": float(m.heads[0].weight.detach().sum())}  # noqa: E731
     return Trainer(model, train_cfg, split.train, items, run_dir, validate, NextTokenObjective(ExperimentConfig()),
-                   progress=False)
+                   progress=False, before_epoch=before_epoch)
 
 
 def test_interrupted_run_resumes_to_identical_weights(tmp_path, rng):
@@ -57,6 +57,42 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, rng):
                                  strict=True):
         assert torch.equal(a, b), name
     assert (tmp_path / "b" / "model.safetensors").exists()
+
+
+def test_before_epoch_sees_the_weights_each_epoch_starts_from_also_after_a_resume(tmp_path, rng):
+    """Joint runs rebuild their item codes in ``before_epoch``; a resumed run must do so from the
+    restored weights, not from the freshly initialised model it was built with."""
+    split, items = toy_problem(rng)
+    seen: dict[str, list] = {"a": [], "b": []}
+
+    def recorder(key):
+        return lambda: seen[key].append((trainers[key].epoch, trainers[key].model.heads[0].weight.sum().item()))
+
+    trainers = {"a": None, "b": None}
+    trainers["a"] = make_trainer(tmp_path / "a", split, items, before_epoch=recorder("a"))
+    trainers["a"].fit()
+
+    class Killed(Exception):
+        pass
+
+    trainers["b"] = make_trainer(tmp_path / "b", split, items, before_epoch=recorder("b"))
+    original = trainers["b"].train_epoch
+
+    def die_in_epoch_two():
+        if trainers["b"].epoch == 1:
+            raise Killed
+        return original()
+
+    trainers["b"].train_epoch = die_in_epoch_two
+    with pytest.raises(Killed):
+        trainers["b"].fit()
+    trainers["b"] = make_trainer(tmp_path / "b", split, items, before_epoch=recorder("b"))
+    trainers["b"].fit()
+    assert [epoch for epoch, _ in seen["a"]] == [0, 1, 2]
+    assert [epoch for epoch, _ in seen["b"]] == [0, 1, 1, 2]  # epoch 1 started twice: killed, resumed
+    expected = [w for _, w in seen["a"]]
+    assert [w for _, w in seen["b"]] == pytest.approx([expected[0], *expected[1:2], *expected[1:]], rel=0, abs=1e-6)
+    assert seen["b"][2][1] != pytest.approx(seen["b"][0][1], abs=1e-6)  # not the fresh model's weights
 
 
 def test_corrupt_checkpoint_is_refused(tmp_path, rng):

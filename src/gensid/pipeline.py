@@ -274,7 +274,7 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     else:
         objective, observe = NextTokenObjective(cfg), None
     trainer = Trainer(run.model, cfg.train, run.splits.train, run.items, run_dir, validate, objective, observe,
-                      progress=progress, queries=run.split_queries("train"))
+                      progress=progress, queries=run.split_queries("train"), before_epoch=run.refresh_index)
     summary = trainer.fit()
     if not main:
         return summary

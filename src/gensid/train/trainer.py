@@ -71,16 +71,20 @@ class Trainer:
 
     ``validate(model) -> metrics`` picks the best epoch; ``observe(model) -> dict`` (optional)
     adds per-epoch analyses (SID drift, code usage, ...) to the log; ``queries`` [N, T] are
-    the training samples' query vectors (search).
+    the training samples' query vectors (search). ``before_epoch()`` (optional) runs on every
+    rank before each epoch, also the first after a resume: joint runs rebuild the item codes
+    there, so every rank trains on targets from the current model, not from its last validation.
     """
 
     def __init__(self, model: GenerativeRecommender, cfg: TrainConfig, train: Samples, items: ItemFeatures,
                  run_dir: str | Path, validate: Callable[[GenerativeRecommender], dict[str, float]],
                  objective: Objective, observe: Callable[[GenerativeRecommender], dict] | None = None,
-                 monitor: str = "ndcg@10", progress: bool = True, queries: torch.Tensor | None = None):
+                 monitor: str = "ndcg@10", progress: bool = True, queries: torch.Tensor | None = None,
+                 before_epoch: Callable[[], None] | None = None):
         self.model, self.cfg, self.train, self.items, self.queries = model, cfg, train, items, queries
         self.run_dir = Path(run_dir)
         self.validate, self.objective, self.observe = validate, objective, observe
+        self.before_epoch = before_epoch
         self.monitor, self.progress = monitor, progress
         self.log = JsonlLog(self.run_dir / "log.jsonl")
         self.steps_per_epoch = -(-len(train) // cfg.batch_size)
@@ -173,6 +177,8 @@ class Trainer:
         while self.epoch < self.cfg.epochs:
             if distributed.broadcast_flag(self.rank == 0 and self._should_stop()):
                 break
+            if self.before_epoch is not None:
+                self.before_epoch()
             start = time.perf_counter()
             terms = self.train_epoch()
             self.elapsed += time.perf_counter() - start
