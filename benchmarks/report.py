@@ -53,11 +53,25 @@ def speed_table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def search_latency_table(data: dict) -> str:
+    """Per-search latency of generative search by stage and of dense exact search (search_latency.py)."""
+    ms, rate = data["batch1_ms"], data["batch256_searches_per_s"]
+    lines = [f"**search latency** (Beauty, {data['catalog_items']} items, beam {data['beam']}, "
+             f"{data['threads']} thread)", "",
+             "| stage | median ms (batch 1) | p95 ms (batch 1) |", "|---|---|---|"]
+    for stage in ("context_encoding", "generative_search", "geometric_verification", "gensid_total", "dense_exact"):
+        lines.append(f"| {stage.replace('_', ' ')} | {ms[stage]['median']:.2f} | {ms[stage]['p95']:.2f} |")
+    lines.append(f"| searches/s at batch 256 | gensid {rate['gensid']:.0f} | dense {rate['dense_exact']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     for path in sorted([*RESULTS.glob("*-rec.json"), *RESULTS.glob("*-search.json")]):
         print(quality_table(path) + "\n")
     if (RESULTS / "speed.json").exists():
-        print(speed_table(RESULTS / "speed.json"))
+        print(speed_table(RESULTS / "speed.json") + "\n")
+        if "search_latency" in (data := json.loads((RESULTS / "speed.json").read_text())):
+            print(search_latency_table(data["search_latency"]))
 
 
 if __name__ == "__main__":
