@@ -35,7 +35,7 @@ def joint_setup(assignment="gumbel_soft", tie_heads=False, logits="cosine", hist
     rng = np.random.default_rng(seed)
     split = leave_one_out(Interactions([str(i) for i in range(12)],
                                        [rng.integers(0, 40, 6) for _ in range(12)]), max_history=5)
-    items = ItemFeatures(torch.zeros(40, len(SIZES), dtype=torch.long))
+    items = item_snapshot(model, text, keep_text=False)  # as the trainer's refresh gives them
     batch = Batch.build(split.train, np.arange(len(split.train)), items)
     return model, JointObjective(cfg, text), batch, text
 
