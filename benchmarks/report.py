@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean
+
+from gensid.report.results import mean_std
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REC_COLUMNS = {"recall@5": "R@5", "recall@10": "R@10", "ndcg@5": "N@5", "ndcg@10": "N@10"}
@@ -26,14 +28,10 @@ def quality_table(path: Path, split: str = "test") -> str:
              "| method | variant | seeds | " + " | ".join(columns.values()) + " | train min |",
              "|---|---|---|" + "---|" * (len(columns) + 1)]
     for (method, variant), rows in sorted(groups.items(), key=lambda g: -mean(r["metrics"]["ndcg@10"] for r in g[1])):
-        cells = " | ".join(spread([r["metrics"][c] for r in rows]) for c in columns)
+        cells = " | ".join(mean_std([r["metrics"][c] for r in rows]) for c in columns)
         minutes = mean(r["train_minutes"] for r in rows)
         lines.append(f"| {method} | {variant} | {len(rows)} | {cells} | {minutes:.1f} |")
     return "\n".join(lines)
-
-
-def spread(values: list[float]) -> str:
-    return f"{values[0]:.4f}" if len(values) == 1 else f"{mean(values):.4f} ± {stdev(values):.4f}"
 
 
 def speed_table(path: Path) -> str:

@@ -31,23 +31,28 @@ def make_trainer(run_dir, split, items, epochs=3, before_epoch=None):
                    progress=False, before_epoch=before_epoch)
 
 
+class Killed(Exception):
+    pass
+
+
+def kill_in_epoch_two(trainer: Trainer) -> None:
+    """Make ``trainer`` die as its second epoch starts, after the first one's checkpoint."""
+    original = trainer.train_epoch
+
+    def die_in_epoch_two():
+        if trainer.epoch == 1:
+            raise Killed
+        return original()
+
+    trainer.train_epoch = die_in_epoch_two
+
+
 def test_interrupted_run_resumes_to_identical_weights(tmp_path, rng):
     split, items = toy_problem(rng)
     straight = make_trainer(tmp_path / "a", split, items)
     straight.fit()
-
-    class Killed(Exception):
-        pass
-
     interrupted = make_trainer(tmp_path / "b", split, items)
-    original = interrupted.train_epoch
-
-    def die_in_epoch_two():
-        if interrupted.epoch == 1:
-            raise Killed
-        return original()
-
-    interrupted.train_epoch = die_in_epoch_two
+    kill_in_epoch_two(interrupted)
     with pytest.raises(Killed):
         interrupted.fit()
     resumed = make_trainer(tmp_path / "b", split, items)
@@ -71,19 +76,8 @@ def test_before_epoch_sees_the_weights_each_epoch_starts_from_also_after_a_resum
     trainers = {"a": None, "b": None}
     trainers["a"] = make_trainer(tmp_path / "a", split, items, before_epoch=recorder("a"))
     trainers["a"].fit()
-
-    class Killed(Exception):
-        pass
-
     trainers["b"] = make_trainer(tmp_path / "b", split, items, before_epoch=recorder("b"))
-    original = trainers["b"].train_epoch
-
-    def die_in_epoch_two():
-        if trainers["b"].epoch == 1:
-            raise Killed
-        return original()
-
-    trainers["b"].train_epoch = die_in_epoch_two
+    kill_in_epoch_two(trainers["b"])
     with pytest.raises(Killed):
         trainers["b"].fit()
     trainers["b"] = make_trainer(tmp_path / "b", split, items, before_epoch=recorder("b"))

@@ -29,7 +29,7 @@ from gensid.config import ConfigError, load_config
 from gensid.io import write_json, write_text
 from gensid.pipeline import train_run
 from gensid.report import plots
-from gensid.report.results import read_rows, upsert_rows
+from gensid.report.results import mean_std, read_rows, upsert_rows
 
 console = Console()
 REC_COLUMNS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
@@ -193,10 +193,7 @@ def markdown_table(plan: Plan, rows: list[dict]) -> str:
         if not group:
             lines.append(f"| {variant.label} | not run yet |" + " |" * (len(plan.columns) + 1))
             continue
-        cells = []
-        for name in plan.columns:
-            values = np.array([r["metrics"][name] for r in group])
-            cells.append(f"{values.mean():.4f}" + (f" ± {values.std(ddof=1):.4f}" if len(values) > 1 else ""))
+        cells = [mean_std([r["metrics"][name] for r in group]) for name in plan.columns]
         minutes = [r["train_minutes"] for r in group if r["train_minutes"] is not None]
         minutes_cell = f"{np.mean(minutes):.1f}" if minutes else ""
         lines.append(f"| {variant.label} | {len(group)} | {' | '.join(cells)} | {minutes_cell} |")

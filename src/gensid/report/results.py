@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from statistics import mean, stdev
 
 from gensid.io import write_json
 
@@ -18,6 +19,11 @@ def git_commit() -> str:
                               ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def mean_std(values: list[float]) -> str:
+    """A table cell: the value of a single seed, else mean ± sample std over the seeds."""
+    return f"{values[0]:.4f}" if len(values) == 1 else f"{mean(values):.4f} ± {stdev(values):.4f}"
 
 
 def row_key(row: dict) -> tuple:
