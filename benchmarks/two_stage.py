@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gensid.config import load_config  # noqa: E402
 from gensid.pipeline import train_run  # noqa: E402
-from gensid.report.results import upsert_row  # noqa: E402
+from gensid.report.results import RESULTS, run_rows, upsert_row, upsert_rows  # noqa: E402
 
 
 def main() -> None:
@@ -37,11 +37,9 @@ def main() -> None:
     variant = args.variant or (f"{cfg.quantizer.method} {cfg.quantizer.codebook_sizes}+dedup, "
                                f"{m.encoder_layers}+{m.decoder_layers} layers d{m.d_model}, "
                                f"history {m.history_input}, {m.logits} logits")
+    upsert_rows(RESULTS / f"{args.dataset}-rec.json",
+                run_rows("two_stage", variant, cfg.train.seed, metrics, run_dir, command))
     for split in ("valid", "test"):
-        upsert_row(args.dataset, "rec", {
-            "method": "two_stage", "variant": variant, "split": split, "seed": cfg.train.seed,
-            "metrics": metrics[split], "train_minutes": round(metrics["train_minutes"], 2),
-            "best_epoch": metrics["best_epoch"], "run_dir": str(run_dir), "command": command})
         upsert_row(args.dataset, "rec", {
             "method": "most_popular", "variant": "training interaction counts", "split": split, "seed": 0,
             "metrics": metrics["most_popular"][split], "train_minutes": 0.0, "command": command})

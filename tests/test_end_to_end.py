@@ -93,6 +93,9 @@ def test_experiment_runner_two_stage_against_dgi_on_movielens(tmp_path):
     assert "| two_stage | 1 |" in table and "| dgi (full) | 1 |" in table
     rows = json.loads((tmp_path / "results.json").read_text())
     assert {(r["method"], r["split"]) for r in rows} == {(m, s) for m in ("two_stage", "dgi") for s in ("valid", "test")}
+    # the test rows carry the popularity buckets, so a later plan can plot them without the run
+    assert all(len(r["test_by_popularity"]) == 5 for r in rows if r["split"] == "test")
+    assert not any("test_by_popularity" in r for r in rows if r["split"] == "valid")
     for name in ("agreement.png", "drift_cumulative.png", "code_usage.png", "popularity_buckets.png", "hubness.png"):
         assert (tmp_path / "exp" / name).exists(), name
 

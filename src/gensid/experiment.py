@@ -18,6 +18,7 @@ has finished, each time a run ends.
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from gensid.config import ConfigError, load_config
 from gensid.io import write_json, write_text
 from gensid.pipeline import train_run
 from gensid.report import plots
-from gensid.report.results import mean_std, read_rows, upsert_rows
+from gensid.report.results import mean_std, read_rows, run_rows, upsert_rows
 
 console = Console()
 REC_COLUMNS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
@@ -136,12 +137,9 @@ def run_experiment(path: str | Path, shard: tuple[int, int] = (0, 1), report_onl
         console.rule(f"[{i + 1}/{len(jobs)}] {variant.label}, seed {seed}")
         cfg = load_config(plan.path.parent / variant.config, [*variant.set, f"train.seed={seed}"])
         metrics = train_run(cfg, run_dir, progress=progress)
-        command = f"gensid experiment {plan.path}" + (f" --shard {index}/{count}" if count > 1 else "")
-        upsert_rows(plan.results_file, [
-            {"method": variant.method, "variant": variant.variant, "split": split, "seed": seed,
-             "metrics": metrics[split], "train_minutes": round(metrics["train_minutes"], 2),
-             "best_epoch": metrics["best_epoch"], "run_dir": str(run_dir), "command": command}
-            for split in ("valid", "test")])
+        command = (f"gensid experiment {plan.path}" + (f" --shard {index}/{count}" if count > 1 else "")
+                   + (f" --only {shlex.quote(only)}" if only else ""))
+        upsert_rows(plan.results_file, run_rows(variant.method, variant.variant, seed, metrics, run_dir, command))
         write_report(plan)
     return write_report(plan)
 

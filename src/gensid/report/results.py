@@ -45,5 +45,19 @@ def upsert_rows(path: str | Path, rows: list[dict]) -> Path:
     return Path(path)
 
 
+def run_rows(method: str, variant: str, seed: int, metrics: dict, run_dir: str | Path, command: str) -> list[dict]:
+    """The valid and test rows of one finished training run (``metrics``: its metrics.json);
+    the test row also carries hit@10 by item-popularity bucket, for the popularity plots."""
+    rows = []
+    for split in ("valid", "test"):
+        row = {"method": method, "variant": variant, "split": split, "seed": seed, "metrics": metrics[split],
+               "train_minutes": round(metrics["train_minutes"], 2), "best_epoch": metrics["best_epoch"],
+               "run_dir": str(run_dir), "command": command}
+        if split == "test" and metrics.get("test_by_popularity"):
+            row["test_by_popularity"] = metrics["test_by_popularity"]
+        rows.append(row)
+    return rows
+
+
 def upsert_row(dataset: str, task: str, row: dict, results_dir: str | Path = RESULTS) -> Path:
     return upsert_rows(Path(results_dir) / f"{dataset}-{task}.json", [row])
