@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gensid.config import ConfigError
+from gensid.config import ConfigError, load_config
 from gensid.experiment import load_plan, run_experiment, write_report
 
 
@@ -60,3 +60,22 @@ def test_seeds_run_here_join_the_seeds_in_the_results_file(tmp_path):
     # a baseline measured elsewhere still joins the popularity plot through its results row
     assert [r["test_by_popularity"] for r in rows if r["label"] == "bm25"] == [by_bucket]
     assert (tmp_path / "out" / "popularity_buckets.png").exists()
+
+
+def test_plan_level_overrides_go_before_the_variants_and_are_checked_at_load(tmp_path):
+    plan_path = Path("configs") / f"_test_plan_{tmp_path.name}.yaml"
+    body = {"name": "office", "dataset": "tiny", "output": str(tmp_path / "out"),
+            "set": ["train.epochs=3", "data.max_history=7"],
+            "variants": [{"method": "dgi", "config": "ml100k.yaml", "set": ["train.epochs=5"]}]}
+    try:
+        plan_path.write_text(yaml.safe_dump(body))
+        plan = load_plan(plan_path)
+        overrides = plan.overrides(plan.variants[0], seed=2)
+        assert overrides == ["train.epochs=3", "data.max_history=7", "train.epochs=5", "train.seed=2"]
+        cfg = load_config(Path("configs/ml100k.yaml"), overrides)
+        assert (cfg.train.epochs, cfg.data.max_history, cfg.train.seed) == (5, 7, 2)
+        plan_path.write_text(yaml.safe_dump({**body, "set": ["train.no_such_field=1"]}))
+        with pytest.raises(ConfigError, match="no_such_field"):
+            load_plan(plan_path)
+    finally:
+        plan_path.unlink()

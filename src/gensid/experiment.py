@@ -2,7 +2,8 @@
 
 An experiment file names a dataset, a results file and variants; each variant is an
 experiment config (``configs/*.yaml``) plus ``--set``-style overrides, run for one or
-more seeds into ``<output>/runs/<method>-<variant>-s<seed>/``. Runs are resumable, and a
+more seeds into ``<output>/runs/<method>-<variant>-s<seed>/``; a plan-level ``set`` goes
+before every variant's (e.g. the Beauty configs pointed at another data set). Runs are resumable, and a
 run that finished (``metrics.json``) or whose test row is already in the results file is
 not run again, so an interrupted experiment picks up where it stopped. Jobs go seed by
 seed (every variant's seed 0 first); ``--shard i/n`` lets n processes split them (one per
@@ -69,6 +70,11 @@ class Plan:
     seeds: list[int]
     variants: list[Variant]
     columns: list[str]  # metrics shown in table.md
+    set: list[str] = field(default_factory=list)  # overrides for every variant, before the variant's own
+
+    def overrides(self, variant: Variant, seed: int) -> list[str]:
+        """The config overrides of one run: the plan's, the variant's, then the seed."""
+        return [*self.set, *variant.set, f"train.seed={seed}"]
 
     def jobs(self) -> list[tuple[Variant, int]]:
         """(variant, seed) of every configured run, seed-major."""
@@ -89,7 +95,7 @@ def load_plan(path: str | Path) -> Plan:
     if not path.exists():
         raise ConfigError(f"{path}: experiment file not found")
     raw = yaml.safe_load(path.read_text()) or {}
-    known = {"name", "dataset", "results_file", "output", "seeds", "variants", "columns"}
+    known = {"name", "dataset", "results_file", "output", "seeds", "variants", "columns", "set"}
     if unknown := set(raw) - known:
         raise ConfigError(f"{path}: unknown field(s) {sorted(unknown)}; expected {sorted(known)}")
     for key in ("name", "dataset", "variants"):
@@ -106,7 +112,7 @@ def load_plan(path: str | Path) -> Plan:
         if not variant.from_results and not variant.config:
             raise ConfigError(f"{path}: variants[{i}] ({variant.label}) needs a 'config'")
         if variant.config:
-            load_config(path.parent / variant.config, variant.set)  # fail now, not hours later
+            load_config(path.parent / variant.config, [*raw.get("set", []), *variant.set])  # fail now, not hours later
         variants.append(variant)
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):
@@ -114,7 +120,7 @@ def load_plan(path: str | Path) -> Plan:
     return Plan(path, raw["name"], raw["dataset"],
                 Path(raw.get("results_file", f"benchmarks/results/{raw['dataset']}-rec.json")),
                 Path(raw.get("output", f"experiments/{raw['name']}")), list(raw.get("seeds", [0])), variants,
-                list(raw.get("columns", REC_COLUMNS)))
+                list(raw.get("columns", REC_COLUMNS)), list(raw.get("set", [])))
 
 
 def run_experiment(path: str | Path, shard: tuple[int, int] = (0, 1), report_only: bool = False,
@@ -135,7 +141,7 @@ def run_experiment(path: str | Path, shard: tuple[int, int] = (0, 1), report_onl
         if (run_dir / "metrics.json").exists() or plan.recorded(variant, seed):
             continue
         console.rule(f"[{i + 1}/{len(jobs)}] {variant.label}, seed {seed}")
-        cfg = load_config(plan.path.parent / variant.config, [*variant.set, f"train.seed={seed}"])
+        cfg = load_config(plan.path.parent / variant.config, plan.overrides(variant, seed))
         metrics = train_run(cfg, run_dir, progress=progress)
         command = (f"gensid experiment {plan.path}" + (f" --shard {index}/{count}" if count > 1 else "")
                    + (f" --only {shlex.quote(only)}" if only else ""))
