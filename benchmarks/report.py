@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from statistics import mean
 
-from gensid.report.results import mean_std
+from gensid.report.results import epochs_cell, mean_std
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REC_COLUMNS = {"recall@5": "R@5", "recall@10": "R@10", "ndcg@5": "N@5", "ndcg@10": "N@10"}
@@ -25,12 +25,12 @@ def quality_table(path: Path, split: str = "test") -> str:
         if r["split"] == split:
             groups.setdefault((r["method"], r["variant"]), []).append(r)
     lines = [f"**{path.stem}** ({split}; mean ± std over seeds)", "",
-             "| method | variant | seeds | " + " | ".join(columns.values()) + " | train min |",
-             "|---|---|---|" + "---|" * (len(columns) + 1)]
+             "| method | variant | seeds | " + " | ".join(columns.values()) + " | train min | epochs |",
+             "|---|---|---|" + "---|" * (len(columns) + 2)]
     for (method, variant), rows in sorted(groups.items(), key=lambda g: -mean(r["metrics"]["ndcg@10"] for r in g[1])):
         cells = " | ".join(mean_std([r["metrics"][c] for r in rows]) for c in columns)
         minutes = mean(r["train_minutes"] for r in rows)
-        lines.append(f"| {method} | {variant} | {len(rows)} | {cells} | {minutes:.1f} |")
+        lines.append(f"| {method} | {variant} | {len(rows)} | {cells} | {minutes:.1f} | {epochs_cell(rows)} |")
     return "\n".join(lines)
 
 

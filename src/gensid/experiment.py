@@ -31,7 +31,7 @@ from gensid.config import ConfigError, load_config
 from gensid.io import write_json, write_text
 from gensid.pipeline import train_run
 from gensid.report import plots
-from gensid.report.results import mean_std, read_rows, run_rows, upsert_rows
+from gensid.report.results import epochs_cell, mean_std, read_rows, run_rows, upsert_rows
 
 console = Console()
 REC_COLUMNS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
@@ -171,12 +171,14 @@ def write_report(plan: Plan) -> Path:
         for r in read_rows(plan.results_file):
             if variant.owns(r) and r["split"] == "test" and r["seed"] not in run_here:
                 rows.append({"label": variant.label, "seed": r["seed"], "metrics": r["metrics"],
-                             "train_minutes": r.get("train_minutes"), "source": r.get("command", ""),
+                             "train_minutes": r.get("train_minutes"), "epochs": r.get("epochs"),
+                             "source": r.get("command", ""),
                              "test_by_popularity": r.get("test_by_popularity")})
         for v, seed, metrics, _ in finished:
             if v is variant:
                 rows.append({"label": variant.label, "seed": seed, "metrics": metrics["test"],
-                             "train_minutes": metrics["train_minutes"], "best_epoch": metrics["best_epoch"],
+                             "train_minutes": metrics["train_minutes"], "epochs": metrics["epochs"],
+                             "best_epoch": metrics["best_epoch"],
                              "collision_rate": metrics["sid"]["collision_rate"],
                              "test_by_popularity": metrics.get("test_by_popularity"),
                              "hubness": metrics.get("hubness")})
@@ -190,17 +192,17 @@ def write_report(plan: Plan) -> Path:
 def markdown_table(plan: Plan, rows: list[dict]) -> str:
     lines = [f"# {plan.name}: {plan.dataset}, test split, full-catalog ranking", "",
              f"Produced by `gensid experiment {plan.path}`; mean ± std over seeds where there are several.", "",
-             "| method | seeds | " + " | ".join(plan.columns) + " | train min |",
-             "|---|---|" + "---|" * len(plan.columns) + "---|"]
+             "| method | seeds | " + " | ".join(plan.columns) + " | train min | epochs |",
+             "|---|---|" + "---|" * len(plan.columns) + "---|---|"]
     for variant in plan.variants:
         group = [r for r in rows if r["label"] == variant.label]
         if not group:
-            lines.append(f"| {variant.label} | not run yet |" + " |" * (len(plan.columns) + 1))
+            lines.append(f"| {variant.label} | not run yet |" + " |" * (len(plan.columns) + 2))
             continue
         cells = [mean_std([r["metrics"][name] for r in group]) for name in plan.columns]
         minutes = [r["train_minutes"] for r in group if r["train_minutes"] is not None]
         minutes_cell = f"{np.mean(minutes):.1f}" if minutes else ""
-        lines.append(f"| {variant.label} | {len(group)} | {' | '.join(cells)} | {minutes_cell} |")
+        lines.append(f"| {variant.label} | {len(group)} | {' | '.join(cells)} | {minutes_cell} | {epochs_cell(group)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -26,6 +26,12 @@ def mean_std(values: list[float]) -> str:
     return f"{values[0]:.4f}" if len(values) == 1 else f"{mean(values):.4f} ± {stdev(values):.4f}"
 
 
+def epochs_cell(rows: list[dict]) -> str:
+    """A table cell: the distinct numbers of epochs trained (within a time budget a slower
+    machine fits fewer), e.g. ``13`` or ``12/13``; blank where the rows do not record them."""
+    return "/".join(str(e) for e in sorted({r["epochs"] for r in rows if r.get("epochs") is not None}))
+
+
 def row_key(row: dict) -> tuple:
     return tuple(row.get(k) for k in ("method", "variant", "split", "seed"))
 
@@ -51,8 +57,8 @@ def run_rows(method: str, variant: str, seed: int, metrics: dict, run_dir: str |
     rows = []
     for split in ("valid", "test"):
         row = {"method": method, "variant": variant, "split": split, "seed": seed, "metrics": metrics[split],
-               "train_minutes": round(metrics["train_minutes"], 2), "best_epoch": metrics["best_epoch"],
-               "run_dir": str(run_dir), "command": command}
+               "train_minutes": round(metrics["train_minutes"], 2), "epochs": metrics["epochs"],
+               "best_epoch": metrics["best_epoch"], "run_dir": str(run_dir), "command": command}
         if split == "test" and metrics.get("test_by_popularity"):
             row["test_by_popularity"] = metrics["test_by_popularity"]
         rows.append(row)
