@@ -92,7 +92,7 @@ def test_a_disambiguation_position_makes_every_sid_unique_and_is_learned_from_th
     objective, losses = JointObjective(objective.cfg, text), []
     for _ in range(2):
         torch.manual_seed(1)
-        losses.append(float(objective(model, batch, 0.0)["next_token"]))
+        losses.append(objective(model, batch, 0.0)["next_token"].item())
         batch.target_codes[:, -1] = (batch.target_codes[:, -1] + 1) % sizes[-1]
     assert losses[0] != losses[1]
 
