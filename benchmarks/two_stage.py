@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gensid.config import load_config  # noqa: E402
 from gensid.pipeline import train_run  # noqa: E402
-from gensid.report.results import RESULTS, run_rows, upsert_row, upsert_rows  # noqa: E402
+from gensid.report.results import RESULTS, run_rows, upsert_rows  # noqa: E402
 
 
 def main() -> None:
@@ -37,12 +37,11 @@ def main() -> None:
     variant = args.variant or (f"{cfg.quantizer.method} {cfg.quantizer.codebook_sizes}+dedup, "
                                f"{m.encoder_layers}+{m.decoder_layers} layers d{m.d_model}, "
                                f"history {m.history_input}, {m.logits} logits")
+    popular = [{"method": "most_popular", "variant": "training interaction counts", "split": split, "seed": 0,
+                "metrics": metrics["most_popular"][split], "train_minutes": 0.0, "command": command}
+               for split in ("valid", "test")]
     upsert_rows(RESULTS / f"{args.dataset}-rec.json",
-                run_rows("two_stage", variant, cfg.train.seed, metrics, run_dir, command))
-    for split in ("valid", "test"):
-        upsert_row(args.dataset, "rec", {
-            "method": "most_popular", "variant": "training interaction counts", "split": split, "seed": 0,
-            "metrics": metrics["most_popular"][split], "train_minutes": 0.0, "command": command})
+                run_rows("two_stage", variant, cfg.train.seed, metrics, run_dir, command) + popular)
     t = metrics["test"]
     print(f"{args.dataset} two_stage test: R@5 {t['recall@5']:.4f} R@10 {t['recall@10']:.4f} "
           f"N@5 {t['ndcg@5']:.4f} N@10 {t['ndcg@10']:.4f} ({metrics['train_minutes']:.1f} train min)")

@@ -101,6 +101,7 @@ def load_plan(path: str | Path) -> Plan:
     for key in ("name", "dataset", "variants"):
         if key not in raw:
             raise ConfigError(f"{path}: missing field {key!r}")
+    common = list(raw.get("set", []))  # the plan-level overrides
     variants = []
     fields = set(Variant.__dataclass_fields__)
     for i, item in enumerate(raw["variants"]):
@@ -112,7 +113,7 @@ def load_plan(path: str | Path) -> Plan:
         if not variant.from_results and not variant.config:
             raise ConfigError(f"{path}: variants[{i}] ({variant.label}) needs a 'config'")
         if variant.config:
-            load_config(path.parent / variant.config, [*raw.get("set", []), *variant.set])  # fail now, not hours later
+            load_config(path.parent / variant.config, [*common, *variant.set])  # fail now, not hours later
         variants.append(variant)
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):
@@ -120,7 +121,7 @@ def load_plan(path: str | Path) -> Plan:
     return Plan(path, raw["name"], raw["dataset"],
                 Path(raw.get("results_file", f"benchmarks/results/{raw['dataset']}-rec.json")),
                 Path(raw.get("output", f"experiments/{raw['name']}")), list(raw.get("seeds", [0])), variants,
-                list(raw.get("columns", REC_COLUMNS)), list(raw.get("set", [])))
+                list(raw.get("columns", REC_COLUMNS)), common)
 
 
 def run_experiment(path: str | Path, shard: tuple[int, int] = (0, 1), report_only: bool = False,
