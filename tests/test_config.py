@@ -1,8 +1,11 @@
 import re
+import sys
 
 import pytest
 
-from gensid.config import ConfigError, ExperimentConfig, load_config
+from gensid.cli import main
+from gensid.config import ExperimentConfig, load_config
+from gensid.errors import ConfigError
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -46,3 +49,13 @@ def test_missing_file_and_invalid_yaml(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(bad)
+
+
+def test_the_command_reports_bad_input_in_one_line_without_a_traceback(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["gensid", "train", "configs/ml100k.yaml", "--set", "train.nope=1"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: configs/ml100k.yaml: train: unknown field(s) ['nope']")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

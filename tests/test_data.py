@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from conftest import shared_dataset
-from gensid.data import DataError, leave_one_out, load_dataset
+from gensid.data import leave_one_out, load_dataset
 from gensid.data.catalog import Interactions
 from gensid.data.splits import PAD
+from gensid.errors import DataError
 
 
 def write_letter(folder, inter, items):

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from conftest import shared_dataset
 from gensid.cli import app
 from gensid.config import load_config
+from gensid.errors import InputError
 from gensid.pipeline import load_run, train_run
 
 TINY = ["model.d_model=64", "model.encoder_layers=2", "model.decoder_layers=2", "model.d_ff=128",
@@ -138,5 +139,5 @@ def test_generative_search_with_dgi_on_movielens(tmp_path):
     shuffled = run.queries["test"][torch.randperm(len(test), generator=torch.Generator().manual_seed(0))]
     other = recommend_items(run.model, run.index, test, run.items, 20, queries=shuffled)
     assert (ranked != other).any(1).mean() > 0.5
-    with pytest.raises(ValueError, match="search model"):
+    with pytest.raises(InputError, match="search model"):
         run.recommend([0, 1], k=5)

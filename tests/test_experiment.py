@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gensid.config import ConfigError, load_config
+from gensid.config import load_config
+from gensid.errors import ConfigError
 from gensid.experiment import load_plan, run_experiment, write_report
 
 

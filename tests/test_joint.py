@@ -9,6 +9,7 @@ import torch
 from gensid.config import ExperimentConfig, LossConfig, ModelConfig, QuantizerConfig
 from gensid.data.catalog import Interactions
 from gensid.data.splits import leave_one_out
+from gensid.errors import ConfigError
 from gensid.index import SIDIndex, constrained_beam_search
 from gensid.model import GenerativeRecommender
 from gensid.quantize import RQVAE, Assignment, SemanticIDs
@@ -98,12 +99,12 @@ def test_a_disambiguation_position_makes_every_sid_unique_and_is_learned_from_th
 
 
 def test_tied_heads_need_the_latent_to_match_the_model_width():
-    with pytest.raises(ValueError, match="latent_dim"):
+    with pytest.raises(ConfigError, match="latent_dim"):
         joint_setup("gumbel_soft", tie_heads=True, latent_dim=2 * D)
 
 
 def test_two_stage_has_no_codebook_to_feed_the_decoder():
-    with pytest.raises(ValueError, match="decoder_input"):
+    with pytest.raises(ConfigError, match="decoder_input"):
         GenerativeRecommender(SIZES, ModelConfig(d_model=D, n_heads=2, decoder_input="codebook"), max_history=5)
 
 

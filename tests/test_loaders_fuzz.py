@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gensid.data import load_dataset
-from gensid.data.catalog import DataError
+from gensid.errors import DataError
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
 ids = st.sampled_from(["a", "b", "c", "1", ""]) | st.text(max_size=4)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from gensid.config import QuantizerConfig
+from gensid.errors import ConfigError
 from gensid.quantize import ResidualQuantizer, SemanticIDs, code_usage, fit_semantic_ids
 
 
@@ -86,7 +87,7 @@ def test_rqvae_trains_and_rqkmeans_fits():
 
 
 def test_unknown_geometry_and_assignment_are_rejected():
-    with pytest.raises(ValueError, match="geometry"):
+    with pytest.raises(ConfigError, match="quantizer.geometry"):
         ResidualQuantizer(4, [2], geometry="manhattan")
-    with pytest.raises(ValueError, match="assignment"):
+    with pytest.raises(ConfigError, match="quantizer.assignment"):
         ResidualQuantizer(4, [2], assignment="magic")

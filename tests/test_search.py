@@ -6,9 +6,9 @@ import torch
 
 from gensid.baselines.bm25 import BM25Search
 from gensid.baselines.dense import DenseDualEncoder
-from gensid.data import DataError
 from gensid.data.catalog import Catalog, Dataset, Interactions
 from gensid.data.search import category_query, load_search_log, product_search, time_split
+from gensid.errors import DataError
 
 CATEGORIES = ["Beauty, Makeup, Nails, Nail Polish", "Beauty, Skin Care, Face", "Beauty, Hair Care, Hair Care",
               "Beauty, Skin Care, Body", "Beauty, Makeup, Eyes"]

@@ -5,6 +5,7 @@ import torch
 from gensid.config import ExperimentConfig, ModelConfig, TrainConfig
 from gensid.data.catalog import Interactions
 from gensid.data.splits import leave_one_out
+from gensid.errors import RunError
 from gensid.model import GenerativeRecommender
 from gensid.train import ItemFeatures, Trainer
 from gensid.train.objectives import NextTokenObjective
@@ -95,7 +96,7 @@ def test_corrupt_checkpoint_is_refused(tmp_path, rng):
     trainer.fit()
     data = trainer.checkpoint_path.read_bytes()
     trainer.checkpoint_path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="checkpoint.safetensors: not a readable safetensors file"):
+    with pytest.raises(RunError, match="checkpoint.safetensors: not a readable safetensors file"):
         make_trainer(tmp_path, split, items).resume()
 
 

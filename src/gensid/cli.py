@@ -10,6 +10,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from gensid.errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -116,8 +119,10 @@ def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="interface t
     import torch
     import uvicorn
 
+    from gensid.pipeline import run_files
     from gensid.serve import create_app
 
+    run_files(run_dir)  # a bad folder fails here with a clear message, not inside the server's startup
     torch.set_num_threads(threads)
     uvicorn.run(create_app(run_dir, max_batch, max_wait_ms, preload_text_encoder=True), host=host, port=port)
 
@@ -141,5 +146,15 @@ def experiment(plan: Path = typer.Argument(..., help="experiment file in configs
     console.print(f"report in {out}")
 
 
+def main() -> None:
+    """The ``gensid`` command: bad input (:class:`InputError`) prints its message and exits 1,
+    without a traceback; any other exception is a bug and keeps its traceback."""
+    try:
+        app()
+    except InputError as exc:
+        Console(stderr=True).print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

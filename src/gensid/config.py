@@ -13,9 +13,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override names an unknown field or has a bad value."""
+from gensid.errors import ConfigError
 
 
 @dataclass

@@ -27,7 +27,8 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-from gensid.config import ConfigError, load_config
+from gensid.config import load_config
+from gensid.errors import ConfigError
 from gensid.io import write_json, write_text
 from gensid.pipeline import train_run
 from gensid.report import plots

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from gensid.errors import RunError
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` then rename the temp file onto ``path``.
@@ -68,7 +70,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None
     """Load tensors and the ``meta`` header saved by :func:`save_tensors`.
 
     A truncated or corrupted file (header, size, or tensor bytes against the stored sha256)
-    raises ``ValueError`` naming the file.
+    raises :class:`~gensid.errors.RunError` naming the file.
     """
     from safetensors import safe_open
 
@@ -78,9 +80,9 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None
             header = fh.metadata() or {}
         tensors = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for bad files
-        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
+        raise RunError(f"{path}: not a readable safetensors file ({exc})") from exc
     if "sha256" in header and tensors_digest(tensors) != header["sha256"]:
-        raise ValueError(f"{path}: corrupted: the tensor bytes do not match the sha256 stored at save time")
+        raise RunError(f"{path}: corrupted: the tensor bytes do not match the sha256 stored at save time")
     meta = json.loads(header["meta"]) if "meta" in header else None
     return tensors, meta
 

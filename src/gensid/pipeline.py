@@ -22,6 +22,7 @@ from gensid.baselines.popularity import MostPopular
 from gensid.config import ExperimentConfig, load_config
 from gensid.data import Dataset, LeaveOneOut, Samples, leave_one_out, load_dataset
 from gensid.data.search import load_search_log, product_search, time_split
+from gensid.errors import ConfigError, InputError, RunError
 from gensid.eval.analysis import (
     SIDMonitor,
     hit_rate_by_bucket,
@@ -88,10 +89,10 @@ class Run:
     def recommend(self, history: list[int], k: int = 10) -> list[int]:
         """Top-k item ids for one history of internal item ids (oldest first)."""
         if not history:
-            raise ValueError("history is empty: give at least one item id")
+            raise InputError("history is empty: give at least one item id")
         unknown = [i for i in history if not 0 <= i < len(self.dataset.catalog)]
         if unknown:
-            raise ValueError(f"unknown internal item id(s) {unknown[:5]}")
+            raise InputError(f"unknown internal item id(s) {unknown[:5]}")
         hist = np.full((1, self.cfg.data.max_history), -1, dtype=np.int64)
         recent = np.asarray(history[-self.cfg.data.max_history:], dtype=np.int64)
         hist[0, -len(recent):] = recent
@@ -139,15 +140,15 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     assignment whenever the model is evaluated (:meth:`Run.refresh_index`).
     """
     if cfg.train.strategy not in STRATEGIES:
-        raise ValueError(f"train.strategy {cfg.train.strategy!r}: expected one of {STRATEGIES}")
+        raise ConfigError(f"train.strategy {cfg.train.strategy!r}: expected one of {STRATEGIES}")
     seed_everything(cfg.train.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     full, dataset, splits, queries = load_task(cfg, progress)
     text = item_text_vectors(cfg, full, dataset, run_dir, progress)
     if len(text) != len(dataset.catalog):
-        raise ValueError(f"{run_dir / 'index'}: vectors of {len(text)} items, but the catalog has "
-                         f"{len(dataset.catalog)}; use a new run directory")
+        raise RunError(f"{run_dir / 'index'}: vectors of {len(text)} items, but the catalog has "
+                       f"{len(dataset.catalog)}; use a new run directory")
     tokenizer, sids = tokenizer_and_sids(cfg, text, run_dir, progress)
     uses_text = cfg.model.history_input.endswith("+text")
     text_dim = text.shape[1] if uses_text else None
@@ -175,10 +176,10 @@ def load_task(cfg: ExperimentConfig, progress: bool = True
     product-search construction; each sample's query text becomes a sentence vector.
     """
     if cfg.data.task not in TASKS:
-        raise ValueError(f"data.task {cfg.data.task!r}: expected one of {TASKS}")
+        raise ConfigError(f"data.task {cfg.data.task!r}: expected one of {TASKS}")
     if cfg.data.format == "search_log":
         if cfg.data.task != "search":
-            raise ValueError("data.format search_log needs data.task search")
+            raise ConfigError("data.format search_log needs data.task search")
         log = load_search_log(cfg.data.source, cfg.data.text_fields)
         full = dataset = log.dataset
         search = time_split(log, cfg.data.max_history)
@@ -246,7 +247,7 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if config_path.exists() and load_config(config_path).to_dict() != cfg.to_dict():
-        raise ValueError(f"{config_path}: this run directory holds a different config; use a new directory")
+        raise RunError(f"{config_path}: this run directory holds a different config; use a new directory")
     main = distributed.is_main()  # under torchrun only rank 0 writes, validates and evaluates
     progress = progress and main
     if main:
@@ -294,16 +295,22 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     return metrics
 
 
+def run_files(run_dir: str | Path) -> tuple[Path, Path]:
+    """``(config.yaml, model.safetensors)`` of a trained run; ``RunError`` if either is missing."""
+    run_dir = Path(run_dir)
+    config, weights = run_dir / "config.yaml", run_dir / "model.safetensors"
+    if not config.exists():
+        raise RunError(f"{run_dir}: not a run directory (no config.yaml)")
+    if not weights.exists():
+        raise RunError(f"{weights}: the run has no trained model yet")
+    return config, weights
+
+
 def load_run(run_dir: str | Path) -> Run:
     """A finished (or checkpointed) run, ready to rank items."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml")
-    run = prepare(cfg, run_dir, progress=False)
-    weights = run_dir / "model.safetensors"
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights}: the run has no trained model yet")
+    config, weights = run_files(run_dir)
+    run = prepare(load_config(config), run_dir, progress=False)
     run.model.load_state_dict(load_tensors(weights)[0])
     run.model.eval()
     run.refresh_index()

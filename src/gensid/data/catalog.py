@@ -6,11 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gensid.errors import DataError
+
 TITLE_FIELDS = ("title", "movie_title", "name")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, the line or key, and the field."""
 
 
 @dataclass

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gensid.data.catalog import Catalog, DataError, Dataset, Interactions
+from gensid.data.catalog import Catalog, Dataset, Interactions
+from gensid.errors import DataError
 
 
 def load_dataset(source: str | Path, fmt: str = "auto", text_fields: list[str] | None = None) -> Dataset:

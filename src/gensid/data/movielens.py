@@ -12,7 +12,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from gensid.data.catalog import DataError
+from gensid.errors import DataError
 from gensid.io import cache_dir
 
 RECBOLE = "recbole==1.2.1"

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gensid.data.catalog import DataError, Dataset, Interactions
+from gensid.data.catalog import Dataset, Interactions
 from gensid.data.loaders import _read_table, catalog_beside
 from gensid.data.splits import PAD, Samples
+from gensid.errors import DataError
 
 
 @dataclass

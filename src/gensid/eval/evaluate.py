@@ -7,6 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gensid.data.splits import Samples
+from gensid.errors import ConfigError
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.index.beam import constrained_beam_search
 from gensid.index.sid_index import SIDIndex
@@ -36,6 +37,6 @@ def evaluate_generative(model: GenerativeRecommender, index: SIDIndex, samples: 
                         ks: list[int], beam_size: int, batch_size: int = 256, progress: bool = False,
                         queries: torch.Tensor | None = None) -> dict[str, float]:
     if beam_size < max(ks):
-        raise ValueError(f"eval.beam_size {beam_size} must be >= the largest K {max(ks)}")
+        raise ConfigError(f"eval.beam_size {beam_size} must be >= the largest K {max(ks)}")
     ranked = recommend_items(model, index, samples, items, beam_size, batch_size, progress, queries)
     return metrics_from_ranks(rank_of_targets(ranked, samples.targets), ks)

