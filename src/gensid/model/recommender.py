@@ -99,7 +99,7 @@ class GenerativeRecommender(nn.Module):
         latent = tokenizer.quantizer.dim if tokenizer is not None else d
         if cfg.tie_heads and latent != d:
             raise ConfigError(f"model.tie_heads scores hidden states against the codebooks: quantizer.latent_dim "
-                             f"({latent}) must equal model.d_model ({d})")
+                              f"({latent}) must equal model.d_model ({d})")
         self.code_sizes = list(code_sizes)
         self.cfg = cfg
         self.tokenizer = tokenizer
