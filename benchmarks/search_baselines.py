@@ -2,6 +2,8 @@
 
     python benchmarks/search_baselines.py --data ../shared/data/amazon-beauty --dataset beauty
 
+``--text-model DIR`` gives the dense encoder a fine-tuned sentence encoder (``gensid finetune-text``).
+
 Builds the product-search splits (query = the target's category path, history = the
 previous <= 10 items), ranks the full catalog with each baseline and writes test and
 validation rows into ``benchmarks/results/<dataset>-search.json``.
@@ -10,9 +12,11 @@ validation rows into ``benchmarks/results/<dataset>-search.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +43,9 @@ def main() -> None:
     parser.add_argument("--dataset", required=True, help="name in the results file, e.g. beauty")
     parser.add_argument("--text-fields", nargs="+", default=["title", "brand", "categories"])
     parser.add_argument("--epochs", type=int, default=5, help="dense dual encoder epochs")
+    parser.add_argument("--text-model", default="all-MiniLM-L6-v2",
+                        help="sentence encoder: a known name or a folder from gensid finetune-text")
+    parser.add_argument("--methods", nargs="+", default=["bm25", "dense"], choices=["bm25", "dense"])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -47,9 +54,9 @@ def main() -> None:
 
     dataset = load_dataset(args.data, "auto", args.text_fields)
     splits = product_search(dataset)
-    item_text = torch.from_numpy(embed_texts(dataset.catalog.texts))
+    item_text = torch.from_numpy(embed_texts(dataset.catalog.texts, args.text_model))
     distinct = sorted({q for part in (splits.train, splits.valid, splits.test) for q in part.queries})
-    vectors = dict(zip(distinct, embed_texts(distinct, progress=False), strict=True))
+    vectors = dict(zip(distinct, embed_texts(distinct, args.text_model, progress=False), strict=True))
     print(f"{args.dataset}: {len(splits.train)} train / {len(splits.valid)} valid / {len(splits.test)} test "
           f"searches, {len(distinct)} distinct queries, {len(dataset.catalog)} items")
 
@@ -63,16 +70,25 @@ def main() -> None:
     dense = DenseDualEncoder(item_text.shape[1])
     losses = dense.fit(splits.train, query_vectors(splits.train, vectors), item_text, epochs=args.epochs)
     dense_minutes = (time.perf_counter() - start) / 60
+    encoder = "all-MiniLM-L6-v2 frozen"
+    tuned = Path(args.text_model) / "finetune.json"
+    if tuned.exists():  # gensid finetune-text's folder: its minutes count as the dense model's training
+        info = json.loads(tuned.read_text())
+        encoder = (f"{info['base_model']} fine-tuned on {info['pairs']} training pairs, "
+                   f"{info['epochs']} epoch(s) ({args.text_model})")
+        dense_minutes += info["minutes"]
 
     for split in ("valid", "test"):
         samples = getattr(splits, split)
         runs = {
             "bm25": (bm25.rank(samples, max(KS)), "query + history titles, k1 1.5, b 0.75", bm25_minutes),
             "dense": (dense.rank(samples, query_vectors(samples, vectors), item_text, max(KS)),
-                      f"all-MiniLM-L6-v2 frozen, linear projections d128, InfoNCE, {args.epochs} epochs "
+                      f"{encoder}, linear projections d128, InfoNCE, {args.epochs} epochs "
                       f"(final loss {losses[-1]:.3f})", dense_minutes),
         }
         for method, (ranked, variant, minutes) in runs.items():
+            if method not in args.methods:
+                continue
             metrics = metrics_from_ranks(rank_of_targets(ranked, samples.targets), KS)
             row = {"method": method, "variant": variant, "split": split, "seed": 0, "metrics": metrics,
                    "train_minutes": round(minutes, 2), "command": command}

@@ -38,7 +38,7 @@ from gensid.index import SIDIndex
 from gensid.index.beam import search_leaves, verify
 from gensid.io import write_json
 from gensid.model import GenerativeRecommender
-from gensid.pipeline import load_task
+from gensid.pipeline import load_task, query_vectors
 from gensid.quantize import fit_semantic_ids
 from gensid.text import embed_texts
 from gensid.train import Batch, ItemFeatures
@@ -64,7 +64,8 @@ def main() -> None:
     torch.manual_seed(0)
 
     cfg = load_config(args.config, [f"data.source={args.data}"])
-    _, dataset, splits, queries = load_task(cfg, progress=False)
+    _, dataset, splits, query_texts = load_task(cfg, progress=False)
+    queries = query_vectors(cfg, query_texts)
     text = torch.from_numpy(embed_texts(dataset.catalog.texts, progress=False))
     tokenizer, _, _ = fit_semantic_ids(text.numpy(), cfg.quantizer, progress=False)
     model = GenerativeRecommender(cfg.quantizer.codebook_sizes, cfg.model, cfg.data.max_history, text.shape[1],

@@ -127,6 +127,39 @@ def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="interface t
     uvicorn.run(create_app(run_dir, max_batch, max_wait_ms, preload_text_encoder=True), host=host, port=port)
 
 
+@app.command("finetune-text")
+def finetune_text(config: Path = typer.Argument(..., help="experiment YAML whose data and text encoder to adapt"),
+                  out: Path = typer.Option(..., help="new folder for the fine-tuned encoder"),
+                  set_: list[str] = typer.Option([], "--set", help="override, e.g. --set data.max_users=500"),
+                  epochs: int = typer.Option(1, min=1),
+                  lr: float = typer.Option(2e-5, min=0),
+                  batch_size: int = typer.Option(64, min=2, help="pairs per step (in-batch negatives)"),
+                  max_pairs: int = typer.Option(0, min=0, help=">0: a random subset of the training pairs"),
+                  threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default)")
+                  ) -> None:
+    """Fine-tune the config's sentence encoder on its training split (query or previous item ->
+    clicked item, in-batch InfoNCE); use it with --set text.model=OUT."""
+    import random
+
+    import torch
+
+    from gensid.config import load_config
+    from gensid.pipeline import load_task
+    from gensid.text.finetune import finetune_text_encoder, training_pairs
+
+    cfg = load_config(config, set_)
+    if threads:
+        torch.set_num_threads(threads)
+    _, dataset, splits, queries = load_task(cfg)
+    pairs = training_pairs(dataset.catalog.texts, splits.train, queries["train"] if queries else None)
+    if 0 < max_pairs < len(pairs):
+        pairs = random.Random(cfg.train.seed).sample(pairs, max_pairs)
+    summary = finetune_text_encoder(pairs, cfg.text.model, out, epochs, lr, batch_size, seed=cfg.train.seed)
+    console.print(f"{summary['pairs']} pairs, {summary['steps']} steps, loss per epoch "
+                  + ", ".join(f"{x:.3f}" for x in summary["loss_per_epoch"])
+                  + f", {summary['minutes']:.1f} min; use it with --set text.model={out}", soft_wrap=True)
+
+
 @app.command()
 def experiment(plan: Path = typer.Argument(..., help="experiment file in configs/ (a list of variants)"),
                shard: str = typer.Option("0/1", help="i/n: run every n-th variant from the i-th (one process per core)"),

