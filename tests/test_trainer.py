@@ -21,11 +21,11 @@ def toy_problem(rng):
     return split, ItemFeatures(torch.from_numpy(codes))
 
 
-def make_trainer(run_dir, split, items, epochs=3, before_epoch=None):
+def make_trainer(run_dir, split, items, epochs=3, before_epoch=None, stop_epoch=0):
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=16, n_heads=2, encoder_layers=1, decoder_layers=1, d_ff=32, dropout=0.1)
     model = GenerativeRecommender(SIZES, cfg, max_history=5)
-    train_cfg = TrainConfig(epochs=epochs, batch_size=16, warmup_steps=5, lr=3e-3)
+    train_cfg = TrainConfig(epochs=epochs, batch_size=16, warmup_steps=5, lr=3e-3, stop_epoch=stop_epoch)
     # a validation score that changes with the weights, so "best model" bookkeeping is exercised
     validate = lambda m: {"ndcg@10": float(m.heads[0].weight.detach().sum())}  # noqa: E731
     return Trainer(model, train_cfg, split.train, items, run_dir, validate, NextTokenObjective(ExperimentConfig()),
@@ -88,6 +88,22 @@ def test_before_epoch_sees_the_weights_each_epoch_starts_from_also_after_a_resum
     expected = [w for _, w in seen["a"]]
     assert [w for _, w in seen["b"]] == pytest.approx([expected[0], *expected[1:2], *expected[1:]], rel=0, abs=1e-6)
     assert seen["b"][2][1] != pytest.approx(seen["b"][0][1], abs=1e-6)  # not the fresh model's weights
+
+
+def test_stop_epoch_ends_a_run_early_on_the_full_runs_schedule(tmp_path, rng):
+    split, items = toy_problem(rng)
+    lr_at_epoch_start = {}
+    full = make_trainer(tmp_path / "full", split, items, epochs=4,
+                        before_epoch=lambda: lr_at_epoch_start.setdefault(full.epoch, full.opt.param_groups[0]["lr"]))
+    full.fit()
+    stopped = make_trainer(tmp_path / "stopped", split, items, epochs=4, stop_epoch=2)
+    assert stopped.fit()["epochs"] == 2
+    # the learning rate is where the 4-epoch schedule has it after 2 epochs, not decayed to zero
+    assert stopped.opt.param_groups[0]["lr"] == pytest.approx(lr_at_epoch_start[2]) and lr_at_epoch_start[2] > 1e-3
+    short = make_trainer(tmp_path / "short", split, items, epochs=2)
+    short.fit()
+    assert short.opt.param_groups[0]["lr"] < 1e-4
+    assert '"event": "stop_epoch_reached"' in (tmp_path / "stopped" / "log.jsonl").read_text()
 
 
 def test_corrupt_checkpoint_is_refused(tmp_path, rng):

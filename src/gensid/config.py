@@ -103,6 +103,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     max_minutes: float = 0.0  # >0: stop training after this wall time
+    # >0: stop after this many epochs while the learning-rate (and temperature) schedules still
+    # span ``epochs``: repeats a time-budgeted run epoch for epoch on a slower or busier machine
+    stop_epoch: int = 0
     bf16: bool = False  # autocast matmuls to bfloat16 on CPU
     threads: int = 0  # >0: torch threads (1 avoids oversubscription when jobs share the cores)
     eval_every: int = 1  # validate every N epochs (keep the best checkpoint)

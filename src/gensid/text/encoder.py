@@ -26,7 +26,8 @@ def model_path(name: str) -> str:
         return str(module.get_model_path())
     if Path(name).exists():
         return name
-    raise ConfigError(f"text model {name!r}: expected one of {sorted(KNOWN_MODELS)} or a local folder")
+    raise ConfigError(f"text model {name!r}: expected one of {sorted(KNOWN_MODELS)} or a local model folder "
+                      "(e.g. one written by gensid finetune-text)")
 
 
 class TextEncoder:

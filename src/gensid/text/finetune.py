@@ -90,7 +90,8 @@ def finetune_text_encoder(pairs: list[tuple[str, str]], base_model: str, out_dir
     model = SentenceTransformer(model_path(base_model), device="cpu")
     model.train()
     loss_fn = MultipleNegativesRankingLoss(model)  # InfoNCE over cosine * 20, in-batch negatives
-    batches = [distinct_batches(pairs, batch_size, seed + epoch) for epoch in range(epochs)]
+    # a one-pair batch has no negative, so no loss: its pair waits for the next epoch's shuffle
+    batches = [[b for b in distinct_batches(pairs, batch_size, seed + epoch) if len(b) > 1] for epoch in range(epochs)]
     total = sum(len(b) for b in batches)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     warm = max(1, int(warmup * total))

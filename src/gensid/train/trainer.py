@@ -171,7 +171,7 @@ class Trainer:
         return out
 
     def fit(self) -> dict:
-        """Train until ``epochs``, ``max_minutes`` or ``patience`` stops it; keep the best model.
+        """Train until ``epochs``, ``stop_epoch``, ``max_minutes`` or ``patience`` stops it; keep the best model.
         Distributed: every rank trains, rank 0 validates, logs and saves, and decides when to stop."""
         self.resume()
         while self.epoch < self.cfg.epochs:
@@ -195,6 +195,9 @@ class Trainer:
         return {"epochs": self.epoch, "best_epoch": self.best_epoch, "train_minutes": self.elapsed / 60}
 
     def _should_stop(self) -> bool:
+        if self.cfg.stop_epoch and self.epoch >= self.cfg.stop_epoch:
+            self.log.write(event="stop_epoch_reached", epoch=self.epoch, minutes=self.elapsed / 60)
+            return True
         if self.cfg.max_minutes and self.elapsed >= self.cfg.max_minutes * 60:
             self.log.write(event="time_budget_reached", epoch=self.epoch, minutes=self.elapsed / 60)
             return True
