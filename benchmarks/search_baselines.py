@@ -2,7 +2,8 @@
 
     python benchmarks/search_baselines.py --data ../shared/data/amazon-beauty --dataset beauty
 
-``--text-model DIR`` gives the dense encoder a fine-tuned sentence encoder (``gensid finetune-text``).
+``--text-model DIR`` gives the dense encoder a fine-tuned sentence encoder (``gensid finetune-text``),
+recorded as the row ``dense (finetuned_text)``.
 
 Builds the product-search splits (query = the target's category path, history = the
 previous <= 10 items), ranks the full catalog with each baseline and writes test and
@@ -70,21 +71,20 @@ def main() -> None:
     dense = DenseDualEncoder(item_text.shape[1])
     losses = dense.fit(splits.train, query_vectors(splits.train, vectors), item_text, epochs=args.epochs)
     dense_minutes = (time.perf_counter() - start) / 60
-    encoder = "all-MiniLM-L6-v2 frozen"
-    tuned = Path(args.text_model) / "finetune.json"
-    if tuned.exists():  # gensid finetune-text's folder: its minutes count as the dense model's training
-        info = json.loads(tuned.read_text())
-        encoder = (f"{info['base_model']} fine-tuned on {info['pairs']} training pairs, "
-                   f"{info['epochs']} epoch(s) ({args.text_model})")
-        dense_minutes += info["minutes"]
+    dense_variant = f"all-MiniLM-L6-v2 frozen, linear projections d128, InfoNCE, {args.epochs} epochs"
+    finetuned = None
+    if (Path(args.text_model) / "finetune.json").exists():  # a gensid finetune-text folder: its own row,
+        finetuned = json.loads((Path(args.text_model) / "finetune.json").read_text())  # its minutes count
+        finetuned["folder"] = args.text_model
+        dense_variant = "finetuned_text"
+        dense_minutes += finetuned["minutes"]
 
     for split in ("valid", "test"):
         samples = getattr(splits, split)
         runs = {
             "bm25": (bm25.rank(samples, max(KS)), "query + history titles, k1 1.5, b 0.75", bm25_minutes),
             "dense": (dense.rank(samples, query_vectors(samples, vectors), item_text, max(KS)),
-                      f"{encoder}, linear projections d128, InfoNCE, {args.epochs} epochs "
-                      f"(final loss {losses[-1]:.3f})", dense_minutes),
+                      dense_variant if finetuned else f"{dense_variant} (final loss {losses[-1]:.3f})", dense_minutes),
         }
         for method, (ranked, variant, minutes) in runs.items():
             if method not in args.methods:
@@ -92,6 +92,8 @@ def main() -> None:
             metrics = metrics_from_ranks(rank_of_targets(ranked, samples.targets), KS)
             row = {"method": method, "variant": variant, "split": split, "seed": 0, "metrics": metrics,
                    "train_minutes": round(minutes, 2), "command": command}
+            if method == "dense" and finetuned:
+                row["text_encoder"] = {**finetuned, "dense_final_loss": round(losses[-1], 4)}
             if split == "test":  # the same buckets as gensid's runs: training-target counts
                 row["test_by_popularity"] = hit_rate_by_bucket(ranked, samples.targets, buckets)
             upsert_row(args.dataset, "search", row)

@@ -27,15 +27,17 @@ def test_seeds_run_here_join_the_seeds_in_the_results_file(tmp_path):
     dgi = {**old, "method": "dgi", "variant": "full", "seed": 0, "metrics": {"recall@10": 0.1}}
     by_bucket = [{"bucket": b, "hit@10": 0.1 * b} for b in range(5)]
     bm25 = {**old, "method": "bm25", "variant": "", "seed": 0, "test_by_popularity": by_bucket}
+    bm25_tuned = {**bm25, "variant": "tuned", "metrics": {"recall@10": 0.9}}
     results.write_text(json.dumps([{**old, "seed": 0}, {**old, "seed": 1, "metrics": {"recall@10": 0.7}}, dgi,
-                                   bm25]))
+                                   bm25, bm25_tuned]))
     plan_path = Path("configs") / f"_test_plan_{tmp_path.name}.yaml"
     plan_path.write_text(yaml.safe_dump({
         "name": "merge", "dataset": "tiny", "results_file": str(results), "output": str(tmp_path / "out"),
         "columns": ["recall@10"],
         "variants": [{"method": "two_stage", "config": "ml100k.yaml", "seeds": [1, 2], "from_results": True},
                      {"method": "dgi", "variant": "full", "config": "ml100k.yaml", "seeds": [0, 1]},
-                     {"method": "sasrec", "from_results": True}, {"method": "bm25", "from_results": True}]}))
+                     {"method": "sasrec", "from_results": True}, {"method": "bm25", "from_results": True},
+                     {"method": "bm25", "variant": "tuned", "from_results": True}]}))
     try:
         plan = load_plan(plan_path)
         with pytest.raises(ConfigError, match="no variant labelled 'dgi'.*'dgi \\(full\\)'"):
@@ -62,6 +64,9 @@ def test_seeds_run_here_join_the_seeds_in_the_results_file(tmp_path):
     assert "| sasrec | not run yet |" in table
     # a baseline measured elsewhere still joins the popularity plot through its results row
     assert [r["test_by_popularity"] for r in rows if r["label"] == "bm25"] == [by_bucket]
+    # a row whose variant another plan variant names is that variant's, not the unnamed one's seed
+    assert [r["metrics"]["recall@10"] for r in rows if r["label"] == "bm25"] == [0.5]
+    assert [r["metrics"]["recall@10"] for r in rows if r["label"] == "bm25 (tuned)"] == [0.9]
     assert (tmp_path / "out" / "popularity_buckets.png").exists()
 
 

@@ -54,11 +54,6 @@ class Variant:
     def run_name(self, seed: int) -> str:
         return f"{self.method}-{self.variant or 'default'}-s{seed}".replace(" ", "_")
 
-    def owns(self, row: dict) -> bool:
-        """Whether a results-file row is this variant's: same method and variant name, or any
-        variant name of the method when this is an unnamed ``from_results`` variant."""
-        return row["method"] == self.method and (
-            row["variant"] == self.variant or (self.from_results and not self.variant))
 
 
 @dataclass
@@ -82,9 +77,17 @@ class Plan:
         pairs = [(v, s) for v in self.variants if v.config for s in (v.seeds or self.seeds)]
         return sorted(pairs, key=lambda pair: pair[1])  # stable: plan order within a seed
 
+    def owner(self, row: dict) -> Variant | None:
+        """The variant a results-file row belongs to: the one with its method and variant name,
+        else the method's unnamed ``from_results`` variant (baselines write descriptive variant
+        names, e.g. their hyperparameters), else none."""
+        named = [v for v in self.variants if v.method == row["method"] and v.variant == row["variant"]]
+        unnamed = [v for v in self.variants if v.method == row["method"] and v.from_results and not v.variant]
+        return (named or unnamed or [None])[0]
+
     def recorded(self, variant: Variant, seed: int) -> bool:
         """Whether the results file already holds this run's test row (e.g. from another machine)."""
-        return any(variant.owns(r) and r["seed"] == seed and r["split"] == "test"
+        return any(self.owner(r) is variant and r["seed"] == seed and r["split"] == "test"
                    for r in read_rows(self.results_file))
 
     def run_dir(self, variant: Variant, seed: int) -> Path:
@@ -171,7 +174,7 @@ def write_report(plan: Plan) -> Path:
         # seeds not finished in this output folder come from the results file (runs are not committed)
         run_here = {seed for v, seed, _, _ in finished if v is variant}
         for r in read_rows(plan.results_file):
-            if variant.owns(r) and r["split"] == "test" and r["seed"] not in run_here:
+            if plan.owner(r) is variant and r["split"] == "test" and r["seed"] not in run_here:
                 rows.append({"label": variant.label, "seed": r["seed"], "metrics": r["metrics"],
                              "train_minutes": r.get("train_minutes"), "epochs": r.get("epochs"),
                              "source": r.get("command", ""),
