@@ -84,7 +84,7 @@ def finetune_text_encoder(pairs: list[tuple[str, str]], base_model: str, out_dir
         raise ConfigError(f"epochs {epochs} and batch size {batch_size}: need epochs >= 1 and batch size >= 2")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
 
     torch.manual_seed(seed)
     model = SentenceTransformer(model_path(base_model), device="cpu")
@@ -93,6 +93,8 @@ def finetune_text_encoder(pairs: list[tuple[str, str]], base_model: str, out_dir
     # a one-pair batch has no negative, so no loss: its pair waits for the next epoch's shuffle
     batches = [[b for b in distinct_batches(pairs, batch_size, seed + epoch) if len(b) > 1] for epoch in range(epochs)]
     total = sum(len(b) for b in batches)
+    if not total:
+        raise ConfigError(f"{len(pairs)} training pairs, but no two with distinct texts to contrast")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     warm = max(1, int(warmup * total))
     schedule = torch.optim.lr_scheduler.LambdaLR(
