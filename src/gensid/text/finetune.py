@@ -84,7 +84,7 @@ def finetune_text_encoder(pairs: list[tuple[str, str]], base_model: str, out_dir
         raise ConfigError(f"epochs {epochs} and batch size {batch_size}: need epochs >= 1 and batch size >= 2")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     torch.manual_seed(seed)
     model = SentenceTransformer(model_path(base_model), device="cpu")
