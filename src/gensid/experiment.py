@@ -55,7 +55,6 @@ class Variant:
         return f"{self.method}-{self.variant or 'default'}-s{seed}".replace(" ", "_")
 
 
-
 @dataclass
 class Plan:
     path: Path
