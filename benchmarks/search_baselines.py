@@ -25,17 +25,13 @@ import torch
 from gensid.baselines.bm25 import BM25Search
 from gensid.baselines.dense import DenseDualEncoder
 from gensid.data import load_dataset
-from gensid.data.search import SearchSamples, product_search
+from gensid.data.search import product_search
 from gensid.eval.analysis import hit_rate_by_bucket, popularity_buckets
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.report.results import upsert_row
-from gensid.text import embed_texts
+from gensid.text import embed_split_texts, embed_texts
 
 KS = [1, 5, 10, 20]
-
-
-def query_vectors(samples: SearchSamples, vectors: dict[str, np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack([vectors[q] for q in samples.queries]))
 
 
 def main() -> None:
@@ -56,10 +52,11 @@ def main() -> None:
     dataset = load_dataset(args.data, "auto", args.text_fields)
     splits = product_search(dataset)
     item_text = torch.from_numpy(embed_texts(dataset.catalog.texts, args.text_model))
-    distinct = sorted({q for part in (splits.train, splits.valid, splits.test) for q in part.queries})
-    vectors = dict(zip(distinct, embed_texts(distinct, args.text_model, progress=False), strict=True))
+    parts = {name: getattr(splits, name) for name in ("train", "valid", "test")}
+    queries = embed_split_texts({name: part.queries for name, part in parts.items()}, args.text_model)
+    distinct = len({q for part in parts.values() for q in part.queries})
     print(f"{args.dataset}: {len(splits.train)} train / {len(splits.valid)} valid / {len(splits.test)} test "
-          f"searches, {len(distinct)} distinct queries, {len(dataset.catalog)} items")
+          f"searches, {distinct} distinct queries, {len(dataset.catalog)} items")
 
     popularity = np.bincount(splits.train.targets, minlength=len(dataset.catalog))
     buckets = popularity_buckets(popularity)
@@ -69,9 +66,10 @@ def main() -> None:
     bm25_minutes = (time.perf_counter() - start) / 60
     start = time.perf_counter()
     dense = DenseDualEncoder(item_text.shape[1])
-    losses = dense.fit(splits.train, query_vectors(splits.train, vectors), item_text, epochs=args.epochs)
+    losses = dense.fit(splits.train, queries["train"], item_text, epochs=args.epochs)
     dense_minutes = (time.perf_counter() - start) / 60
-    dense_variant = f"all-MiniLM-L6-v2 frozen, linear projections d128, InfoNCE, {args.epochs} epochs"
+    dense_variant = (f"all-MiniLM-L6-v2 frozen, linear projections d128, InfoNCE, {args.epochs} epochs "
+                     f"(final loss {losses[-1]:.3f})")
     finetuned = None
     if (Path(args.text_model) / "finetune.json").exists():  # a gensid finetune-text folder: its own row,
         finetuned = json.loads((Path(args.text_model) / "finetune.json").read_text())  # its minutes count
@@ -80,15 +78,12 @@ def main() -> None:
         dense_minutes += finetuned["minutes"]
 
     for split in ("valid", "test"):
-        samples = getattr(splits, split)
-        runs = {
-            "bm25": (bm25.rank(samples, max(KS)), "query + history titles, k1 1.5, b 0.75", bm25_minutes),
-            "dense": (dense.rank(samples, query_vectors(samples, vectors), item_text, max(KS)),
-                      dense_variant if finetuned else f"{dense_variant} (final loss {losses[-1]:.3f})", dense_minutes),
-        }
-        for method, (ranked, variant, minutes) in runs.items():
-            if method not in args.methods:
-                continue
+        samples = parts[split]
+        for method in args.methods:
+            if method == "bm25":
+                ranked, variant, minutes = bm25.rank(samples, max(KS)), "query + history titles, k1 1.5, b 0.75", bm25_minutes
+            else:
+                ranked, variant, minutes = dense.rank(samples, queries[split], item_text, max(KS)), dense_variant, dense_minutes
             metrics = metrics_from_ranks(rank_of_targets(ranked, samples.targets), KS)
             row = {"method": method, "variant": variant, "split": split, "seed": 0, "metrics": metrics,
                    "train_minutes": round(minutes, 2), "command": command}

@@ -38,9 +38,9 @@ from gensid.index import SIDIndex
 from gensid.index.beam import search_leaves, verify
 from gensid.io import write_json
 from gensid.model import GenerativeRecommender
-from gensid.pipeline import load_task, query_vectors
+from gensid.pipeline import load_task
 from gensid.quantize import fit_semantic_ids
-from gensid.text import embed_texts
+from gensid.text import embed_split_texts, embed_texts
 from gensid.train import Batch, ItemFeatures
 
 
@@ -65,7 +65,7 @@ def main() -> None:
 
     cfg = load_config(args.config, [f"data.source={args.data}"])
     _, dataset, splits, query_texts = load_task(cfg, progress=False)
-    queries = query_vectors(cfg, query_texts)
+    queries = embed_split_texts(query_texts, cfg.text.model, cfg.text.batch_size)
     text = torch.from_numpy(embed_texts(dataset.catalog.texts, progress=False))
     tokenizer, _, _ = fit_semantic_ids(text.numpy(), cfg.quantizer, progress=False)
     model = GenerativeRecommender(cfg.quantizer.codebook_sizes, cfg.model, cfg.data.max_history, text.shape[1],

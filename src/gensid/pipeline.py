@@ -36,7 +36,7 @@ from gensid.io import JsonlLog, load_tensors, save_tensors, seed_everything, wri
 from gensid.model import GenerativeRecommender
 from gensid.quantize import RQVAE, Assignment, SemanticIDs, code_usage, fit_semantic_ids
 from gensid.quantize.sids import collision_rate
-from gensid.text import embed_texts
+from gensid.text import embed_split_texts, embed_texts
 from gensid.train import ItemFeatures, Trainer, distributed
 from gensid.train.objectives import JointObjective, NextTokenObjective, item_snapshot
 
@@ -145,7 +145,7 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     full, dataset, splits, query_texts = load_task(cfg, progress)
-    queries = query_vectors(cfg, query_texts)
+    queries = embed_split_texts(query_texts, cfg.text.model, cfg.text.batch_size) if query_texts else None
     text = item_text_vectors(cfg, full, dataset, run_dir, progress)
     if len(text) != len(dataset.catalog):
         raise RunError(f"{run_dir / 'index'}: vectors of {len(text)} items, but the catalog has "
@@ -193,16 +193,6 @@ def load_task(cfg: ExperimentConfig, progress: bool = True
     parts = {"train": search.train, "valid": search.valid, "test": search.test}
     splits = LeaveOneOut(*(part.as_samples() for part in parts.values()))
     return full, dataset, splits, {name: part.queries for name, part in parts.items()}
-
-
-def query_vectors(cfg: ExperimentConfig, queries: dict[str, list[str]] | None) -> dict[str, torch.Tensor] | None:
-    """Each split's query texts as sentence vectors ``[N_split, T]`` (each distinct text embedded once)."""
-    if queries is None:
-        return None
-    distinct = sorted({q for texts in queries.values() for q in texts})
-    vectors = embed_texts(distinct, cfg.text.model, cfg.text.batch_size, progress=False)
-    row = {q: i for i, q in enumerate(distinct)}
-    return {name: torch.from_numpy(vectors[[row[q] for q in texts]]) for name, texts in queries.items()}
 
 
 def evaluate_split(run: Run, split: str, max_users: int = 0, progress: bool = False) -> dict[str, float]:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from gensid.errors import ConfigError
 from gensid.io import atomic_write, cache_dir
@@ -75,3 +76,13 @@ def embed_texts(texts: list[str], model: str = "all-MiniLM-L6-v2", batch_size: i
 
     atomic_write(path, write)
     return vectors
+
+
+def embed_split_texts(texts: dict[str, list[str]], model: str = "all-MiniLM-L6-v2", batch_size: int = 128
+                      ) -> dict[str, torch.Tensor]:
+    """Each split's texts (e.g. search queries, many repeated) as vectors ``[N_split, dim]``;
+    every distinct text is embedded once, in one cached call."""
+    distinct = sorted({t for part in texts.values() for t in part})
+    vectors = embed_texts(distinct, model, batch_size, progress=False)
+    row = {t: i for i, t in enumerate(distinct)}
+    return {name: torch.from_numpy(vectors[[row[t] for t in part]]) for name, part in texts.items()}
