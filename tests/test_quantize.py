@@ -34,6 +34,20 @@ def test_forward_shapes_and_encode_agree(geometry):
     assert torch.allclose(rq.decode(out.codes), out.quantized, atol=1e-5)
 
 
+def test_euclidean_scale_keeps_the_codes_and_sharpens_soft_assignments():
+    torch.manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(200, 16), dim=-1)  # unit vectors, like text embeddings
+    plain, scaled = ResidualQuantizer(16, [8, 8]), ResidualQuantizer(16, [8, 8], euclidean_scale=30.0)
+    plain.init_kmeans(x)
+    scaled.load_state_dict(plain.state_dict())
+    assert torch.allclose(scaled.level_logits(0, x), 30 * plain.level_logits(0, x), rtol=1e-5, atol=1e-4)
+    assert torch.equal(scaled.encode(x), plain.encode(x))
+    top = [q.level_logits(0, x).softmax(-1).max(-1).values.mean() for q in (plain, scaled)]
+    assert top[1] > top[0] + 0.3
+    with pytest.raises(ConfigError, match="euclidean_scale"):
+        ResidualQuantizer(16, [8], euclidean_scale=0.0)
+
+
 def test_residual_levels_reduce_reconstruction_error():
     torch.manual_seed(0)
     x = torch.randn(400, 8)

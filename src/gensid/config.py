@@ -38,6 +38,8 @@ class QuantizerConfig:
     method: str = "rqkmeans"  # rqkmeans | rqvae
     codebook_sizes: list[int] = field(default_factory=lambda: [256, 256, 256])
     geometry: str = "euclidean"  # euclidean | cosine
+    # euclidean: scores are -scale * squared distance; the codes stay, soft assignments sharpen
+    euclidean_scale: float = 1.0
     latent_dim: int = 64  # rqvae only: size of the quantized latent
     # joint: append TIGER's disambiguation code, recomputed from the current assignment at
     # every index refresh (two-stage SIDs always have it)
@@ -106,6 +108,9 @@ class TrainConfig:
     # >0: stop after this many epochs while the learning-rate (and temperature) schedules still
     # span ``epochs``: repeats a time-budgeted run epoch for epoch on a slower or busier machine
     stop_epoch: int = 0
+    # a finished run to start from: its item side (text vectors, tokenizer, SIDs) and weights;
+    # e.g. joint training on top of a trained two-stage run (see pipeline.copy_item_side)
+    init_from: str = ""
     bf16: bool = False  # autocast matmuls to bfloat16 on CPU
     threads: int = 0  # >0: torch threads (1 avoids oversubscription when jobs share the cores)
     eval_every: int = 1  # validate every N epochs (keep the best checkpoint)

@@ -11,6 +11,8 @@ A run directory holds ``config.yaml``, ``quantizer.safetensors``, ``index/``
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +146,8 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     seed_everything(cfg.train.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
+    if cfg.train.init_from:
+        copy_item_side(cfg, run_dir)
     full, dataset, splits, query_texts = load_task(cfg, progress)
     queries = embed_split_texts(query_texts, cfg.text.model, cfg.text.batch_size) if query_texts else None
     text = item_text_vectors(cfg, full, dataset, run_dir, progress)
@@ -166,6 +170,64 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     items = ItemFeatures(torch.from_numpy(sids.codes), text if uses_text else None)
     model = GenerativeRecommender(sids.sizes, cfg.model, cfg.data.max_history, text_dim, query_dim=query_dim)
     return Run(cfg, run_dir, dataset, splits, text, index, items, model, queries)
+
+
+# what decides a run's items and their tokenizer: a warm start must agree on all of them
+ITEM_SIDE = {"data": ("source", "format", "task", "query_field", "text_fields", "max_users"), "text": ("model",),
+             "quantizer": ("method", "codebook_sizes", "geometry", "latent_dim", "hidden_dims", "epochs", "lr",
+                           "beta", "batch_size")}
+ITEM_SIDE_FILES = ("quantizer.safetensors", "index/sids.safetensors", "index/sid_stats.json",
+                   "index/item_text.safetensors")
+
+
+def init_source(cfg: ExperimentConfig) -> tuple[Path, ExperimentConfig, dict]:
+    """``train.init_from``: (run folder, its config, its metrics) after checking that it is a
+    finished run over the same items and tokenizer; ``ConfigError`` names what differs."""
+    source = Path(cfg.train.init_from)
+    config, _ = run_files(source)
+    if not (source / "metrics.json").exists():
+        raise RunError(f"train.init_from {source}: the run has not finished (no metrics.json)")
+    theirs = load_config(config)
+    differ = [f"{section}.{name} ({getattr(getattr(theirs, section), name)!r} there, "
+              f"{getattr(getattr(cfg, section), name)!r} here)"
+              for section, names in ITEM_SIDE.items() for name in names
+              if getattr(getattr(theirs, section), name) != getattr(getattr(cfg, section), name)]
+    if differ:
+        raise ConfigError(f"train.init_from {source}: another item side; differs in {', '.join(differ)}")
+    return source, theirs, json.loads((source / "metrics.json").read_text())
+
+
+def copy_item_side(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """Start a run on ``train.init_from``'s item text vectors, tokenizer and SIDs (copied once,
+    so the new run never needs the source again): its codes are exactly the source's."""
+    if (run_dir / "quantizer.safetensors").exists():
+        return
+    source, _, _ = init_source(cfg)
+    for name in ITEM_SIDE_FILES:
+        if (source / name).exists():
+            (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, run_dir / name)
+
+
+def load_init_weights(model: GenerativeRecommender, source: Path) -> None:
+    """The source run's trained weights into ``model``. A two-stage source has no item side in
+    the model (a joint model's tokenizer comes from the copied quantizer) and no projection of
+    codebook vectors into the decoder: that projection starts at zero, so the warm-started
+    model first computes exactly what the source did."""
+    _, weights = run_files(source)
+    state = load_tensors(weights)[0]
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch: another architecture
+        raise ConfigError(f"train.init_from {source}: weights do not fit this model ({exc})") from None
+    joint_only = ("tokenizer.", "latent_proj.", "context_proj.")
+    if unexpected or any(not key.startswith(joint_only) for key in missing):
+        raise ConfigError(f"train.init_from {source}: weights do not fit this model; missing "
+                          f"{[k for k in missing if not k.startswith(joint_only)][:5]}, unexpected {unexpected[:5]}")
+    if "latent_proj.weight" in missing:
+        with torch.no_grad():
+            model.latent_proj.weight.zero_()
+            model.latent_proj.bias.zero_()
 
 
 def load_task(cfg: ExperimentConfig, progress: bool = True
@@ -255,6 +317,15 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
         log.write(event="prepared", users=len(run.dataset.interactions), items=len(run.dataset.catalog),
                   train_samples=len(run.splits.train), sid_sizes=run.index.sizes,
                   world_size=distributed.rank_and_size()[1])
+    started = {}
+    if cfg.train.init_from:
+        source, _, source_metrics = init_source(cfg)
+        if not (run_dir / "checkpoint.safetensors").exists():  # a resumed run has its own weights
+            load_init_weights(run.model, source)
+            run.refresh_index()
+        # the budget of a warm start includes the source's training (and its own warm start)
+        started = {"init_from": str(source), "init_train_minutes": source_metrics["train_minutes"]
+                   + source_metrics.get("init_train_minutes", 0.0)}
     rows = validation_subset(run.splits.valid, cfg.eval.max_users)
     valid = run.splits.valid
     valid_subset = Samples(valid.histories[rows], valid.targets[rows], valid.users[rows])
@@ -282,6 +353,7 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
         "task": cfg.data.task,
         "strategy": cfg.train.strategy,
         **summary,
+        **started,
         "valid": evaluate_split(run, "valid", progress=progress),
         **test_analysis(run, progress),
         "most_popular": {"valid": popularity_metrics(run, "valid"), "test": popularity_metrics(run, "test")},

@@ -1,7 +1,10 @@
 """A residual quantizer: L codebooks applied to successive residuals.
 
-Geometry ``euclidean`` scores codes by ``-||r - e||^2``; ``cosine`` L2-normalises the
-input and scores codes by ``gamma * cos(r, e)`` with a learnable ``gamma``. Either way the
+Geometry ``euclidean`` scores codes by ``-scale * ||r - e||^2`` (a fixed ``scale``, 1 by
+default); ``cosine`` L2-normalises the input and scores codes by ``gamma * cos(r, e)`` with a
+learnable ``gamma``. A scale leaves the argmax codes as they are but sharpens the soft
+assignments of ``gumbel_soft`` and ``dril`` against their Gumbel noise: unit text vectors
+have top-1/top-2 score gaps of 0.01-0.1 against a noise of standard deviation 1.3. Either way the
 vector subtracted from the residual is the raw codebook row: unit rows would overshoot
 the shrinking residuals of the deeper levels (and collapse their codes).
 
@@ -41,15 +44,19 @@ class QuantizerOutput:
 class ResidualQuantizer(nn.Module):
     def __init__(self, dim: int, codebook_sizes: list[int], geometry: str = "euclidean",
                  assignment: str = "argmax", beta: float = 0.25, gamma_init: float = 30.0,
-                 decay: str = "none", frqud_ratio: float = 2.0, frqud_momentum: float = 0.99):
+                 decay: str = "none", frqud_ratio: float = 2.0, frqud_momentum: float = 0.99,
+                 euclidean_scale: float = 1.0):
         super().__init__()
         if geometry not in ("euclidean", "cosine"):
             raise ConfigError(f"quantizer.geometry {geometry!r}: expected euclidean or cosine")
         if decay not in DECAYS:
             raise ConfigError(f"quantizer.decay {decay!r}: expected one of {DECAYS}")
+        if euclidean_scale <= 0:
+            raise ConfigError(f"quantizer.euclidean_scale {euclidean_scale}: must be positive")
         self.assign = Assignment(assignment)
         self.dim, self.geometry, self.beta = dim, geometry, beta
         self.decay, self.frqud_ratio, self.frqud_momentum = decay, frqud_ratio, frqud_momentum
+        self.euclidean_scale = euclidean_scale
         self.codebook_sizes = list(codebook_sizes)
         self.codebooks = nn.ParameterList(
             [nn.Parameter(torch.randn(k, dim) / dim**0.5) for k in codebook_sizes]
@@ -75,7 +82,8 @@ class ResidualQuantizer(nn.Module):
         book = self.codebook(level)
         if self.geometry == "cosine":
             return self.log_gamma.exp() * F.normalize(residual, dim=-1) @ F.normalize(book, dim=-1).T
-        return -(residual.pow(2).sum(-1, keepdim=True) - 2 * residual @ book.T + book.pow(2).sum(-1))
+        distance = residual.pow(2).sum(-1, keepdim=True) - 2 * residual @ book.T + book.pow(2).sum(-1)
+        return -self.euclidean_scale * distance
 
     def usage(self, level: int) -> torch.Tensor:
         return getattr(self, f"usage_{level}")

@@ -59,7 +59,8 @@ class RQVAE(nn.Module):
         self.encoder = nn.Sequential(Center(in_dim), mlp(dims)) if dims else nn.Identity()
         self.decoder = mlp(dims[::-1])
         self.quantizer = ResidualQuantizer(latent, cfg.codebook_sizes, cfg.geometry, assignment, cfg.beta,
-                                           decay=cfg.decay, frqud_ratio=cfg.frqud_ratio)
+                                           decay=cfg.decay, frqud_ratio=cfg.frqud_ratio,
+                                           euclidean_scale=cfg.euclidean_scale)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (reconstruction [N, in_dim], loss scalar)."""

@@ -53,12 +53,16 @@ def upsert_rows(path: str | Path, rows: list[dict]) -> Path:
 
 def run_rows(method: str, variant: str, seed: int, metrics: dict, run_dir: str | Path, command: str) -> list[dict]:
     """The valid and test rows of one finished training run (``metrics``: its metrics.json);
-    the test row also carries hit@10 by item-popularity bucket, for the popularity plots."""
+    the test row also carries hit@10 by item-popularity bucket, for the popularity plots. A warm
+    start's train minutes include those of the run it started from."""
     rows = []
+    minutes = metrics["train_minutes"] + metrics.get("init_train_minutes", 0.0)
     for split in ("valid", "test"):
         row = {"method": method, "variant": variant, "split": split, "seed": seed, "metrics": metrics[split],
-               "train_minutes": round(metrics["train_minutes"], 2), "epochs": metrics["epochs"],
+               "train_minutes": round(minutes, 2), "epochs": metrics["epochs"],
                "best_epoch": metrics["best_epoch"], "run_dir": str(run_dir), "command": command}
+        if metrics.get("init_from"):
+            row["init_from"] = metrics["init_from"]
         if split == "test" and metrics.get("test_by_popularity"):
             row["test_by_popularity"] = metrics["test_by_popularity"]
         rows.append(row)

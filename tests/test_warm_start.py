@@ -1,0 +1,77 @@
+"""``train.init_from``: a run starts from a finished run's item side and weights. Joint training
+warm-started from a two-stage run first computes exactly what the two-stage model did."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gensid.config import load_config
+from gensid.errors import ConfigError, RunError
+from gensid.eval.evaluate import recommend_items
+from gensid.pipeline import load_init_weights, load_run, prepare, train_run
+from gensid.report.results import run_rows
+
+TINY = ["data.max_users=40", "train.epochs=1", "train.threads=1", "train.batch_size=32", "model.d_model=32",
+        "model.d_ff=64", "model.encoder_layers=1", "model.decoder_layers=1", "quantizer.codebook_sizes=[16,16]",
+        "eval.ks=[5,10]", "eval.beam_size=10"]
+# joint on the two-stage tokenizer: DGI's soft gradient flow into the RQ-KMeans codebooks, the
+# soft codebook vector beside the learned code embedding as decoder input
+WARM_JOINT = ["train.strategy=joint", "quantizer.assignment=gumbel_soft", "quantizer.euclidean_scale=30",
+              "quantizer.disambiguation=true", "model.decoder_input=embedding+codebook", "train.quantizer_lr=1e-5",
+              "loss.codebook=0.25", "loss.infonce=0.1"]
+
+
+@pytest.fixture(scope="module")
+def two_stage_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("two_stage")
+    train_run(load_config("configs/ml100k.yaml", TINY), run_dir, progress=False)
+    return run_dir
+
+
+def test_joint_warm_start_has_the_source_codes_and_rankings(two_stage_run, tmp_path):
+    source = load_run(two_stage_run)
+    cfg = load_config("configs/ml100k.yaml", [*TINY, *WARM_JOINT, f"train.init_from={two_stage_run}"])
+    run = prepare(cfg, tmp_path, progress=False)
+    load_init_weights(run.model, two_stage_run)
+    run.refresh_index()
+    run.model.eval()
+    assert np.array_equal(run.index.codes, source.index.codes)
+    assert run.model.latent_proj.weight.abs().sum() == 0  # the decoder first ignores the codebook vectors
+    test = source.splits.test
+    expected = recommend_items(source.model, source.index, test, source.items, 10)
+    assert np.array_equal(recommend_items(run.model, run.index, test, run.items, 10), expected)
+    # soft assignments: the scale sharpens them, the argmax codes stay
+    quantizer = run.model.tokenizer.quantizer
+    assert quantizer.euclidean_scale == 30
+    assert np.array_equal(quantizer.encode(run.text).numpy(), source.quantizer_codes())
+
+
+def test_warm_started_training_counts_the_source_minutes(two_stage_run, tmp_path):
+    cfg = load_config("configs/ml100k.yaml", [*TINY, *WARM_JOINT, f"train.init_from={two_stage_run}"])
+    metrics = train_run(cfg, tmp_path / "warm", progress=False)
+    source = load_run(two_stage_run)
+    assert metrics["init_from"] == str(two_stage_run)
+    before = json.loads((two_stage_run / "metrics.json").read_text())["train_minutes"]
+    assert metrics["init_train_minutes"] == pytest.approx(before)
+    row = run_rows("dgi", "warm_start", 0, metrics, tmp_path / "warm", "test")[1]
+    assert row["train_minutes"] == pytest.approx(round(metrics["train_minutes"] + before, 2))
+    # the finished run loads without its source
+    warm = load_run(tmp_path / "warm")
+    assert warm.model.latent_proj.weight.abs().sum() > 0  # it learned to read the codebook vectors
+    assert warm.index.codes.shape == source.index.codes.shape
+
+
+def test_init_from_names_what_is_wrong(two_stage_run, tmp_path):
+    other_items = load_config("configs/ml100k.yaml", [*TINY, "data.max_users=50", f"train.init_from={two_stage_run}"])
+    with pytest.raises(ConfigError, match=r"data\.max_users \(40 there, 50 here\)"):
+        prepare(other_items, tmp_path / "a", progress=False)
+    wider = load_config("configs/ml100k.yaml", [*TINY, "model.d_model=64", f"train.init_from={two_stage_run}"])
+    with pytest.raises(ConfigError, match="weights do not fit"):
+        train_run(wider, tmp_path / "b", progress=False)
+    (tmp_path / "empty").mkdir()
+    missing = load_config("configs/ml100k.yaml", [*TINY, f"train.init_from={tmp_path / 'empty'}"])
+    with pytest.raises(RunError, match="not a run directory"):
+        prepare(missing, tmp_path / "c", progress=False)
