@@ -66,7 +66,7 @@ def main() -> None:
     cfg = load_config(args.config, [f"data.source={args.data}"])
     _, dataset, splits, query_texts = load_task(cfg, progress=False)
     queries = embed_split_texts(query_texts, cfg.text.model, cfg.text.batch_size)
-    text = torch.from_numpy(embed_texts(dataset.catalog.texts, progress=False))
+    text = torch.from_numpy(embed_texts(dataset.catalog.texts, cfg.text.model, cfg.text.batch_size, progress=False))
     tokenizer, _, _ = fit_semantic_ids(text.numpy(), cfg.quantizer, progress=False)
     model = GenerativeRecommender(cfg.quantizer.codebook_sizes, cfg.model, cfg.data.max_history, text.shape[1],
                                   tokenizer, query_dim=queries["test"].shape[1]).eval()
