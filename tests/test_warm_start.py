@@ -56,6 +56,7 @@ def test_warm_started_training_counts_the_source_minutes(two_stage_run, tmp_path
     assert metrics["init_from"] == str(two_stage_run)
     before = json.loads((two_stage_run / "metrics.json").read_text())["train_minutes"]
     assert metrics["init_train_minutes"] == pytest.approx(before)
+    assert json.loads((tmp_path / "warm" / "init_from.json").read_text())["init_from"] == str(two_stage_run)
     row = run_rows("dgi", "warm_start", 0, metrics, tmp_path / "warm", "test")[1]
     assert row["train_minutes"] == pytest.approx(round(metrics["train_minutes"] + before, 2))
     # the finished run loads without its source

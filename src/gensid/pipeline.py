@@ -6,7 +6,8 @@ joint`` the tokenizer learns inside it and the index is rebuilt from its final
 deterministic assignment) -> valid/test metrics and analyses.
 A run directory holds ``config.yaml``, ``quantizer.safetensors``, ``index/``
 (``sids.safetensors``, ``item_text.safetensors``), ``model.safetensors``,
-``checkpoint.safetensors``, ``metrics.json`` and ``log.jsonl``.
+``checkpoint.safetensors``, ``metrics.json``, ``log.jsonl`` and, for a warm start
+(``train.init_from``), ``init_from.json``.
 """
 
 from __future__ import annotations
@@ -180,8 +181,8 @@ ITEM_SIDE_FILES = ("quantizer.safetensors", "index/sids.safetensors", "index/sid
                    "index/item_text.safetensors")
 
 
-def init_source(cfg: ExperimentConfig) -> tuple[Path, ExperimentConfig, dict]:
-    """``train.init_from``: (run folder, its config, its metrics) after checking that it is a
+def init_source(cfg: ExperimentConfig) -> tuple[Path, dict]:
+    """``train.init_from``: (run folder, its metrics) after checking that it is a
     finished run over the same items and tokenizer; ``ConfigError`` names what differs."""
     source = Path(cfg.train.init_from)
     config, _ = run_files(source)
@@ -194,19 +195,23 @@ def init_source(cfg: ExperimentConfig) -> tuple[Path, ExperimentConfig, dict]:
               if getattr(getattr(theirs, section), name) != getattr(getattr(cfg, section), name)]
     if differ:
         raise ConfigError(f"train.init_from {source}: another item side; differs in {', '.join(differ)}")
-    return source, theirs, json.loads((source / "metrics.json").read_text())
+    return source, json.loads((source / "metrics.json").read_text())
 
 
 def copy_item_side(cfg: ExperimentConfig, run_dir: Path) -> None:
-    """Start a run on ``train.init_from``'s item text vectors, tokenizer and SIDs (copied once,
-    so the new run never needs the source again): its codes are exactly the source's."""
+    """Start a run on ``train.init_from``'s item text vectors, tokenizer and SIDs, copied once
+    (with ``init_from.json``: the source and its training minutes), so the new run never needs
+    the source again after its first step: its codes are exactly the source's."""
     if (run_dir / "quantizer.safetensors").exists():
         return
-    source, _, _ = init_source(cfg)
+    source, metrics = init_source(cfg)
     for name in ITEM_SIDE_FILES:
         if (source / name).exists():
             (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / name, run_dir / name)
+    # the budget of a warm start includes the source's training (and the source's own warm start)
+    write_json(run_dir / "init_from.json", {"init_from": str(source), "init_train_minutes":
+                                            metrics["train_minutes"] + metrics.get("init_train_minutes", 0.0)})
 
 
 def load_init_weights(model: GenerativeRecommender, source: Path) -> None:
@@ -319,13 +324,10 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
                   world_size=distributed.rank_and_size()[1])
     started = {}
     if cfg.train.init_from:
-        source, _, source_metrics = init_source(cfg)
+        started = json.loads((run_dir / "init_from.json").read_text())
         if not (run_dir / "checkpoint.safetensors").exists():  # a resumed run has its own weights
-            load_init_weights(run.model, source)
+            load_init_weights(run.model, Path(started["init_from"]))
             run.refresh_index()
-        # the budget of a warm start includes the source's training (and its own warm start)
-        started = {"init_from": str(source), "init_train_minutes": source_metrics["train_minutes"]
-                   + source_metrics.get("init_train_minutes", 0.0)}
     rows = validation_subset(run.splits.valid, cfg.eval.max_users)
     valid = run.splits.valid
     valid_subset = Samples(valid.histories[rows], valid.targets[rows], valid.users[rows])
