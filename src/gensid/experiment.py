@@ -32,7 +32,14 @@ from gensid.errors import ConfigError
 from gensid.io import write_json, write_text
 from gensid.pipeline import train_run
 from gensid.report import plots
-from gensid.report.results import epochs_cell, mean_std, read_rows, run_rows, upsert_rows
+from gensid.report.results import (
+    epochs_cell,
+    mean_std,
+    read_rows,
+    run_rows,
+    total_train_minutes,
+    upsert_rows,
+)
 
 console = Console()
 REC_COLUMNS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
@@ -181,7 +188,7 @@ def write_report(plan: Plan) -> Path:
         for v, seed, metrics, _ in finished:
             if v is variant:
                 rows.append({"label": variant.label, "seed": seed, "metrics": metrics["test"],
-                             "train_minutes": metrics["train_minutes"], "epochs": metrics["epochs"],
+                             "train_minutes": total_train_minutes(metrics), "epochs": metrics["epochs"],
                              "best_epoch": metrics["best_epoch"],
                              "collision_rate": metrics["sid"]["collision_rate"],
                              "test_by_popularity": metrics.get("test_by_popularity"),
@@ -232,8 +239,9 @@ def _plots(plan: Plan, finished: list, rows: list[dict]) -> None:
                          "level-1 code usage at the last epoch", out / "code_usage.png")
         grads = {k: [g for r in v for g in r.get("terms", {}).get("item_encoder_grad_norm", [])]
                  for k, v in epochs.items()}
-        if any(grads.values()):
-            plots.per_step({k: g for k, g in grads.items() if g}, "gradient norm",
+        grads = {k: g for k, g in grads.items() if any(x > 0 for x in g)}  # an identity encoder has none
+        if grads:
+            plots.per_step(grads, "gradient norm",
                            "item-encoder gradient norm per step", out / "grad_norm.png")
     buckets = {}  # lowest seed per variant, baselines from the results file included
     for r in sorted(rows, key=lambda r: r["seed"]):

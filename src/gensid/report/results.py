@@ -51,12 +51,17 @@ def upsert_rows(path: str | Path, rows: list[dict]) -> Path:
     return Path(path)
 
 
+def total_train_minutes(metrics: dict) -> float:
+    """Training minutes of a run (its metrics.json), with those of the run it warm-started from."""
+    return metrics["train_minutes"] + metrics.get("init_train_minutes", 0.0)
+
+
 def run_rows(method: str, variant: str, seed: int, metrics: dict, run_dir: str | Path, command: str) -> list[dict]:
     """The valid and test rows of one finished training run (``metrics``: its metrics.json);
     the test row also carries hit@10 by item-popularity bucket, for the popularity plots. A warm
     start's train minutes include those of the run it started from."""
     rows = []
-    minutes = metrics["train_minutes"] + metrics.get("init_train_minutes", 0.0)
+    minutes = total_train_minutes(metrics)
     for split in ("valid", "test"):
         row = {"method": method, "variant": variant, "split": split, "seed": seed, "metrics": metrics[split],
                "train_minutes": round(minutes, 2), "epochs": metrics["epochs"],
