@@ -29,8 +29,7 @@ def test_seeds_run_here_join_the_seeds_in_the_results_file(tmp_path):
     bm25 = {**old, "method": "bm25", "variant": "", "seed": 0, "test_by_popularity": by_bucket}
     bm25_tuned = {**bm25, "variant": "tuned", "metrics": {"recall@10": 0.9}}
     # a named variant of another plan (a warm start from two-stage) is not a two-stage seed here
-    continued = {**old, "variant": "continued", "seed": 0, "metrics": {"recall@10": 0.6},
-                 "command": "gensid experiment configs/warm.yaml"}
+    continued = {**old, "variant": "continued", "seed": 0, "metrics": {"recall@10": 0.6}, "init_from": "runs/x"}
     results.write_text(json.dumps([{**old, "seed": 0}, {**old, "seed": 1, "metrics": {"recall@10": 0.7}}, dgi,
                                    bm25, bm25_tuned, continued]))
     plan_path = Path("configs") / f"_test_plan_{tmp_path.name}.yaml"

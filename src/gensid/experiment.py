@@ -85,13 +85,12 @@ class Plan:
 
     def owner(self, row: dict) -> Variant | None:
         """The variant a results-file row belongs to: the one with its method and variant name,
-        else the method's unnamed ``from_results`` variant, which takes rows that benchmark
-        scripts wrote (they give descriptive variant names, e.g. their hyperparameters) but not
-        a named variant of another experiment plan (e.g. ``two_stage (continued)``), else none."""
+        else the method's unnamed ``from_results`` variant (baselines write descriptive variant
+        names, e.g. their hyperparameters), which does not take warm-started runs (rows with
+        ``init_from``, e.g. ``two_stage (continued)``: not another seed of the method), else none."""
         named = [v for v in self.variants if v.method == row["method"] and v.variant == row["variant"]]
-        other_plan = bool(row["variant"]) and row.get("command", "").startswith("gensid experiment")
         unnamed = [v for v in self.variants if v.method == row["method"] and v.from_results and not v.variant
-                   and not other_plan]
+                   and not row.get("init_from")]
         return (named or unnamed or [None])[0]
 
     def recorded(self, variant: Variant, seed: int) -> bool:

@@ -11,6 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _colours(count: int) -> list:
+    """Distinct colours for ``count`` series: the default ten repeat beyond ten."""
+    return [plt.get_cmap("tab10" if count <= 10 else "tab20")(i) for i in range(count)]
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -22,10 +27,10 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 def per_epoch(series: dict[str, list[tuple[int, float]]], ylabel: str, title: str, path: Path) -> Path:
     """One line per variant: ``series[label] = [(epoch, value), ...]``."""
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for label, points in series.items():
+    for (label, points), colour in zip(series.items(), _colours(len(series)), strict=True):
         if points:
             x, y = zip(*points, strict=True)
-            ax.plot(x, y, marker="o", label=label)
+            ax.plot(x, y, marker="o", label=label, color=colour)
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -35,8 +40,8 @@ def per_epoch(series: dict[str, list[tuple[int, float]]], ylabel: str, title: st
 def code_usage(histograms: dict[str, list[int]], title: str, path: Path) -> Path:
     """Sorted code counts of one level per variant (a collapsed codebook is a spike then zeros)."""
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for label, counts in histograms.items():
-        ax.plot(np.sort(np.asarray(counts))[::-1], label=label)
+    for (label, counts), colour in zip(histograms.items(), _colours(len(histograms)), strict=True):
+        ax.plot(np.sort(np.asarray(counts))[::-1], label=label, color=colour)
     ax.set(xlabel="code rank", ylabel="items assigned", title=title, yscale="symlog")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -48,9 +53,9 @@ def buckets(values: dict[str, list[float]], ylabel: str, title: str, path: Path)
     fig, ax = plt.subplots(figsize=(6.4, 4))
     labels = list(values)
     width = 0.8 / max(len(labels), 1)
-    for i, label in enumerate(labels):
+    for i, (label, colour) in enumerate(zip(labels, _colours(len(labels)), strict=True)):
         ys = values[label]
-        ax.bar(np.arange(len(ys)) + i * width, ys, width, label=label)
+        ax.bar(np.arange(len(ys)) + i * width, ys, width, label=label, color=colour)
     n = max((len(v) for v in values.values()), default=0)
     ax.set_xticks(np.arange(n) + 0.4 - width / 2, [f"{'head' if b == 0 else 'tail' if b == n - 1 else b}"
                                                    for b in range(n)])
@@ -62,8 +67,8 @@ def buckets(values: dict[str, list[float]], ylabel: str, title: str, path: Path)
 
 def per_step(series: dict[str, list[float]], ylabel: str, title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for label, ys in series.items():
-        ax.plot(ys, label=label, linewidth=0.7)
+    for (label, ys), colour in zip(series.items(), _colours(len(series)), strict=True):
+        ax.plot(ys, label=label, linewidth=0.7, color=colour)
     ax.set(xlabel="training step", ylabel=ylabel, title=title, yscale="log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
