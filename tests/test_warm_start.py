@@ -4,6 +4,7 @@ warm-started from a two-stage run first computes exactly what the two-stage mode
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -50,16 +51,19 @@ def test_joint_warm_start_has_the_source_codes_and_rankings(two_stage_run, tmp_p
 
 
 def test_warm_started_training_counts_the_source_minutes(two_stage_run, tmp_path):
-    cfg = load_config("configs/ml100k.yaml", [*TINY, *WARM_JOINT, f"train.init_from={two_stage_run}"])
+    source_dir = tmp_path / "source"  # a copy, deleted below
+    shutil.copytree(two_stage_run, source_dir)
+    source = load_run(source_dir)
+    cfg = load_config("configs/ml100k.yaml", [*TINY, *WARM_JOINT, f"train.init_from={source_dir}"])
     metrics = train_run(cfg, tmp_path / "warm", progress=False)
-    source = load_run(two_stage_run)
-    assert metrics["init_from"] == str(two_stage_run)
-    before = json.loads((two_stage_run / "metrics.json").read_text())["train_minutes"]
+    assert metrics["init_from"] == str(source_dir)
+    before = json.loads((source_dir / "metrics.json").read_text())["train_minutes"]
     assert metrics["init_train_minutes"] == pytest.approx(before)
-    assert json.loads((tmp_path / "warm" / "init_from.json").read_text())["init_from"] == str(two_stage_run)
+    assert json.loads((tmp_path / "warm" / "init_from.json").read_text())["init_from"] == str(source_dir)
     row = run_rows("dgi", "warm_start", 0, metrics, tmp_path / "warm", "test")[1]
     assert row["train_minutes"] == pytest.approx(round(metrics["train_minutes"] + before, 2))
     # the finished run loads without its source
+    shutil.rmtree(source_dir)
     warm = load_run(tmp_path / "warm")
     assert warm.model.latent_proj.weight.abs().sum() > 0  # it learned to read the codebook vectors
     assert warm.index.codes.shape == source.index.codes.shape

@@ -39,6 +39,7 @@ from gensid.io import JsonlLog, load_tensors, save_tensors, seed_everything, wri
 from gensid.model import GenerativeRecommender
 from gensid.quantize import RQVAE, Assignment, SemanticIDs, code_usage, fit_semantic_ids
 from gensid.quantize.sids import collision_rate
+from gensid.report.results import total_train_minutes
 from gensid.text import embed_split_texts, embed_texts
 from gensid.train import ItemFeatures, Trainer, distributed
 from gensid.train.objectives import JointObjective, NextTokenObjective, item_snapshot
@@ -188,11 +189,10 @@ def init_source(cfg: ExperimentConfig) -> tuple[Path, dict]:
     config, _ = run_files(source)
     if not (source / "metrics.json").exists():
         raise RunError(f"train.init_from {source}: the run has not finished (no metrics.json)")
-    theirs = load_config(config)
-    differ = [f"{section}.{name} ({getattr(getattr(theirs, section), name)!r} there, "
-              f"{getattr(getattr(cfg, section), name)!r} here)"
+    theirs, ours = load_config(config).to_dict(), cfg.to_dict()
+    differ = [f"{section}.{name} ({theirs[section][name]!r} there, {ours[section][name]!r} here)"
               for section, names in ITEM_SIDE.items() for name in names
-              if getattr(getattr(theirs, section), name) != getattr(getattr(cfg, section), name)]
+              if theirs[section][name] != ours[section][name]]
     if differ:
         raise ConfigError(f"train.init_from {source}: another item side; differs in {', '.join(differ)}")
     return source, json.loads((source / "metrics.json").read_text())
@@ -210,8 +210,8 @@ def copy_item_side(cfg: ExperimentConfig, run_dir: Path) -> None:
             (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / name, run_dir / name)
     # the budget of a warm start includes the source's training (and the source's own warm start)
-    write_json(run_dir / "init_from.json", {"init_from": str(source), "init_train_minutes":
-                                            metrics["train_minutes"] + metrics.get("init_train_minutes", 0.0)})
+    write_json(run_dir / "init_from.json",
+               {"init_from": str(source), "init_train_minutes": total_train_minutes(metrics)})
 
 
 def load_init_weights(model: GenerativeRecommender, source: Path) -> None:
