@@ -32,12 +32,13 @@ import faiss
 import numpy as np
 import torch
 
-from benchmarks.speed import git_commit, machine
+from benchmarks.speed import machine
 from gensid.config import ModelConfig
 from gensid.index import SIDIndex, constrained_beam_search
 from gensid.io import write_json
 from gensid.model import GenerativeRecommender
 from gensid.quantize import SemanticIDs
+from gensid.report.results import git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS, CODES, DIM, HISTORY, BEAM = 3, 256, 128, 20, 20

@@ -29,8 +29,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.speed import git_commit, machine
+from benchmarks.speed import machine
 from gensid.io import write_json
+from gensid.report.results import git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORDS = ["space", "river", "night", "city", "love", "war", "ghost", "detective", "island", "summer", "robot", "king"]

@@ -42,6 +42,7 @@ from gensid.index import SIDIndex, constrained_beam_search
 from gensid.io import write_json
 from gensid.model import GenerativeRecommender
 from gensid.quantize import fit_semantic_ids
+from gensid.report.results import git_commit
 from gensid.text import embed_texts
 from gensid.train.batches import Batch, ItemFeatures
 from gensid.train.trainer import length_bucketed_batches
@@ -95,17 +96,6 @@ def watch_machine() -> None:
         AFFINITY_SEEN.add(tuple(sorted(os.sched_getaffinity(0))))
     for name, pcpu in busy_processes():
         OTHERS_SEEN[name] = max(pcpu, OTHERS_SEEN.get(name, 0.0))
-
-
-def git_commit() -> str:
-    """HEAD, with "+dirty" if src/ has uncommitted changes (other sessions edit concurrently)."""
-    try:
-        def git(*a: str) -> str:
-            return subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT.parent,
-                                  check=True).stdout.strip()
-        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "src") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def other_load() -> dict:

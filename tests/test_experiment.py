@@ -9,6 +9,7 @@ import yaml
 from gensid.config import load_config
 from gensid.errors import ConfigError
 from gensid.experiment import load_plan, run_experiment, write_report
+from gensid.report.results import git_commit, run_rows, upsert_rows
 
 
 def finished_run(run_dir: Path, recall: float) -> None:
@@ -89,3 +90,15 @@ def test_plan_level_overrides_go_before_the_variants_and_are_checked_at_load(tmp
             load_plan(plan_path)
     finally:
         plan_path.unlink()
+
+
+def test_a_results_row_names_the_commit_its_run_started_on(tmp_path):
+    metrics = {"valid": {"recall@10": 0.1}, "test": {"recall@10": 0.2}, "train_minutes": 1.0, "epochs": 2,
+               "best_epoch": 2, "commit": "abc123"}
+    trained = run_rows("dgi", "full", 0, metrics, tmp_path / "run", "gensid train")
+    baseline = {"method": "bm25", "variant": "", "split": "test", "seed": 0, "metrics": {"recall@10": 0.3},
+                "train_minutes": 0.0, "command": "bm25"}
+    upsert_rows(tmp_path / "results.json", [*trained, baseline])
+    rows = {(r["method"], r["split"]): r for r in json.loads((tmp_path / "results.json").read_text())}
+    assert rows["dgi", "valid"]["commit"] == rows["dgi", "test"]["commit"] == "abc123"
+    assert rows["bm25", "test"]["commit"] == git_commit()  # no run behind it: HEAD when written

@@ -39,7 +39,7 @@ from gensid.io import JsonlLog, load_tensors, save_tensors, seed_everything, wri
 from gensid.model import GenerativeRecommender
 from gensid.quantize import RQVAE, Assignment, SemanticIDs, code_usage, fit_semantic_ids
 from gensid.quantize.sids import collision_rate
-from gensid.report.results import total_train_minutes
+from gensid.report.results import git_commit, total_train_minutes
 from gensid.text import embed_split_texts, embed_texts
 from gensid.train import ItemFeatures, Trainer, distributed
 from gensid.train.objectives import JointObjective, NextTokenObjective, item_snapshot
@@ -314,6 +314,7 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
         raise RunError(f"{config_path}: this run directory holds a different config; use a new directory")
     main = distributed.is_main()  # under torchrun only rank 0 writes, validates and evaluates
     progress = progress and main
+    commit = git_commit()  # the code this process runs; HEAD may move while it trains
     if main:
         write_text(config_path, cfg.to_yaml())
     log = JsonlLog(run_dir / "log.jsonl")
@@ -354,6 +355,7 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
         "dataset": run.dataset.name,
         "task": cfg.data.task,
         "strategy": cfg.train.strategy,
+        "commit": commit,
         **summary,
         **started,
         "valid": evaluate_split(run, "valid", progress=progress),

@@ -14,9 +14,12 @@ RESULTS = Path("benchmarks") / "results"
 
 
 def git_commit() -> str:
+    """HEAD of the working directory's repository, with "+dirty" if ``src/`` or ``configs/`` has
+    uncommitted changes; "unknown" outside a git checkout."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-                              ).stdout.strip()
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "src", "configs") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -43,7 +46,8 @@ def read_rows(path: str | Path) -> list[dict]:
 
 def upsert_rows(path: str | Path, rows: list[dict]) -> Path:
     """Add ``rows`` to the results file ``path``, replacing rows with the same method, variant,
-    split and seed; each row needs method, variant, split, seed, metrics, train_minutes, command."""
+    split and seed; each row needs method, variant, split, seed, metrics, train_minutes, command.
+    A row without a ``commit`` (the code that trained it) gets HEAD now."""
     keys = {row_key(r) for r in rows}
     kept = [r for r in read_rows(path) if row_key(r) not in keys]
     commit = git_commit()
@@ -57,8 +61,8 @@ def total_train_minutes(metrics: dict) -> float:
 
 
 def run_rows(method: str, variant: str, seed: int, metrics: dict, run_dir: str | Path, command: str) -> list[dict]:
-    """The valid and test rows of one finished training run (``metrics``: its metrics.json);
-    the test row also carries hit@10 by item-popularity bucket, for the popularity plots. A warm
+    """The valid and test rows of one finished training run (``metrics``: its metrics.json, whose
+    ``commit`` is the code the run started on); the test row also carries hit@10 by item-popularity bucket, for the popularity plots. A warm
     start's train minutes include those of the run it started from."""
     rows = []
     minutes = total_train_minutes(metrics)
@@ -66,6 +70,8 @@ def run_rows(method: str, variant: str, seed: int, metrics: dict, run_dir: str |
         row = {"method": method, "variant": variant, "split": split, "seed": seed, "metrics": metrics[split],
                "train_minutes": round(minutes, 2), "epochs": metrics["epochs"],
                "best_epoch": metrics["best_epoch"], "run_dir": str(run_dir), "command": command}
+        if metrics.get("commit"):
+            row["commit"] = metrics["commit"]
         if metrics.get("init_from"):
             row["init_from"] = metrics["init_from"]
         if split == "test" and metrics.get("test_by_popularity"):
