@@ -62,8 +62,9 @@ def total_train_minutes(metrics: dict) -> float:
 
 def run_rows(method: str, variant: str, seed: int, metrics: dict, run_dir: str | Path, command: str) -> list[dict]:
     """The valid and test rows of one finished training run (``metrics``: its metrics.json, whose
-    ``commit`` is the code the run started on); the test row also carries hit@10 by item-popularity bucket, for the popularity plots. A warm
-    start's train minutes include those of the run it started from."""
+    ``commit`` is the code the run started on); the test row also carries hit@10 by
+    item-popularity bucket, for the popularity plots. A warm start's train minutes include
+    those of the run it started from."""
     rows = []
     minutes = total_train_minutes(metrics)
     for split in ("valid", "test"):
