@@ -72,7 +72,7 @@ def test_before_epoch_sees_the_weights_each_epoch_starts_from_also_after_a_resum
     seen: dict[str, list] = {"a": [], "b": []}
 
     def recorder(key):
-        return lambda: seen[key].append((trainers[key].epoch, trainers[key].model.heads[0].weight.sum().item()))
+        return lambda epoch: seen[key].append((epoch, trainers[key].model.heads[0].weight.sum().item()))
 
     trainers = {"a": None, "b": None}
     trainers["a"] = make_trainer(tmp_path / "a", split, items, before_epoch=recorder("a"))
@@ -94,7 +94,7 @@ def test_stop_epoch_ends_a_run_early_on_the_full_runs_schedule(tmp_path, rng):
     split, items = toy_problem(rng)
     lr_at_epoch_start = {}
     full = make_trainer(tmp_path / "full", split, items, epochs=4,
-                        before_epoch=lambda: lr_at_epoch_start.setdefault(full.epoch, full.opt.param_groups[0]["lr"]))
+                        before_epoch=lambda epoch: lr_at_epoch_start.setdefault(epoch, full.opt.param_groups[0]["lr"]))
     full.fit()
     stopped = make_trainer(tmp_path / "stopped", split, items, epochs=4, stop_epoch=2)
     assert stopped.fit()["epochs"] == 2

@@ -111,6 +111,10 @@ class TrainConfig:
     # a finished run to start from: its item side (text vectors, tokenizer, SIDs) and weights;
     # e.g. joint training on top of a trained two-stage run (see pipeline.copy_item_side)
     init_from: str = ""
+    # joint: >0 freezes the item side after this many epochs (argmax codes, no gradient into the
+    # tokenizer, the index of that moment); the epochs left train the recommender on fixed SIDs,
+    # so the decoder ends on the codes it is evaluated with instead of chasing moving ones
+    freeze_index_epoch: int = 0
     bf16: bool = False  # autocast matmuls to bfloat16 on CPU
     threads: int = 0  # >0: torch threads (1 avoids oversubscription when jobs share the cores)
     eval_every: int = 1  # validate every N epochs (keep the best checkpoint)

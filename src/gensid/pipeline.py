@@ -78,6 +78,14 @@ class Run:
             self.items.__dict__.update(snap.__dict__)
         self.index = SIDIndex(self.items.codes.numpy(), self.model.code_sizes)
 
+    def freeze_item_side(self) -> None:
+        """Joint runs: stop the index learning. Codes become the deterministic argmax (the index's
+        own), and no gradient reaches the tokenizer (nor tied heads, which are its codebooks), so
+        every later refresh rebuilds the same SIDs. Idempotent, so a resumed run can repeat it."""
+        tokenizer = self.model.tokenizer
+        tokenizer.quantizer.assign = Assignment("argmax")
+        tokenizer.requires_grad_(False)
+
     @property
     def disambiguation(self) -> bool:
         """Whether SIDs end with a disambiguation code (two-stage always; joint when configured)."""
@@ -145,6 +153,8 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     """
     if cfg.train.strategy not in STRATEGIES:
         raise ConfigError(f"train.strategy {cfg.train.strategy!r}: expected one of {STRATEGIES}")
+    if cfg.train.freeze_index_epoch and cfg.train.strategy != "joint":
+        raise ConfigError("train.freeze_index_epoch needs train.strategy joint (two-stage SIDs never move)")
     seed_everything(cfg.train.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
@@ -345,8 +355,16 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
         observe = SIDMonitor(run.text, run.quantizer_codes(), run_dir / "index" / "codes_last_epoch.safetensors")
     else:
         objective, observe = NextTokenObjective(cfg), None
+    def before_epoch(epochs_done: int) -> None:
+        freeze = cfg.train.freeze_index_epoch
+        if freeze and epochs_done >= freeze:
+            if main and epochs_done == freeze:
+                log.write(event="index_frozen", epoch=epochs_done)
+            run.freeze_item_side()
+        run.refresh_index()
+
     trainer = Trainer(run.model, cfg.train, run.splits.train, run.items, run_dir, validate, objective, observe,
-                      progress=progress, queries=run.split_queries("train"), before_epoch=run.refresh_index)
+                      progress=progress, queries=run.split_queries("train"), before_epoch=before_epoch)
     summary = trainer.fit()
     if not main:
         return summary

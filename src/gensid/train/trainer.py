@@ -71,8 +71,8 @@ class Trainer:
 
     ``validate(model) -> metrics`` picks the best epoch; ``observe(model) -> dict`` (optional)
     adds per-epoch analyses (SID drift, code usage, ...) to the log; ``queries`` [N, T] are
-    the training samples' query vectors (search). ``before_epoch()`` (optional) runs on every
-    rank before each epoch, also the first after a resume: joint runs rebuild the item codes
+    the training samples' query vectors (search). ``before_epoch(epochs_done)`` (optional) runs on
+    every rank before each epoch, also the first after a resume: joint runs rebuild the item codes
     there, so every rank trains on targets from the current model, not from its last validation.
     """
 
@@ -80,7 +80,7 @@ class Trainer:
                  run_dir: str | Path, validate: Callable[[GenerativeRecommender], dict[str, float]],
                  objective: Objective, observe: Callable[[GenerativeRecommender], dict] | None = None,
                  monitor: str = "ndcg@10", progress: bool = True, queries: torch.Tensor | None = None,
-                 before_epoch: Callable[[], None] | None = None):
+                 before_epoch: Callable[[int], None] | None = None):
         self.model, self.cfg, self.train, self.items, self.queries = model, cfg, train, items, queries
         self.run_dir = Path(run_dir)
         self.validate, self.objective, self.observe = validate, objective, observe
@@ -178,7 +178,7 @@ class Trainer:
             if distributed.broadcast_flag(self.rank == 0 and self._should_stop()):
                 break
             if self.before_epoch is not None:
-                self.before_epoch()
+                self.before_epoch(self.epoch)
             start = time.perf_counter()
             terms = self.train_epoch()
             self.elapsed += time.perf_counter() - start
