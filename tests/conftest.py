@@ -20,6 +20,13 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
+def tiny_ml100k(epochs: int) -> list[str]:
+    """Overrides of configs/ml100k.yaml for a run of seconds: 40 users, a one-layer d32 model."""
+    return ["data.max_users=40", f"train.epochs={epochs}", "train.threads=1", "train.batch_size=32",
+            "model.d_model=32", "model.d_ff=64", "model.encoder_layers=1", "model.decoder_layers=1",
+            "quantizer.codebook_sizes=[16,16]", "eval.ks=[5,10]", "eval.beam_size=10"]
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

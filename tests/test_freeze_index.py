@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_ml100k
 from gensid.config import load_config
 from gensid.errors import ConfigError
 from gensid.pipeline import load_run, prepare, train_run
 
-TINY = ["data.max_users=40", "train.epochs=3", "train.threads=1", "train.batch_size=32", "model.d_model=32",
-        "model.d_ff=64", "model.encoder_layers=1", "model.decoder_layers=1", "quantizer.codebook_sizes=[16,16]",
-        "eval.ks=[5,10]", "eval.beam_size=10"]
+TINY = tiny_ml100k(epochs=3)
 # DGI on an RQ-VAE item encoder, with a learning rate that moves codes in one epoch
 JOINT = ["train.strategy=joint", "quantizer.method=rqvae", "quantizer.latent_dim=32", "quantizer.hidden_dims=[64]",
          "quantizer.epochs=5", "quantizer.geometry=cosine", "quantizer.assignment=gumbel_soft",

@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_ml100k
 from gensid.io import load_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.max_users=40", "train.epochs=4", "train.threads=1", "train.batch_size=32", "model.d_model=32",
-        "model.d_ff=64", "model.encoder_layers=1", "model.decoder_layers=1", "quantizer.codebook_sizes=[16,16]",
-        "eval.ks=[5,10]", "eval.beam_size=10"]
+TINY = tiny_ml100k(epochs=4)
 
 
 def train_command(run_dir: Path) -> list[str]:

@@ -9,15 +9,14 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import tiny_ml100k
 from gensid.config import load_config
 from gensid.errors import ConfigError, RunError
 from gensid.eval.evaluate import recommend_items
 from gensid.pipeline import load_init_weights, load_run, prepare, train_run
 from gensid.report.results import run_rows
 
-TINY = ["data.max_users=40", "train.epochs=1", "train.threads=1", "train.batch_size=32", "model.d_model=32",
-        "model.d_ff=64", "model.encoder_layers=1", "model.decoder_layers=1", "quantizer.codebook_sizes=[16,16]",
-        "eval.ks=[5,10]", "eval.beam_size=10"]
+TINY = tiny_ml100k(epochs=1)
 # joint on the two-stage tokenizer: DGI's soft gradient flow into the RQ-KMeans codebooks, the
 # soft codebook vector beside the learned code embedding as decoder input
 WARM_JOINT = ["train.strategy=joint", "quantizer.assignment=gumbel_soft", "quantizer.euclidean_scale=30",

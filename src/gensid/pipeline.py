@@ -355,6 +355,7 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
         observe = SIDMonitor(run.text, run.quantizer_codes(), run_dir / "index" / "codes_last_epoch.safetensors")
     else:
         objective, observe = NextTokenObjective(cfg), None
+
     def before_epoch(epochs_done: int) -> None:
         freeze = cfg.train.freeze_index_epoch
         if freeze and epochs_done >= freeze:
