@@ -77,14 +77,18 @@ def test_plan_level_overrides_go_before_the_variants_and_are_checked_at_load(tmp
     plan_path = Path("configs") / f"_test_plan_{tmp_path.name}.yaml"
     body = {"name": "office", "dataset": "tiny", "output": str(tmp_path / "out"),
             "set": ["train.epochs=3", "data.max_history=7"],
-            "variants": [{"method": "dgi", "config": "ml100k.yaml", "set": ["train.epochs=5"]}]}
+            "variants": [{"method": "dgi", "config": "ml100k.yaml",
+                          "set": ["train.epochs=5", "train.init_from=runs/source-s{seed}"]}]}
     try:
         plan_path.write_text(yaml.safe_dump(body))
         plan = load_plan(plan_path)
         overrides = plan.overrides(plan.variants[0], seed=2)
-        assert overrides == ["train.epochs=3", "data.max_history=7", "train.epochs=5", "train.seed=2"]
+        # {seed}: each seed warm-starts from its own source run
+        assert overrides == ["train.epochs=3", "data.max_history=7", "train.epochs=5",
+                             "train.init_from=runs/source-s2", "train.seed=2"]
         cfg = load_config(Path("configs/ml100k.yaml"), overrides)
         assert (cfg.train.epochs, cfg.data.max_history, cfg.train.seed) == (5, 7, 2)
+        assert cfg.train.init_from == "runs/source-s2"
         plan_path.write_text(yaml.safe_dump({**body, "set": ["train.no_such_field=1"]}))
         with pytest.raises(ConfigError, match="no_such_field"):
             load_plan(plan_path)

@@ -3,7 +3,8 @@
 An experiment file names a dataset, a results file and variants; each variant is an
 experiment config (``configs/*.yaml``) plus ``--set``-style overrides, run for one or
 more seeds into ``<output>/runs/<method>-<variant>-s<seed>/``; a plan-level ``set`` goes
-before every variant's (e.g. the Beauty configs pointed at another data set). Runs are resumable, and a
+before every variant's (e.g. the Beauty configs pointed at another data set); ``{seed}`` in an
+override is replaced by the run's seed. Runs are resumable, and a
 run that finished (``metrics.json``) or whose test row is already in the results file is
 not run again, so an interrupted experiment picks up where it stopped. Jobs go seed by
 seed (every variant's seed 0 first); ``--shard i/n`` lets n processes split them (one per
@@ -75,8 +76,10 @@ class Plan:
     set: list[str] = field(default_factory=list)  # overrides for every variant, before the variant's own
 
     def overrides(self, variant: Variant, seed: int) -> list[str]:
-        """The config overrides of one run: the plan's, the variant's, then the seed."""
-        return [*self.set, *variant.set, f"train.seed={seed}"]
+        """The config overrides of one run: the plan's, the variant's, then the seed. ``{seed}``
+        in an override becomes the run's seed, e.g. ``train.init_from=runs/office-seed{seed}``
+        warm-starts each seed from its own source run."""
+        return [o.replace("{seed}", str(seed)) for o in [*self.set, *variant.set]] + [f"train.seed={seed}"]
 
     def jobs(self) -> list[tuple[Variant, int]]:
         """(variant, seed) of every configured run, seed-major."""
@@ -124,8 +127,10 @@ def load_plan(path: str | Path) -> Plan:
         variant = Variant(**item)
         if not variant.from_results and not variant.config:
             raise ConfigError(f"{path}: variants[{i}] ({variant.label}) needs a 'config'")
-        if variant.config:
-            load_config(path.parent / variant.config, [*common, *variant.set])  # fail now, not hours later
+        if variant.config:  # fail now, not hours later
+            seed = (variant.seeds or raw.get("seeds") or [0])[0]
+            load_config(path.parent / variant.config,
+                        [o.replace("{seed}", str(seed)) for o in [*common, *variant.set]])
         variants.append(variant)
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):
