@@ -45,6 +45,8 @@ def test_seeds_run_here_join_the_seeds_in_the_results_file(tmp_path):
         plan = load_plan(plan_path)
         with pytest.raises(ConfigError, match="no variant labelled 'dgi'.*'dgi \\(full\\)'"):
             run_experiment(plan_path, only="dgi")
+        with pytest.raises(ConfigError, match="no dgi \\(full\\) run with seed 2; seeds: \\[0, 1\\]"):
+            run_experiment(plan_path, only="dgi (full)", seed=2)
     finally:
         plan_path.unlink()
     # seed-major: every variant's first seed before anyone's second

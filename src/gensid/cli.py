@@ -164,7 +164,8 @@ def finetune_text(config: Path = typer.Argument(..., help="experiment YAML whose
 def experiment(plan: Path = typer.Argument(..., help="experiment file in configs/ (a list of variants)"),
                shard: str = typer.Option("0/1", help="i/n: run every n-th variant from the i-th (one process per core)"),
                report_only: bool = typer.Option(False, help="only rebuild the table and plots"),
-               only: str = typer.Option("", help="run only this variant, by its table label, e.g. 'dgi (full)'")
+               only: str = typer.Option("", help="run only this variant, by its table label, e.g. 'dgi (full)'"),
+               seed: int | None = typer.Option(None, help="run only this seed (of --only's variant, or of every variant)")
                ) -> None:
     """Run an experiment's variants (resumable), then write its table, JSON and plots."""
     from gensid.experiment import run_experiment
@@ -174,7 +175,7 @@ def experiment(plan: Path = typer.Argument(..., help="experiment file in configs
         assert 0 <= index < count
     except (ValueError, AssertionError):
         raise typer.BadParameter(f"{shard!r}: expected i/n with 0 <= i < n, e.g. 0/2", param_hint="--shard") from None
-    out = run_experiment(plan, (index, count), report_only, only=only)
+    out = run_experiment(plan, (index, count), report_only, only=only, seed=seed)
     console.print((out / "table.md").read_text())
     console.print(f"report in {out}")
 

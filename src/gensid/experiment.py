@@ -142,15 +142,20 @@ def load_plan(path: str | Path) -> Plan:
 
 
 def run_experiment(path: str | Path, shard: tuple[int, int] = (0, 1), report_only: bool = False,
-                   progress: bool = True, only: str = "") -> Path:
+                   progress: bool = True, only: str = "", seed: int | None = None) -> Path:
     """Run the plan's unfinished variants of this shard (``only``: of the variant with this
-    label), then write the report; returns its folder."""
+    label; ``seed``: only this seed), then write the report; returns its folder."""
     plan = load_plan(path)
     jobs = plan.jobs()
     if only:
         if only not in {v.label for v in plan.variants}:
             raise ConfigError(f"{path}: no variant labelled {only!r}; labels: {[v.label for v in plan.variants]}")
         jobs = [(v, s) for v, s in jobs if v.label == only]
+    if seed is not None:
+        if seed not in {s for _, s in jobs}:
+            raise ConfigError(f"{path}: no {only or 'variant'} run with seed {seed}; seeds: "
+                              f"{sorted({s for _, s in jobs})}")
+        jobs = [(v, s) for v, s in jobs if s == seed]
     index, count = shard
     for i, (variant, seed) in enumerate(jobs):
         if report_only or i % count != index:
@@ -162,7 +167,7 @@ def run_experiment(path: str | Path, shard: tuple[int, int] = (0, 1), report_onl
         cfg = load_config(plan.path.parent / variant.config, plan.overrides(variant, seed))
         metrics = train_run(cfg, run_dir, progress=progress)
         command = (f"gensid experiment {plan.path}" + (f" --shard {index}/{count}" if count > 1 else "")
-                   + (f" --only {shlex.quote(only)}" if only else ""))
+                   + (f" --only {shlex.quote(only)}" if only else "") + (f" --seed {seed}" if seed is not None else ""))
         upsert_rows(plan.results_file, run_rows(variant.method, variant.variant, seed, metrics, run_dir, command))
         write_report(plan)
     return write_report(plan)
