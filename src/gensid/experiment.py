@@ -79,7 +79,7 @@ class Plan:
         """The config overrides of one run: the plan's, the variant's, then the seed. ``{seed}``
         in an override becomes the run's seed, e.g. ``train.init_from=runs/office-seed{seed}``
         warm-starts each seed from its own source run."""
-        return [o.replace("{seed}", str(seed)) for o in [*self.set, *variant.set]] + [f"train.seed={seed}"]
+        return [*with_seed([*self.set, *variant.set], seed), f"train.seed={seed}"]
 
     def jobs(self) -> list[tuple[Variant, int]]:
         """(variant, seed) of every configured run, seed-major."""
@@ -105,6 +105,11 @@ class Plan:
         return self.output / "runs" / variant.run_name(seed)
 
 
+def with_seed(overrides: list[str], seed: int) -> list[str]:
+    """``{seed}`` in each override replaced by ``seed``."""
+    return [o.replace("{seed}", str(seed)) for o in overrides]
+
+
 def load_plan(path: str | Path) -> Plan:
     path = Path(path)
     if not path.exists():
@@ -128,9 +133,8 @@ def load_plan(path: str | Path) -> Plan:
         if not variant.from_results and not variant.config:
             raise ConfigError(f"{path}: variants[{i}] ({variant.label}) needs a 'config'")
         if variant.config:  # fail now, not hours later
-            seed = (variant.seeds or raw.get("seeds") or [0])[0]
-            load_config(path.parent / variant.config,
-                        [o.replace("{seed}", str(seed)) for o in [*common, *variant.set]])
+            first_seed = (variant.seeds or raw.get("seeds") or [0])[0]
+            load_config(path.parent / variant.config, with_seed([*common, *variant.set], first_seed))
         variants.append(variant)
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):
@@ -157,18 +161,18 @@ def run_experiment(path: str | Path, shard: tuple[int, int] = (0, 1), report_onl
                               f"{sorted({s for _, s in jobs})}")
         jobs = [(v, s) for v, s in jobs if s == seed]
     index, count = shard
-    for i, (variant, seed) in enumerate(jobs):
+    command = (f"gensid experiment {plan.path}" + (f" --shard {index}/{count}" if count > 1 else "")
+               + (f" --only {shlex.quote(only)}" if only else "") + (f" --seed {seed}" if seed is not None else ""))
+    for i, (variant, run_seed) in enumerate(jobs):
         if report_only or i % count != index:
             continue
-        run_dir = plan.run_dir(variant, seed)
-        if (run_dir / "metrics.json").exists() or plan.recorded(variant, seed):
+        run_dir = plan.run_dir(variant, run_seed)
+        if (run_dir / "metrics.json").exists() or plan.recorded(variant, run_seed):
             continue
-        console.rule(f"[{i + 1}/{len(jobs)}] {variant.label}, seed {seed}")
-        cfg = load_config(plan.path.parent / variant.config, plan.overrides(variant, seed))
+        console.rule(f"[{i + 1}/{len(jobs)}] {variant.label}, seed {run_seed}")
+        cfg = load_config(plan.path.parent / variant.config, plan.overrides(variant, run_seed))
         metrics = train_run(cfg, run_dir, progress=progress)
-        command = (f"gensid experiment {plan.path}" + (f" --shard {index}/{count}" if count > 1 else "")
-                   + (f" --only {shlex.quote(only)}" if only else "") + (f" --seed {seed}" if seed is not None else ""))
-        upsert_rows(plan.results_file, run_rows(variant.method, variant.variant, seed, metrics, run_dir, command))
+        upsert_rows(plan.results_file, run_rows(variant.method, variant.variant, run_seed, metrics, run_dir, command))
         write_report(plan)
     return write_report(plan)
 
