@@ -122,6 +122,7 @@ def load_plan(path: str | Path) -> Plan:
         if key not in raw:
             raise ConfigError(f"{path}: missing field {key!r}")
     common = list(raw.get("set", []))  # the plan-level overrides
+    seeds = list(raw.get("seeds", [0]))
     variants = []
     fields = set(Variant.__dataclass_fields__)
     for i, item in enumerate(raw["variants"]):
@@ -133,15 +134,14 @@ def load_plan(path: str | Path) -> Plan:
         if not variant.from_results and not variant.config:
             raise ConfigError(f"{path}: variants[{i}] ({variant.label}) needs a 'config'")
         if variant.config:  # fail now, not hours later
-            first_seed = (variant.seeds or raw.get("seeds") or [0])[0]
-            load_config(path.parent / variant.config, with_seed([*common, *variant.set], first_seed))
+            load_config(path.parent / variant.config, with_seed([*common, *variant.set], (variant.seeds or seeds)[0]))
         variants.append(variant)
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{path}: two variants share a method and variant name")
     return Plan(path, raw["name"], raw["dataset"],
                 Path(raw.get("results_file", f"benchmarks/results/{raw['dataset']}-rec.json")),
-                Path(raw.get("output", f"experiments/{raw['name']}")), list(raw.get("seeds", [0])), variants,
+                Path(raw.get("output", f"experiments/{raw['name']}")), seeds, variants,
                 list(raw.get("columns", REC_COLUMNS)), common)
 
 
