@@ -123,6 +123,8 @@ def load_plan(path: str | Path) -> Plan:
             raise ConfigError(f"{path}: missing field {key!r}")
     common = list(raw.get("set", []))  # the plan-level overrides
     seeds = list(raw.get("seeds", [0]))
+    if not seeds:
+        raise ConfigError(f"{path}: 'seeds' is empty; list at least one seed, e.g. [0]")
     variants = []
     fields = set(Variant.__dataclass_fields__)
     for i, item in enumerate(raw["variants"]):
