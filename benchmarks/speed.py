@@ -9,6 +9,8 @@
      20 items x 4 codes = 80 tokens, right-padded to the longest row of the batch as a
      HF collator would), trained to emit the 4 target codes; on the same random batches
      (HF's default sampler) and on the same bucketed batches (HF ``group_by_length``).
+   Both bucketed runs are timed again with bfloat16 autocast (``train.bf16``: matmuls in bf16,
+   backward outside the autocast context), which pays on CPUs with native bf16 (AVX512-BF16, AMX).
 2. Trie-constrained beam search, beam 20, top-20 items, on the same test users:
    users/s at batch 256 and median latency at batch 1; gensid's
    ``constrained_beam_search`` against ``generate(num_beams=20, num_return_sequences=20,
@@ -31,6 +33,7 @@ import shlex
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +48,7 @@ from gensid.quantize import fit_semantic_ids
 from gensid.report.results import git_commit
 from gensid.text import embed_texts
 from gensid.train.batches import Batch, ItemFeatures
-from gensid.train.trainer import length_bucketed_batches
+from gensid.train.trainer import autocast, length_bucketed_batches
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_DATA = ROOT.parent.parent / "shared" / "data" / "amazon-beauty"
@@ -180,10 +183,12 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def gensid_step(model: GenerativeRecommender, opt: torch.optim.Optimizer, batch: Batch) -> float:
-    """One training step exactly as ``Trainer.train_epoch`` does it (fp32)."""
-    logits = model(batch.history_codes, batch.history_mask, batch.target_codes, batch.history_text)
-    loss = model.loss(logits, batch.target_codes)
+def gensid_step(model: GenerativeRecommender, opt: torch.optim.Optimizer, batch: Batch,
+                bf16: bool = False) -> float:
+    """One training step exactly as ``Trainer.train_epoch`` does it (bf16: ``train.bf16``)."""
+    with autocast(bf16):
+        logits = model(batch.history_codes, batch.history_mask, batch.target_codes, batch.history_text)
+        loss = model.loss(logits, batch.target_codes)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -191,8 +196,9 @@ def gensid_step(model: GenerativeRecommender, opt: torch.optim.Optimizer, batch:
     return loss.item()
 
 
-def t5_step(model, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> float:
-    loss = model(**batch).loss
+def t5_step(model, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor], bf16: bool = False) -> float:
+    with autocast(bf16):
+        loss = model(**batch).loss
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -216,21 +222,27 @@ def bench_train(gen: GenerativeRecommender, t5, train: Samples, items: ItemFeatu
     bucketed_rows = [b for b in length_bucketed_batches(train, batch_size, rng) if len(b) == batch_size]
     bucketed_rows = bucketed_rows[:warmup + n_batches]
     # inputs are built before timing so only the model step is measured, for both sides
+    gensid_random = [Batch.build(train, r, items) for r in random_rows]
+    gensid_bucketed = [Batch.build(train, r, items) for r in bucketed_rows]
+    t5_random = [t5in.batch(train, r) for r in random_rows]
+    t5_bucketed = [t5in.batch(train, r) for r in bucketed_rows]
     runs = {
-        "gensid": (gen, gensid_step, [Batch.build(train, r, items) for r in random_rows]),
-        "gensid_bucketed": (gen, gensid_step, [Batch.build(train, r, items) for r in bucketed_rows]),
-        "hf_t5": (t5, t5_step, [t5in.batch(train, r) for r in random_rows]),
-        "hf_t5_bucketed": (t5, t5_step, [t5in.batch(train, r) for r in bucketed_rows]),
+        "gensid": (gen, gensid_step, gensid_random),
+        "gensid_bucketed": (gen, gensid_step, gensid_bucketed),
+        "hf_t5": (t5, t5_step, t5_random),
+        "hf_t5_bucketed": (t5, t5_step, t5_bucketed),
+        # the same bucketed steps with bfloat16 autocast (train.bf16) on both sides
+        "gensid_bucketed_bf16": (gen, partial(gensid_step, bf16=True), gensid_bucketed),
+        "hf_t5_bucketed_bf16": (t5, partial(t5_step, bf16=True), t5_bucketed),
     }
-    opts = {name: torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-            for name, (model, _, _) in runs.items()}
+    opts = {model: torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01) for model in (gen, t5)}
     gen.train()
     t5.train()
     seconds = dict.fromkeys(runs, 0.0)
     for i in range(warmup + n_batches):  # interleaved: a concurrent load hits every run alike
         watch_machine()
         for name, (model, step, batches) in runs.items():
-            took = timed(step, model, opts[name], batches[i])
+            took = timed(step, model, opts[model], batches[i])
             if i >= warmup:
                 seconds[name] += took
         if (i + 1) % 5 == 0 or i + 1 == warmup + n_batches:
@@ -357,6 +369,10 @@ def comparison(train: dict, beam: dict, args: argparse.Namespace) -> dict:
             "ratio": sps["gensid_bucketed"] / sps["hf_t5"],
             "ratio_unbucketed": sps["gensid"] / sps["hf_t5"],
             "ratio_both_bucketed": sps["gensid_bucketed"] / sps["hf_t5_bucketed"],
+            "gensid_bucketed_bf16": sps["gensid_bucketed_bf16"], "hf_t5_bucketed_bf16": sps["hf_t5_bucketed_bf16"],
+            "ratio_both_bucketed_bf16": sps["gensid_bucketed_bf16"] / sps["hf_t5_bucketed_bf16"],
+            "bf16_speedup": {"gensid": sps["gensid_bucketed_bf16"] / sps["gensid_bucketed"],
+                             "hf_t5": sps["hf_t5_bucketed_bf16"] / sps["hf_t5_bucketed"]},
             "s_per_step": train["s_per_step"],
             "mean_encoder_tokens_per_row": train["mean_encoder_tokens_per_row"],
             "timed_batches": args.train_batches, "batch_size": args.batch_size,
@@ -499,6 +515,10 @@ def print_summary(r: dict, threads: int, load: dict) -> None:
     print(f"  gensid, bucketed batches  {t['gensid_bucketed']:9.1f}   ({tok['gensid_bucketed']:.1f})")
     print(f"  HF T5,  random batches    {t['hf_t5']:9.1f}   ({tok['hf_t5']:.1f})")
     print(f"  HF T5,  bucketed batches  {t['hf_t5_bucketed']:9.1f}   ({tok['hf_t5_bucketed']:.1f})")
+    print(f"  gensid, bucketed, bf16    {t['gensid_bucketed_bf16']:9.1f}   "
+          f"({t['bf16_speedup']['gensid']:.2f}x its fp32)")
+    print(f"  HF T5,  bucketed, bf16    {t['hf_t5_bucketed_bf16']:9.1f}   "
+          f"({t['bf16_speedup']['hf_t5']:.2f}x its fp32)")
     print(f"  ratio gensid_bucketed / hf_t5 = {t['ratio']:.2f}x (target >= 3x); unbucketed "
           f"{t['ratio_unbucketed']:.2f}x; both bucketed {t['ratio_both_bucketed']:.2f}x")
     print(f"== threads {threads}: beam search, beam 20, top 20 ==")
