@@ -42,6 +42,10 @@ def speed_table(path: Path) -> str:
                  f"{train['gensid_bucketed']:.4g} | {train['hf_t5']:.4g} | {train['ratio']:.2f}x |")
     lines.append(f"| training samples/s (both length-bucketed) | {train['gensid_bucketed']:.4g} | "
                  f"{train['hf_t5_bucketed']:.4g} | {train['ratio_both_bucketed']:.2f}x |")
+    if "gensid_bucketed_bf16" in train:
+        lines.append(f"| training samples/s (both length-bucketed, bf16 autocast) | "
+                     f"{train['gensid_bucketed_bf16']:.4g} | {train['hf_t5_bucketed_bf16']:.4g} | "
+                     f"{train['ratio_both_bucketed_bf16']:.2f}x |")
     beam = data["beam20_users_per_s_batch256"]
     lines.append(f"| beam 20, users/s at batch 256 | {beam['gensid']:.4g} | {beam['hf_generate']:.4g} | "
                  f"{beam['ratio']:.2f}x |")

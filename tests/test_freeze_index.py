@@ -26,8 +26,9 @@ def epoch_records(run_dir) -> list[dict]:
     return [json.loads(line) for line in lines if '"event": "epoch"' in line]
 
 
-def test_the_index_learns_until_the_freeze_epoch_and_then_stays(tmp_path):
-    cfg = load_config("configs/ml100k.yaml", [*TINY, *JOINT, "train.freeze_index_epoch=1"])
+@pytest.mark.parametrize("precision", [[], ["train.bf16=true"]], ids=["fp32", "bf16"])
+def test_the_index_learns_until_the_freeze_epoch_and_then_stays(tmp_path, precision):
+    cfg = load_config("configs/ml100k.yaml", [*TINY, *JOINT, "train.freeze_index_epoch=1", *precision])
     train_run(cfg, tmp_path, progress=False)
     epochs = epoch_records(tmp_path)
     assert '"event": "index_frozen", "epoch": 1' in (tmp_path / "log.jsonl").read_text()

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -21,11 +23,12 @@ def toy_problem(rng):
     return split, ItemFeatures(torch.from_numpy(codes))
 
 
-def make_trainer(run_dir, split, items, epochs=3, before_epoch=None, stop_epoch=0):
+def make_trainer(run_dir, split, items, epochs=3, before_epoch=None, stop_epoch=0, bf16=False):
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=16, n_heads=2, encoder_layers=1, decoder_layers=1, d_ff=32, dropout=0.1)
     model = GenerativeRecommender(SIZES, cfg, max_history=5)
-    train_cfg = TrainConfig(epochs=epochs, batch_size=16, warmup_steps=5, lr=3e-3, stop_epoch=stop_epoch)
+    train_cfg = TrainConfig(epochs=epochs, batch_size=16, warmup_steps=5, lr=3e-3, stop_epoch=stop_epoch,
+                            bf16=bf16)
     # a validation score that changes with the weights, so "best model" bookkeeping is exercised
     validate = lambda m: {"ndcg@10": float(m.heads[0].weight.detach().sum())}  # noqa: E731
     return Trainer(model, train_cfg, split.train, items, run_dir, validate, NextTokenObjective(ExperimentConfig()),
@@ -104,6 +107,25 @@ def test_stop_epoch_ends_a_run_early_on_the_full_runs_schedule(tmp_path, rng):
     short.fit()
     assert short.opt.param_groups[0]["lr"] < 1e-4
     assert '"event": "stop_epoch_reached"' in (tmp_path / "stopped" / "log.jsonl").read_text()
+
+
+def test_bf16_runs_the_forward_in_bfloat16_and_keeps_fp32_weights(tmp_path, rng):
+    split, items = toy_problem(rng)
+    fp32 = make_trainer(tmp_path / "fp32", split, items, epochs=1)
+    bf16 = make_trainer(tmp_path / "bf16", split, items, epochs=1, bf16=True)
+    seen: dict[str, set] = {"fp32": set(), "bf16": set()}
+    for name, trainer in (("fp32", fp32), ("bf16", bf16)):
+        for linear in (m for m in trainer.model.modules() if isinstance(m, torch.nn.Linear)):
+            linear.register_forward_hook(lambda _m, _i, out, name=name: seen[name].add(out.dtype))
+        trainer.fit()
+    assert seen == {"fp32": {torch.float32}, "bf16": {torch.bfloat16}}
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())  # master weights stay fp32
+    assert all(v.dtype == torch.float32 for s in bf16.opt.state.values() for v in s.values() if v.dim())
+    changed = [not torch.equal(a, b) for a, b in zip(fp32.model.parameters(), bf16.model.parameters(), strict=True)]
+    assert any(changed)  # bf16 rounding made a difference, so the setting is not ignored
+    log = [json.loads(line) for line in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if r["event"] == "epoch"]
+    assert losses and all(np.isfinite(losses))
 
 
 def test_corrupt_checkpoint_is_refused(tmp_path, rng):
