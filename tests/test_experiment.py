@@ -1,6 +1,7 @@
 """The experiment plan's report: seeds run here merged with seeds from the results file."""
 
 import json
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,21 @@ def test_a_results_row_names_the_commit_its_run_started_on(tmp_path):
     rows = {(r["method"], r["split"]): r for r in json.loads((tmp_path / "results.json").read_text())}
     assert rows["dgi", "valid"]["commit"] == rows["dgi", "test"]["commit"] == "abc123"
     assert rows["bm25", "test"]["commit"] == git_commit()  # no run behind it: HEAD when written
+
+
+def _upsert_seed(path: str, seed: int, times: int) -> None:
+    for i in range(times):
+        upsert_rows(path, [{"method": "m", "variant": "", "split": "test", "seed": seed, "metrics": {"n": i},
+                            "train_minutes": 0.0, "command": "c", "commit": "x"}])
+
+
+def test_processes_writing_one_results_file_lose_no_row(tmp_path):
+    path = str(tmp_path / "results.json")
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_upsert_seed, args=(path, seed, 15)) for seed in range(6)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    rows = json.loads(Path(path).read_text())
+    assert sorted((r["seed"], r["metrics"]["n"]) for r in rows) == [(seed, 14) for seed in range(6)]

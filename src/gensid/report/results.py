@@ -3,6 +3,7 @@ rows ``{method, variant, split, seed, metrics, train_minutes, command, commit}``
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 from pathlib import Path
@@ -48,11 +49,17 @@ def upsert_rows(path: str | Path, rows: list[dict]) -> Path:
     """Add ``rows`` to the results file ``path``, replacing rows with the same method, variant,
     split and seed; each row needs method, variant, split, seed, metrics, train_minutes, command.
     A row without a ``commit`` (the code that trained it) gets HEAD now."""
-    keys = {row_key(r) for r in rows}
-    kept = [r for r in read_rows(path) if row_key(r) not in keys]
+    path = Path(path)
     commit = git_commit()
-    write_json(path, kept + [{"commit": commit, **r} for r in rows])
-    return Path(path)
+    keys = {row_key(r) for r in rows}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # experiment processes on different cores write the same file: read-modify-write under a lock,
+    # or a row written between another process's read and write would be lost
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        kept = [r for r in read_rows(path) if row_key(r) not in keys]
+        write_json(path, kept + [{"commit": commit, **r} for r in rows])
+    return path
 
 
 def total_train_minutes(metrics: dict) -> float:
