@@ -487,8 +487,9 @@ def main(argv: list[str] | None = None) -> dict:
         "load": {"before": load_before, "after_each_thread_count": {str(t): v for t, v in loads.items()}},
         "notes": (
             "Both models have random (untrained) weights: speed does not depend on them, but the "
-            "beam paths do not correspond to trained preferences. fp32 on CPU (the *_bf16 runs: bfloat16 autocast of the forward "
-            f"pass; native bf16 on this CPU: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}), dropout 0.1 on both. "
+            "beam paths do not correspond to trained preferences. fp32 on CPU (the *_bf16 runs: "
+            "bfloat16 autocast of the forward pass; native bf16 on this CPU: "
+            f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}), dropout 0.1 on both. "
             "Training step = forward + loss + backward + clip_grad_norm(1.0) + AdamW, inputs built "
             "before timing for both. gensid: one encoder token per history item (trimmed to the "
             "batch's longest history); T5: one token per code (4 per item), right-padded to the "
