@@ -51,7 +51,7 @@ def autocast(bf16: bool):
     """Forward-pass context: bfloat16 matmuls on the CPU when ``bf16``, else plain fp32.
 
     Weights and optimizer state stay fp32. On a CPU with native bf16 (AVX512-BF16 or AMX) a
-    training step of the default model runs 1.2-1.35x faster (``benchmarks/speed.py``); without
+    training step of the default model runs 1.15-1.35x faster (``benchmarks/speed.py``); without
     it bf16 is emulated and slower, so a warning says so. Backward runs outside this context,
     as torch recommends.
     """
