@@ -72,8 +72,8 @@ def main() -> None:
         print(quality_table(path) + "\n")
     if (RESULTS / "speed.json").exists():
         print(speed_table(RESULTS / "speed.json") + "\n")
-        if "search_latency" in (data := json.loads((RESULTS / "speed.json").read_text())):
-            print(search_latency_table(data["search_latency"]))
+    if (RESULTS / "search_latency.json").exists():
+        print(search_latency_table(json.loads((RESULTS / "search_latency.json").read_text())))
 
 
 if __name__ == "__main__":

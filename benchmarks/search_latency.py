@@ -14,8 +14,8 @@ dense dual encoder over the same catalog:
 
 Stages of the two systems are interleaved per search, so load on the machine hits both
 alike. Weights are random (speed does not depend on training); the codes come from the
-tokenizer's k-means initialisation, so the trie has the real catalog's shape. Writes the
-``search_latency`` entry of ``benchmarks/results/speed.json``.
+tokenizer's k-means initialisation, so the trie has the real catalog's shape. Writes
+``benchmarks/results/search_latency.json``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import json
 import shlex
 import sys
 import time
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -57,7 +56,7 @@ def main() -> None:
     parser.add_argument("--searches", type=int, default=300, help="batch-1 searches timed")
     parser.add_argument("--throughput-searches", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="benchmarks/results/speed.json")
+    parser.add_argument("--out", default="benchmarks/results/search_latency.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
@@ -128,10 +127,7 @@ def main() -> None:
         "catalog_items": len(dataset.catalog), "beam": beam, "threads": args.threads,
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
     }
-    out = Path(args.out)
-    data = json.loads(out.read_text()) if out.exists() else {}
-    data["search_latency"] = result
-    write_json(out, data)
+    write_json(args.out, result)
     print(json.dumps(result, indent=1))
 
 

@@ -27,7 +27,6 @@ result. Models keep random weights (speed does not depend on training).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -505,11 +504,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{load_after['busy_processes'] or 'none'}." + warning + (f" {args.note}" if args.note else "")
         ),
     }
-    out = Path(args.out)
-    previous = json.loads(out.read_text()) if out.exists() else {}
-    if "search_latency" in previous:  # benchmarks/search_latency.py's entry in the same file
-        result["search_latency"] = previous["search_latency"]
-    write_json(out, result)
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     return result
 
