@@ -48,7 +48,7 @@ from gensid.quantize import fit_semantic_ids
 from gensid.report.results import git_commit
 from gensid.text import embed_texts
 from gensid.train.batches import Batch, ItemFeatures
-from gensid.train.trainer import autocast, length_bucketed_batches
+from gensid.train.trainer import autocast, length_bucketed_batches, native_bf16
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_DATA = ROOT.parent.parent / "shared" / "data" / "amazon-beauty"
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> dict:
             "Both models have random (untrained) weights: speed does not depend on them, but the "
             "beam paths do not correspond to trained preferences. fp32 on CPU (the *_bf16 runs: "
             "bfloat16 autocast of the forward pass; native bf16 on this CPU: "
-            f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}), dropout 0.1 on both. "
+            f"{native_bf16()}), dropout 0.1 on both. "
             "Training step = forward + loss + backward + clip_grad_norm(1.0) + AdamW, inputs built "
             "before timing for both. gensid: one encoder token per history item (trimmed to the "
             "batch's longest history); T5: one token per code (4 per item), right-padded to the "

@@ -9,6 +9,7 @@ holds the best model by the validation score.
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -47,6 +48,12 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX) rather than emulating it."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def autocast(bf16: bool):
     """Forward-pass context: bfloat16 matmuls on the CPU when ``bf16``, else plain fp32.
 
@@ -57,7 +64,7 @@ def autocast(bf16: bool):
     """
     if not bf16:
         return nullcontext()
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if not native_bf16():
         warnings.warn("train.bf16: this CPU has no native bfloat16; training will be slower than fp32",
                       stacklevel=2)
     return torch.autocast("cpu", dtype=torch.bfloat16)
