@@ -8,12 +8,14 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import tiny_ml100k
 from gensid.config import load_config
 from gensid.errors import ConfigError, RunError
 from gensid.eval.evaluate import recommend_items
 from gensid.pipeline import load_init_weights, load_run, prepare, train_run
+from gensid.quantize import ItemAdapter
 from gensid.report.results import run_rows
 
 TINY = tiny_ml100k(epochs=1)
@@ -47,6 +49,40 @@ def test_joint_warm_start_has_the_source_codes_and_rankings(two_stage_run, tmp_p
     quantizer = run.model.tokenizer.quantizer
     assert quantizer.euclidean_scale == 30
     assert np.array_equal(quantizer.encode(run.text).numpy(), source.quantizer_codes())
+
+
+def test_an_item_adapter_starts_as_the_identity_and_then_learns(two_stage_run, tmp_path):
+    """RQ-KMeans has no item encoder: without the adapter only the codebooks learn; with it the
+    item vectors move too, starting from exactly the source's codes."""
+    source = load_run(two_stage_run)
+    cfg = load_config("configs/ml100k.yaml", [*TINY, *WARM_JOINT, "quantizer.item_adapter=true",
+                                              f"train.init_from={two_stage_run}"])
+    run = prepare(cfg, tmp_path / "fresh", progress=False)
+    load_init_weights(run.model, two_stage_run)
+    run.refresh_index()
+    assert isinstance(run.model.tokenizer.encoder, ItemAdapter)
+    assert np.array_equal(run.index.codes, source.index.codes)
+    assert torch.equal(run.items.item_vectors, run.text)
+    train_run(cfg, tmp_path / "warm", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "warm" / "log.jsonl").read_text().splitlines()]
+    norms = next(r for r in log if r["event"] == "epoch")["terms"]["item_encoder_grad_norm"]
+    assert min(norms) > 0
+    warm = load_run(tmp_path / "warm")  # the adapter is saved with the model and reloads
+    assert warm.model.tokenizer.encoder.delta.weight.abs().sum() > 0
+    assert not torch.equal(warm.items.item_vectors, warm.text)
+    without = tmp_path / "no_adapter"
+    train_run(load_config("configs/ml100k.yaml", [*TINY, *WARM_JOINT, f"train.init_from={two_stage_run}"]),
+              without, progress=False)
+    epoch = next(json.loads(line) for line in (without / "log.jsonl").read_text().splitlines()
+                 if json.loads(line)["event"] == "epoch")
+    assert "item_encoder_grad_norm" not in epoch["terms"]  # nothing to measure, so nothing logged
+
+
+def test_an_item_adapter_needs_joint_training_on_rqkmeans(tmp_path):
+    for wrong in (["quantizer.item_adapter=true"],
+                  [*WARM_JOINT, "quantizer.item_adapter=true", "quantizer.method=rqvae"]):
+        with pytest.raises(ConfigError, match="quantizer.item_adapter needs"):
+            prepare(load_config("configs/ml100k.yaml", [*TINY, *wrong]), tmp_path, progress=False)
 
 
 def test_warm_started_training_counts_the_source_minutes(two_stage_run, tmp_path):

@@ -37,7 +37,14 @@ from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.index import SIDIndex
 from gensid.io import JsonlLog, load_tensors, save_tensors, seed_everything, write_json, write_text
 from gensid.model import GenerativeRecommender
-from gensid.quantize import RQVAE, Assignment, SemanticIDs, code_usage, fit_semantic_ids
+from gensid.quantize import (
+    RQVAE,
+    Assignment,
+    ItemAdapter,
+    SemanticIDs,
+    code_usage,
+    fit_semantic_ids,
+)
 from gensid.quantize.sids import collision_rate
 from gensid.report.results import git_commit, total_train_minutes
 from gensid.text import embed_split_texts, embed_texts
@@ -155,6 +162,9 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
         raise ConfigError(f"train.strategy {cfg.train.strategy!r}: expected one of {STRATEGIES}")
     if cfg.train.freeze_index_epoch and cfg.train.strategy != "joint":
         raise ConfigError("train.freeze_index_epoch needs train.strategy joint (two-stage SIDs never move)")
+    if cfg.quantizer.item_adapter and (cfg.train.strategy != "joint" or cfg.quantizer.method != "rqkmeans"):
+        raise ConfigError("quantizer.item_adapter needs train.strategy joint and quantizer.method rqkmeans "
+                          "(two-stage items never move; the rqvae encoder already learns)")
     seed_everything(cfg.train.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
@@ -172,6 +182,8 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     query_dim = queries["train"].shape[1] if queries is not None else None
     if cfg.train.strategy == "joint":
         tokenizer.quantizer.assign = Assignment(cfg.quantizer.assignment)
+        if cfg.quantizer.item_adapter:  # part of the joint model, not of the fitted tokenizer's file
+            tokenizer.encoder = ItemAdapter(text.shape[1])
         # the disambiguation position's vocabulary: the largest collision group of the initial SIDs
         sizes = sids.sizes if cfg.quantizer.disambiguation else cfg.quantizer.codebook_sizes
         model = GenerativeRecommender(sizes, cfg.model, cfg.data.max_history, text_dim, tokenizer, query_dim)

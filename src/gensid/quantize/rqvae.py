@@ -44,6 +44,21 @@ class Center(nn.Module):
         return x - self.mean
 
 
+class ItemAdapter(nn.Module):
+    """``x + W x + b`` with ``W`` and ``b`` zero at the start: a learnable item side for a joint
+    run whose tokenizer (RQ-KMeans) has none. It starts as the identity, so a warm start keeps
+    the source's codes exactly until the losses move the item vectors [N, D]."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.delta = nn.Linear(dim, dim)
+        nn.init.zeros_(self.delta.weight)
+        nn.init.zeros_(self.delta.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.delta(x)
+
+
 class RQVAE(nn.Module):
     """Item vectors [N, in_dim] -> latent [N, latent] -> codes [N, L] -> reconstruction [N, in_dim]."""
 
