@@ -88,6 +88,25 @@ def test_noisy_assignments_are_deterministic_in_eval_mode(assignment):
     assert not torch.equal(train_codes, rq.encode(x))  # Gumbel noise changed some codes
 
 
+def test_a_hard_residual_keeps_the_training_codes_the_index_codes_and_the_gradient():
+    """gumbel_soft: a soft residual moves deeper codes away from the deterministic ones; the
+    hard residual keeps every level's code, and a loss on the soft vectors still reaches the
+    input and every codebook."""
+    torch.manual_seed(0)
+    x = torch.randn(300, 8, requires_grad=True)
+    soft = ResidualQuantizer(8, [6, 6, 6], assignment="gumbel_soft")
+    hard = ResidualQuantizer(8, [6, 6, 6], assignment="gumbel_soft", hard_residual=True)
+    hard.load_state_dict(soft.state_dict())
+    soft_codes = soft(x).codes
+    assert torch.equal(soft_codes[:, 0], soft.encode(x)[:, 0])  # level 1 sees the same residual
+    assert not torch.equal(soft_codes, soft.encode(x))
+    out = hard(x)
+    assert torch.equal(out.codes, hard.encode(x))
+    out.level_vectors.pow(2).sum().backward()
+    assert x.grad.abs().sum() > 0
+    assert all(book.grad.abs().sum() > 0 for book in hard.codebooks)
+
+
 def test_rqvae_trains_and_rqkmeans_fits():
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((300, 24)).astype(np.float32)

@@ -56,6 +56,9 @@ class QuantizerConfig:
     tau_start: float = 1.0  # gumbel_soft temperature, annealed exponentially ...
     tau_end: float = 0.1  # ... to this by the end of training
     dril_temperature: float = 2.0
+    # joint: the next level's residual subtracts the deterministic code's codebook row instead of
+    # the assignment's (soft / noisy) vector, so the training targets are the index's codes
+    hard_residual: bool = False
     # joint with rqkmeans: a zero-initialised residual linear map on the item text vectors
     # (quantize.rqvae.ItemAdapter), so the losses can move the items themselves and not only the
     # codebooks (rqkmeans has no encoder; rqvae's encoder already learns)

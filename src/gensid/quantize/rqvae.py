@@ -75,7 +75,7 @@ class RQVAE(nn.Module):
         self.decoder = mlp(dims[::-1])
         self.quantizer = ResidualQuantizer(latent, cfg.codebook_sizes, cfg.geometry, assignment, cfg.beta,
                                            decay=cfg.decay, frqud_ratio=cfg.frqud_ratio,
-                                           euclidean_scale=cfg.euclidean_scale)
+                                           euclidean_scale=cfg.euclidean_scale, hard_residual=cfg.hard_residual)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (reconstruction [N, in_dim], loss scalar)."""
