@@ -163,7 +163,7 @@ class Trainer:
         count = 0
         # the learnable item side, if any (an RQ-KMeans tokenizer without ItemAdapter has none)
         item_encoder = self.model.tokenizer.encoder if self.model.tokenizer is not None else None
-        if item_encoder is not None and not any(True for _ in item_encoder.parameters()):
+        if item_encoder is not None and next(item_encoder.parameters(), None) is None:
             item_encoder = None
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", disable=not self.progress,
                    leave=False)
