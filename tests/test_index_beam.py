@@ -7,6 +7,7 @@ import torch
 from conftest import random_sids
 from gensid.config import ModelConfig
 from gensid.index import SIDIndex, constrained_beam_search
+from gensid.index.beam import verify
 from gensid.model import GenerativeRecommender
 
 SMALL = ModelConfig(d_model=32, n_heads=2, encoder_layers=1, decoder_layers=1, d_ff=64, dropout=0.0)
@@ -136,3 +137,21 @@ def leaf_items(index: SIDIndex, sid: np.ndarray) -> list[int]:
         node = int(index.children[m][node, code])
     items, valid = index.items_of_leaves(torch.tensor([node]))
     return items[valid].tolist()
+
+
+def test_verify_weight_fuses_the_cosine_into_the_beam_score():
+    # items 0 and 1 share leaf A, item 2 is alone in leaf B; the beam ranks A (-1.0) over B (-1.5)
+    index = SIDIndex(np.array([[0, 0], [0, 0], [1, 0]]), [2, 1])
+    leaf = torch.from_numpy(index.leaf_of_item)
+    leaves, scores = torch.stack([leaf[0], leaf[2]]).unsqueeze(0), torch.tensor([[-1.0, -1.5]])
+    context = torch.tensor([[1.0, 0.0]])
+    vectors = torch.tensor([[0.0, 1.0], [0.6, 0.8], [1.0, 0.0]])  # cosines 0, .6, 1
+
+    rule = verify(index, leaves, scores, 3, context, vectors)  # DGI's: beam score, then cosine
+    assert rule.items.tolist() == [[1, 0, 2]]
+    assert rule.scores.tolist() == [[-1.0, -1.0, -1.5]]
+
+    fused = verify(index, leaves, scores, 3, context, vectors, weight=1.0)  # -0.4, -1.0, -0.5
+    assert fused.items.tolist() == [[1, 2, 0]]
+    assert fused.scores[0].tolist() == pytest.approx([-0.4, -0.5, -1.0])
+    assert verify(index, leaves, scores, 3, context, vectors, weight=0.4).items.tolist() == [[1, 0, 2]]

@@ -85,6 +85,12 @@ def test_an_item_adapter_needs_joint_training_on_rqkmeans(tmp_path):
             prepare(load_config("configs/ml100k.yaml", [*TINY, *wrong]), tmp_path, progress=False)
 
 
+def test_a_verify_weight_needs_joint_training_and_no_sign_flip(tmp_path):
+    for wrong in (["eval.verify_weight=1.0"], [*WARM_JOINT, "eval.verify_weight=-1.0"]):
+        with pytest.raises(ConfigError, match="eval.verify_weight"):
+            prepare(load_config("configs/ml100k.yaml", [*TINY, *wrong]), tmp_path, progress=False)
+
+
 def test_warm_started_training_counts_the_source_minutes(two_stage_run, tmp_path):
     source_dir = tmp_path / "source"  # a copy, deleted below
     shutil.copytree(two_stage_run, source_dir)

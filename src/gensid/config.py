@@ -134,6 +134,11 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
     batch_size: int = 256
     max_users: int = 0  # >0: evaluate on the first N users only (quick validation)
+    # joint runs' geometric verification: items are ranked by beam log-probability plus
+    # verify_weight x cosine(context vector, item vector). 0 is DGI's rule (beam score first, the
+    # cosine only orders items with equal beam scores, i.e. those that share a SID); > 0 lets the
+    # cosine move items between SIDs, a dense score fused with the generative one.
+    verify_weight: float = 0.0
 
 
 @dataclass

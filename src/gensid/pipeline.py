@@ -116,7 +116,8 @@ class Run:
         recent = np.asarray(history[-self.cfg.data.max_history:], dtype=np.int64)
         hist[0, -len(recent):] = recent
         samples = Samples(hist, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64))
-        ranked = recommend_items(self.model, self.index, samples, self.items, max(k, self.cfg.eval.beam_size))
+        ranked = recommend_items(self.model, self.index, samples, self.items, max(k, self.cfg.eval.beam_size),
+                                 verify_weight=self.cfg.eval.verify_weight)
         return [int(i) for i in ranked[0][:k] if i >= 0]
 
 
@@ -165,6 +166,9 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     if cfg.quantizer.item_adapter and (cfg.train.strategy != "joint" or cfg.quantizer.method != "rqkmeans"):
         raise ConfigError("quantizer.item_adapter needs train.strategy joint and quantizer.method rqkmeans "
                           "(two-stage items never move; the rqvae encoder already learns)")
+    if cfg.eval.verify_weight < 0 or (cfg.eval.verify_weight and cfg.train.strategy != "joint"):
+        raise ConfigError(f"eval.verify_weight {cfg.eval.verify_weight}: expected >= 0, and > 0 only with "
+                          "train.strategy joint (two-stage models have no context and item vectors)")
     seed_everything(cfg.train.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
@@ -291,7 +295,7 @@ def evaluate_split(run: Run, split: str, max_users: int = 0, progress: bool = Fa
     queries = queries[: len(samples)] if queries is not None else None
     e = run.cfg.eval
     return evaluate_generative(run.model, run.index, samples, run.items, e.ks, e.beam_size, e.batch_size, progress,
-                               queries)
+                               queries, e.verify_weight)
 
 
 def popularity_metrics(run: Run, split: str) -> dict[str, float]:
@@ -307,7 +311,7 @@ def test_analysis(run: Run, progress: bool = False) -> dict:
     run.refresh_index()
     test, e = run.splits.test, run.cfg.eval
     ranked = recommend_items(run.model, run.index, test, run.items, e.beam_size, e.batch_size, progress,
-                             run.split_queries("test"))
+                             run.split_queries("test"), e.verify_weight)
     popularity = np.bincount(run.splits.train.targets, minlength=len(run.dataset.catalog))
     buckets = popularity_buckets(popularity)
     codes = run.quantizer_codes()
@@ -360,7 +364,7 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
         run.refresh_index()
         e = cfg.eval
         return evaluate_generative(run.model, run.index, valid_subset, run.items, e.ks, e.beam_size, e.batch_size,
-                                   queries=valid_queries)
+                                   queries=valid_queries, verify_weight=e.verify_weight)
 
     if run.joint:
         objective = JointObjective(cfg, run.text)

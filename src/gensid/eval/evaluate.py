@@ -18,8 +18,9 @@ from gensid.train.batches import Batch, ItemFeatures
 @torch.no_grad()
 def recommend_items(model: GenerativeRecommender, index: SIDIndex, samples: Samples, items: ItemFeatures,
                     beam_size: int, batch_size: int = 256, progress: bool = False,
-                    queries: torch.Tensor | None = None) -> np.ndarray:
-    """Top ``beam_size`` item ids per sample [N, beam_size], best first (``queries`` [N, T]: search)."""
+                    queries: torch.Tensor | None = None, verify_weight: float = 0.0) -> np.ndarray:
+    """Top ``beam_size`` item ids per sample [N, beam_size], best first (``queries`` [N, T]: search;
+    ``verify_weight``: ``EvalConfig.verify_weight``)."""
     model.eval()
     # batch histories of similar length together (less padding), then restore the order
     order = np.argsort((samples.histories >= 0).sum(1), kind="stable")
@@ -28,15 +29,16 @@ def recommend_items(model: GenerativeRecommender, index: SIDIndex, samples: Samp
         rows = order[start:start + batch_size]
         batch = Batch.build(samples, rows, items, queries)
         result = constrained_beam_search(model, index, batch.history_codes, batch.history_mask, beam_size,
-                                         batch.history_text, batch.history_vectors, items.item_vectors, batch.query)
+                                         batch.history_text, batch.history_vectors, items.item_vectors, batch.query,
+                                         verify_weight)
         ranked[rows, : result.items.shape[1]] = result.items.numpy()
     return ranked
 
 
 def evaluate_generative(model: GenerativeRecommender, index: SIDIndex, samples: Samples, items: ItemFeatures,
                         ks: list[int], beam_size: int, batch_size: int = 256, progress: bool = False,
-                        queries: torch.Tensor | None = None) -> dict[str, float]:
+                        queries: torch.Tensor | None = None, verify_weight: float = 0.0) -> dict[str, float]:
     if beam_size < max(ks):
         raise ConfigError(f"eval.beam_size {beam_size} must be >= the largest K {max(ks)}")
-    ranked = recommend_items(model, index, samples, items, beam_size, batch_size, progress, queries)
+    ranked = recommend_items(model, index, samples, items, beam_size, batch_size, progress, queries, verify_weight)
     return metrics_from_ranks(rank_of_targets(ranked, samples.targets), ks)

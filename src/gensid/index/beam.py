@@ -5,7 +5,9 @@ returned SID is always a real item's. Ranking rule, coarse to fine: the final be
 leaves are expanded into their items (the inverted index SID -> items), and items are
 ordered by the beam's summed log-probability, then by the cosine between the user's
 context vector and the item vector (when ``item_vectors`` is given: the joint
-strategies' geometric verification), then by lower item id. Items that share a SID
+strategies' geometric verification), then by lower item id. With ``verify_weight`` w > 0
+the first key is ``log-probability + w * cosine``: the cosine can then also reorder items
+of different SIDs (the candidates are still only the beam's leaves). Items that share a SID
 are all ranked, never de-duplicated; with TIGER's disambiguation code each leaf holds
 one item and its probability is learned like any other code's.
 Decoding is incremental (:mod:`gensid.model.decoding`): each step runs the decoder on
@@ -36,10 +38,11 @@ def constrained_beam_search(model: GenerativeRecommender, index: SIDIndex, histo
                             history_text: torch.Tensor | None = None,
                             history_vectors: torch.Tensor | None = None,
                             item_vectors: torch.Tensor | None = None,
-                            query: torch.Tensor | None = None) -> BeamResult:
+                            query: torch.Tensor | None = None, verify_weight: float = 0.0) -> BeamResult:
     """history_codes [B, H, L], history_mask [B, H] (history_text [B, H, T] and history_vectors
     [B, H, d] as the model reads them; item_vectors [N, d] for geometric verification; query
-    [B, T] for search models) -> top ``beam_size`` items per user.
+    [B, T] for search models; ``verify_weight``: see the module docstring) -> top ``beam_size``
+    items per user.
 
     Three stages, each its own function so they can be timed apart: context encoding,
     generative search over the trie, and verification (leaves -> items -> ranking)."""
@@ -47,7 +50,7 @@ def constrained_beam_search(model: GenerativeRecommender, index: SIDIndex, histo
     memory_mask = model.memory_mask(history_mask)
     leaves, scores = search_leaves(model, index, memory, memory_mask, beam_size)
     context = model.context(memory, memory_mask) if item_vectors is not None else None
-    return verify(index, leaves, scores, beam_size, context, item_vectors)
+    return verify(index, leaves, scores, beam_size, context, item_vectors, verify_weight)
 
 
 @torch.no_grad()
@@ -77,9 +80,11 @@ def search_leaves(model: GenerativeRecommender, index: SIDIndex, memory: torch.T
 
 @torch.no_grad()
 def verify(index: SIDIndex, leaves: torch.Tensor, scores: torch.Tensor, k: int,
-           context: torch.Tensor | None = None, item_vectors: torch.Tensor | None = None) -> BeamResult:
-    """Leaves [B, W] with beam scores -> the top ``k`` items: by beam score, then cosine of the
-    context [B, d] with the item vectors [N, d] (when given), then lower item id."""
+           context: torch.Tensor | None = None, item_vectors: torch.Tensor | None = None,
+           weight: float = 0.0) -> BeamResult:
+    """Leaves [B, W] with beam scores -> the top ``k`` items: by beam score (+ ``weight`` x the
+    cosine), then cosine of the context [B, d] with the item vectors [N, d] (when given), then
+    lower item id. The returned scores are the ranking's first key."""
     batch = leaves.shape[0]
     items, valid = index.items_of_leaves(leaves)  # [B, W, S]
     items = items.view(batch, -1)
@@ -93,7 +98,9 @@ def verify(index: SIDIndex, leaves: torch.Tensor, scores: torch.Tensor, k: int,
         candidates = F.normalize(item_vectors[items.clamp(min=0)], dim=-1)  # [B, W*S, d]
         cosine = (candidates @ context.unsqueeze(-1)).squeeze(-1)
         order = cosine.argsort(dim=1, descending=True, stable=True)
-        items, scores = items.gather(1, order), scores.gather(1, order)
+        items, scores, cosine = items.gather(1, order), scores.gather(1, order), cosine.gather(1, order)
+        if weight:
+            scores = scores + weight * cosine  # -inf (no item) stays -inf
     order = scores.argsort(dim=1, descending=True, stable=True)[:, :k]
     items, scores = items.gather(1, order), scores.gather(1, order)
     return BeamResult(items.masked_fill(~torch.isfinite(scores), -1), scores)

@@ -85,7 +85,8 @@ class Service:
         samples = Samples(hist, np.zeros(len(hist), dtype=np.int64), np.zeros(len(hist), dtype=np.int64))
         with self.lock:
             ranked = recommend_items(self.run.model, self.run.index, samples, self.run.items, self.beam_size,
-                                     batch_size=len(hist), queries=queries)
+                                     batch_size=len(hist), queries=queries,
+                                     verify_weight=self.run.cfg.eval.verify_weight)
         return [[int(i) for i in row if i >= 0] for row in ranked]
 
     def add_items(self, request: AddItemsRequest) -> list[ItemOut]:
