@@ -1,5 +1,6 @@
 """``train.init_from``: a run starts from a finished run's item side and weights. Joint training
-warm-started from a two-stage run first computes exactly what the two-stage model did."""
+warm-started from a two-stage run first computes exactly what the two-stage model did.
+``quantizer.sids_from``: a two-stage run on the index a joint run learned."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from conftest import tiny_ml100k
 from gensid.config import load_config
 from gensid.errors import ConfigError, RunError
 from gensid.eval.evaluate import recommend_items
+from gensid.io import load_tensors
 from gensid.pipeline import load_init_weights, load_run, prepare, train_run
-from gensid.quantize import ItemAdapter
+from gensid.quantize import RQVAE, ItemAdapter
 from gensid.report.results import run_rows
 
 TINY = tiny_ml100k(epochs=1)
@@ -121,3 +123,30 @@ def test_init_from_names_what_is_wrong(two_stage_run, tmp_path):
     missing = load_config("configs/ml100k.yaml", [*TINY, f"train.init_from={tmp_path / 'empty'}"])
     with pytest.raises(RunError, match="not a run directory"):
         prepare(missing, tmp_path / "c", progress=False)
+
+
+def test_a_two_stage_run_on_a_learned_index(two_stage_run, tmp_path):
+    """``quantizer.sids_from``: a fresh two-stage model on the final index of a joint run."""
+    joint_cfg = load_config("configs/ml100k.yaml", [*TINY, *WARM_JOINT, "train.quantizer_lr=1e-2",
+                                                    f"train.init_from={two_stage_run}"])
+    joint = train_run(joint_cfg, tmp_path / "joint", progress=False)
+    learned = load_run(tmp_path / "joint")
+    cfg = load_config("configs/ml100k.yaml", [*TINY, f"quantizer.sids_from={tmp_path / 'joint'}"])
+    metrics = train_run(cfg, tmp_path / "on_learned", progress=False)
+    run = load_run(tmp_path / "on_learned")
+    assert np.array_equal(run.quantizer_codes(), learned.quantizer_codes())
+    tokenizer = RQVAE(run.text.shape[1], cfg.quantizer)  # the saved tokenizer gives those codes
+    tokenizer.load_state_dict(load_tensors(tmp_path / "on_learned" / "quantizer.safetensors")[0])
+    assert np.array_equal(tokenizer.encode(run.text).numpy(), learned.quantizer_codes())
+    assert metrics["sids_from"] == str(tmp_path / "joint")
+    assert metrics["init_train_minutes"] == pytest.approx(joint["train_minutes"] + joint["init_train_minutes"])
+    assert not torch.equal(run.model.bos, learned.model.bos)  # the model itself starts fresh
+
+
+def test_sids_from_names_what_is_wrong(two_stage_run, tmp_path):
+    with pytest.raises(ConfigError, match="a two-stage run"):
+        prepare(load_config("configs/ml100k.yaml", [*TINY, f"quantizer.sids_from={two_stage_run}"]),
+                tmp_path / "a", progress=False)
+    with pytest.raises(ConfigError, match="quantizer.sids_from needs train.strategy two_stage"):
+        prepare(load_config("configs/ml100k.yaml", [*TINY, *WARM_JOINT, f"quantizer.sids_from={two_stage_run}"]),
+                tmp_path / "b", progress=False)

@@ -63,6 +63,9 @@ class QuantizerConfig:
     # (quantize.rqvae.ItemAdapter), so the losses can move the items themselves and not only the
     # codebooks (rqkmeans has no encoder; rqvae's encoder already learns)
     item_adapter: bool = False
+    # two-stage: the tokenizer and SIDs of a finished joint run (its final, learned index) instead
+    # of fitting them on the text vectors; the decoder then trains from scratch on that index
+    sids_from: str = ""
 
 
 @dataclass

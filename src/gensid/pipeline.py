@@ -7,7 +7,8 @@ deterministic assignment) -> valid/test metrics and analyses.
 A run directory holds ``config.yaml``, ``quantizer.safetensors``, ``index/``
 (``sids.safetensors``, ``item_text.safetensors``), ``model.safetensors``,
 ``checkpoint.safetensors``, ``metrics.json``, ``log.jsonl`` and, for a warm start
-(``train.init_from``), ``init_from.json``.
+(``train.init_from``) or a two-stage run on a learned index (``quantizer.sids_from``),
+``init_from.json``.
 """
 
 from __future__ import annotations
@@ -145,7 +146,10 @@ def tokenizer_and_sids(cfg: ExperimentConfig, text: torch.Tensor, run_dir: Path,
         tokenizer.load_state_dict(load_tensors(path)[0])
         tensors, meta = load_tensors(sids_path)
         return tokenizer.eval(), SemanticIDs(tensors["codes"].numpy(), meta["sizes"])
-    tokenizer, sids, stats = fit_semantic_ids(text.numpy(), cfg.quantizer, cfg.train.seed, progress)
+    if cfg.quantizer.sids_from:
+        tokenizer, sids, stats = learned_semantic_ids(cfg, text.shape[1], run_dir)
+    else:
+        tokenizer, sids, stats = fit_semantic_ids(text.numpy(), cfg.quantizer, cfg.train.seed, progress)
     save_tensors(path, tokenizer.state_dict())
     write_json(run_dir / "index" / "sid_stats.json", stats)
     save_tensors(sids_path, {"codes": torch.from_numpy(sids.codes)}, {"sizes": sids.sizes})
@@ -166,6 +170,9 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     if cfg.quantizer.item_adapter and (cfg.train.strategy != "joint" or cfg.quantizer.method != "rqkmeans"):
         raise ConfigError("quantizer.item_adapter needs train.strategy joint and quantizer.method rqkmeans "
                           "(two-stage items never move; the rqvae encoder already learns)")
+    if cfg.quantizer.sids_from and (cfg.train.strategy != "two_stage" or cfg.train.init_from):
+        raise ConfigError("quantizer.sids_from needs train.strategy two_stage and no train.init_from (a warm "
+                          "start takes its source's item side, learned or not)")
     if cfg.eval.verify_weight < 0 or (cfg.eval.verify_weight and cfg.train.strategy != "joint"):
         raise ConfigError(f"eval.verify_weight {cfg.eval.verify_weight}: expected >= 0, and > 0 only with "
                           "train.strategy joint (two-stage models have no context and item vectors)")
@@ -200,6 +207,26 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     return Run(cfg, run_dir, dataset, splits, text, index, items, model, queries)
 
 
+def learned_semantic_ids(cfg: ExperimentConfig, text_dim: int, run_dir: Path) -> tuple[RQVAE, SemanticIDs, dict]:
+    """``quantizer.sids_from``: the tokenizer of a finished joint run as it ended (the index it
+    learned) and its deterministic SIDs, with a fresh disambiguation code; ``init_from.json``
+    records the source and its training minutes, which count toward this run's."""
+    source, metrics = finished_source(cfg, cfg.quantizer.sids_from, "quantizer.sids_from")
+    learned = load_run(source)
+    seed_everything(cfg.train.seed)  # loading the source seeded torch with its seed, not this run's
+    if not learned.joint:
+        raise ConfigError(f"quantizer.sids_from {source}: a two-stage run, whose SIDs were fitted on text; "
+                          "use train.init_from to continue it")
+    if learned.cfg.quantizer.item_adapter:
+        raise ConfigError(f"quantizer.sids_from {source}: its items pass through an item adapter, which a "
+                          "two-stage tokenizer does not have")
+    tokenizer = RQVAE(text_dim, cfg.quantizer)
+    tokenizer.load_state_dict(learned.model.tokenizer.state_dict())
+    sids = SemanticIDs.from_codes(learned.quantizer_codes(), cfg.quantizer.codebook_sizes)
+    write_json(run_dir / "init_from.json", {"sids_from": str(source), "init_train_minutes": total_train_minutes(metrics)})
+    return tokenizer.eval(), sids, {**sids.stats(), "sids_from": str(source)}
+
+
 # what decides a run's items and their tokenizer: a warm start must agree on all of them
 ITEM_SIDE = {"data": ("source", "format", "task", "query_field", "text_fields", "max_users"), "text": ("model",),
              "quantizer": ("method", "codebook_sizes", "geometry", "latent_dim", "hidden_dims", "epochs", "lr",
@@ -208,19 +235,20 @@ ITEM_SIDE_FILES = ("quantizer.safetensors", "index/sids.safetensors", "index/sid
                    "index/item_text.safetensors")
 
 
-def init_source(cfg: ExperimentConfig) -> tuple[Path, dict]:
-    """``train.init_from``: (run folder, its metrics) after checking that it is a
-    finished run over the same items and tokenizer; ``ConfigError`` names what differs."""
-    source = Path(cfg.train.init_from)
+def finished_source(cfg: ExperimentConfig, folder: str, option: str) -> tuple[Path, dict]:
+    """The run ``folder`` that ``option`` (``train.init_from``, ``quantizer.sids_from``) names:
+    (run folder, its metrics) after checking that it is a finished run over the same items and
+    tokenizer; ``ConfigError`` names what differs."""
+    source = Path(folder)
     config, _ = run_files(source)
     if not (source / "metrics.json").exists():
-        raise RunError(f"train.init_from {source}: the run has not finished (no metrics.json)")
+        raise RunError(f"{option} {source}: the run has not finished (no metrics.json)")
     theirs, ours = load_config(config).to_dict(), cfg.to_dict()
     differ = [f"{section}.{name} ({theirs[section][name]!r} there, {ours[section][name]!r} here)"
               for section, names in ITEM_SIDE.items() for name in names
               if theirs[section][name] != ours[section][name]]
     if differ:
-        raise ConfigError(f"train.init_from {source}: another item side; differs in {', '.join(differ)}")
+        raise ConfigError(f"{option} {source}: another item side; differs in {', '.join(differ)}")
     return source, json.loads((source / "metrics.json").read_text())
 
 
@@ -230,7 +258,7 @@ def copy_item_side(cfg: ExperimentConfig, run_dir: Path) -> None:
     the source again after its first step: its codes are exactly the source's."""
     if (run_dir / "quantizer.safetensors").exists():
         return
-    source, metrics = init_source(cfg)
+    source, metrics = finished_source(cfg, cfg.train.init_from, "train.init_from")
     for name in ITEM_SIDE_FILES:
         if (source / name).exists():
             (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
@@ -350,11 +378,11 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
                   train_samples=len(run.splits.train), sid_sizes=run.index.sizes,
                   world_size=distributed.rank_and_size()[1])
     started = {}
-    if cfg.train.init_from:
+    if (run_dir / "init_from.json").exists():  # a warm start, or a run on a learned index
         started = json.loads((run_dir / "init_from.json").read_text())
-        if not (run_dir / "checkpoint.safetensors").exists():  # a resumed run has its own weights
-            load_init_weights(run.model, Path(started["init_from"]))
-            run.refresh_index()
+    if cfg.train.init_from and not (run_dir / "checkpoint.safetensors").exists():  # resumed: its own weights
+        load_init_weights(run.model, Path(started["init_from"]))
+        run.refresh_index()
     rows = validation_subset(run.splits.valid, cfg.eval.max_users)
     valid = run.splits.valid
     valid_subset = Samples(valid.histories[rows], valid.targets[rows], valid.users[rows])
