@@ -212,14 +212,15 @@ def learned_semantic_ids(cfg: ExperimentConfig, text_dim: int, run_dir: Path) ->
     learned) and its deterministic SIDs, with a fresh disambiguation code; ``init_from.json``
     records the source and its training minutes, which count toward this run's."""
     source, metrics = finished_source(cfg, cfg.quantizer.sids_from, "quantizer.sids_from")
-    learned = load_run(source)
-    seed_everything(cfg.train.seed)  # loading the source seeded torch with its seed, not this run's
-    if not learned.joint:
+    theirs = load_config(source / "config.yaml")
+    if theirs.train.strategy != "joint":
         raise ConfigError(f"quantizer.sids_from {source}: a two-stage run, whose SIDs were fitted on text; "
                           "use train.init_from to continue it")
-    if learned.cfg.quantizer.item_adapter:
+    if theirs.quantizer.item_adapter:
         raise ConfigError(f"quantizer.sids_from {source}: its items pass through an item adapter, which a "
                           "two-stage tokenizer does not have")
+    learned = load_run(source)
+    seed_everything(cfg.train.seed)  # loading the source seeded torch with its seed, not this run's
     tokenizer = RQVAE(text_dim, cfg.quantizer)
     tokenizer.load_state_dict(learned.model.tokenizer.state_dict())
     sids = SemanticIDs.from_codes(learned.quantizer_codes(), cfg.quantizer.codebook_sizes)
