@@ -6,7 +6,7 @@ Geometric verification ranks the beam's items by ``log-probability + w * cosine(
 (``gensid.index.beam.verify``). The beam search runs once per batch and every weight re-ranks the
 same candidates, so the sweep costs one evaluation. For reference it also ranks the whole catalog
 by the cosine alone (the context vector as a dense retriever): what the fused score can add.
-Writes ``benchmarks/results/verify_weight-<dataset>-<task>.json`` (one entry per run).
+Writes ``benchmarks/results/verify_weight.json`` (one entry per run folder).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def main() -> None:
     out = sweep(args.run_dir, sorted(set(args.weights)), "valid")
     out["seconds"] = round(time.perf_counter() - start, 1)
     out["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    path = RESULTS / f"verify_weight-{out['dataset']}-{out['task']}.json"
+    path = RESULTS / "verify_weight.json"
     entries = json.loads(path.read_text()) if path.exists() else {}
     entries[out["run_dir"]] = out
     write_json(path, entries)
