@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from gensid.baselines.dense import DenseDualEncoder, context_inputs
 from gensid.config import load_config
 from gensid.index import SIDIndex
-from gensid.index.beam import search_leaves, verify
+from gensid.index.beam import encode_context, search_leaves, verify
 from gensid.io import write_json
 from gensid.model import GenerativeRecommender
 from gensid.pipeline import load_task
@@ -87,7 +87,8 @@ def main() -> None:
     @torch.no_grad()
     def generative(rows):
         batch = Batch.build(test, rows, items, test_queries)
-        (memory, mask, context), encode_ms = timed(lambda: _encode(model, batch))
+        (memory, mask, context), encode_ms = timed(lambda: encode_context(
+            model, batch.history_codes, batch.history_mask, batch.history_text, batch.history_vectors, batch.query))
         (leaves, scores), search_ms = timed(lambda: search_leaves(model, index, memory, mask, beam))
         result, verify_ms = timed(lambda: verify(index, leaves, scores, beam, context, items.item_vectors))
         return result, (encode_ms, search_ms, verify_ms)
@@ -129,13 +130,6 @@ def main() -> None:
     }
     write_json(args.out, result)
     print(json.dumps(result, indent=1))
-
-
-def _encode(model: GenerativeRecommender, batch: Batch):
-    memory = model.encode(batch.history_codes, batch.history_mask, batch.history_text, batch.history_vectors,
-                          batch.query)
-    mask = model.memory_mask(batch.history_mask)
-    return memory, mask, model.context(memory, mask)
 
 
 if __name__ == "__main__":

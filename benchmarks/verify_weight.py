@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
-from gensid.index.beam import search_leaves, verify
+from gensid.index.beam import encode_context, search_leaves, verify
 from gensid.io import write_json
 from gensid.pipeline import load_run
 from gensid.report.results import RESULTS
@@ -43,11 +43,9 @@ def sweep(run_dir: str, weights: list[float], split: str) -> dict:
     for start in tqdm(range(0, len(samples), e.batch_size), desc=f"{split} beam search", leave=False):
         rows = np.arange(start, min(start + e.batch_size, len(samples)))
         batch = Batch.build(samples, rows, items, queries)
-        memory = model.encode(batch.history_codes, batch.history_mask, batch.history_text,
-                              batch.history_vectors, batch.query)
-        memory_mask = model.memory_mask(batch.history_mask)
+        memory, memory_mask, context = encode_context(model, batch.history_codes, batch.history_mask,
+                                                      batch.history_text, batch.history_vectors, batch.query)
         leaves, scores = search_leaves(model, index, memory, memory_mask, e.beam_size)
-        context = model.context(memory, memory_mask)
         for w in weights:
             result = verify(index, leaves, scores, e.beam_size, context, items.item_vectors, w)
             ranked[w][rows, : result.items.shape[1]] = result.items.numpy()

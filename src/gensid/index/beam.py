@@ -46,11 +46,23 @@ def constrained_beam_search(model: GenerativeRecommender, index: SIDIndex, histo
 
     Three stages, each its own function so they can be timed apart: context encoding,
     generative search over the trie, and verification (leaves -> items -> ranking)."""
+    memory, memory_mask, context = encode_context(model, history_codes, history_mask, history_text,
+                                                  history_vectors, query)
+    leaves, scores = search_leaves(model, index, memory, memory_mask, beam_size)
+    return verify(index, leaves, scores, beam_size, context, item_vectors, verify_weight)
+
+
+@torch.no_grad()
+def encode_context(model: GenerativeRecommender, history_codes: torch.Tensor, history_mask: torch.Tensor,
+                   history_text: torch.Tensor | None = None, history_vectors: torch.Tensor | None = None,
+                   query: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Context encoding (inputs as in :func:`constrained_beam_search`) -> the encoder memory
+    [B, H', d], its mask [B, H'] and, for joint models, the context vector [B, latent] that
+    verification scores items with (None for two-stage models, which have none)."""
     memory = model.encode(history_codes, history_mask, history_text, history_vectors, query)
     memory_mask = model.memory_mask(history_mask)
-    leaves, scores = search_leaves(model, index, memory, memory_mask, beam_size)
-    context = model.context(memory, memory_mask) if item_vectors is not None else None
-    return verify(index, leaves, scores, beam_size, context, item_vectors, verify_weight)
+    context = model.context(memory, memory_mask) if model.context_proj is not None else None
+    return memory, memory_mask, context
 
 
 @torch.no_grad()
