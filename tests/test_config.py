@@ -6,6 +6,7 @@ import pytest
 from gensid.cli import main
 from gensid.config import ExperimentConfig, load_config
 from gensid.errors import ConfigError
+from gensid.pipeline import prepare
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -59,3 +60,10 @@ def test_the_command_reports_bad_input_in_one_line_without_a_traceback(monkeypat
     err = capsys.readouterr().err
     assert err.startswith("error: configs/ml100k.yaml: train: unknown field(s) ['nope']")
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_beam_smaller_than_the_largest_k_is_refused_before_training(tmp_path):
+    cfg = load_config("configs/ml100k.yaml", ["eval.beam_size=10", "eval.ks=[1, 10, 20]"])
+    with pytest.raises(ConfigError, match=re.escape("eval.beam_size 10 must be >= the largest K 20")):
+        prepare(cfg, tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())  # nothing written

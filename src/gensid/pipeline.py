@@ -33,7 +33,7 @@ from gensid.eval.analysis import (
     norm_vs_popularity,
     popularity_buckets,
 )
-from gensid.eval.evaluate import evaluate_generative, recommend_items
+from gensid.eval.evaluate import recommend_items
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.index import SIDIndex
 from gensid.io import JsonlLog, load_tensors, save_tensors, seed_everything, write_json, write_text
@@ -106,6 +106,32 @@ class Run:
         """[N, levels] the quantizer's codes (without the disambiguation code)."""
         return self.index.codes[:, : len(self.cfg.quantizer.codebook_sizes)]
 
+    def history_samples(self, histories: list[list[int]]) -> Samples:
+        """Samples of internal item-id histories (oldest first): the newest ``data.max_history``
+        of each, left-padded with -1; targets and users are 0 (unknown)."""
+        width = self.cfg.data.max_history
+        hist = np.full((len(histories), width), -1, dtype=np.int64)
+        for row, history in enumerate(histories):
+            recent = history[-width:]
+            hist[row, width - len(recent):] = recent
+        zeros = np.zeros(len(histories), dtype=np.int64)
+        return Samples(hist, zeros, zeros.copy())
+
+    def rank(self, samples: Samples, queries: torch.Tensor | None = None, beam_size: int | None = None,
+             batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+        """[N, beam_size] top item ids per sample, best first (-1 pads), by the run's eval settings
+        (``eval.beam_size``, ``eval.batch_size``, ``eval.verify_weight``) unless given;
+        ``queries`` [N, T]: the search runs' query vectors."""
+        e = self.cfg.eval
+        return recommend_items(self.model, self.index, samples, self.items, beam_size or e.beam_size,
+                               batch_size or e.batch_size, progress, queries, e.verify_weight)
+
+    def evaluate(self, samples: Samples, queries: torch.Tensor | None = None, progress: bool = False
+                 ) -> dict[str, float]:
+        """Metrics at ``eval.ks`` of ranking each sample's target (full catalog)."""
+        ranked = self.rank(samples, queries, progress=progress)
+        return metrics_from_ranks(rank_of_targets(ranked, samples.targets), self.cfg.eval.ks)
+
     def recommend(self, history: list[int], k: int = 10) -> list[int]:
         """Top-k item ids for one history of internal item ids (oldest first)."""
         if not history:
@@ -113,12 +139,7 @@ class Run:
         unknown = [i for i in history if not 0 <= i < len(self.dataset.catalog)]
         if unknown:
             raise InputError(f"unknown internal item id(s) {unknown[:5]}")
-        hist = np.full((1, self.cfg.data.max_history), -1, dtype=np.int64)
-        recent = np.asarray(history[-self.cfg.data.max_history:], dtype=np.int64)
-        hist[0, -len(recent):] = recent
-        samples = Samples(hist, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64))
-        ranked = recommend_items(self.model, self.index, samples, self.items, max(k, self.cfg.eval.beam_size),
-                                 verify_weight=self.cfg.eval.verify_weight)
+        ranked = self.rank(self.history_samples([history]), beam_size=max(k, self.cfg.eval.beam_size))
         return [int(i) for i in ranked[0][:k] if i >= 0]
 
 
@@ -173,6 +194,9 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     if cfg.quantizer.sids_from and (cfg.train.strategy != "two_stage" or cfg.train.init_from):
         raise ConfigError("quantizer.sids_from needs train.strategy two_stage and no train.init_from (a warm "
                           "start takes its source's item side, learned or not)")
+    if cfg.eval.beam_size < max(cfg.eval.ks):
+        raise ConfigError(f"eval.beam_size {cfg.eval.beam_size} must be >= the largest K {max(cfg.eval.ks)} "
+                          "(a beam returns at most beam_size items)")
     if cfg.eval.verify_weight < 0 or (cfg.eval.verify_weight and cfg.train.strategy != "joint"):
         raise ConfigError(f"eval.verify_weight {cfg.eval.verify_weight}: expected >= 0, and > 0 only with "
                           "train.strategy joint (two-stage models have no context and item vectors)")
@@ -322,9 +346,7 @@ def evaluate_split(run: Run, split: str, max_users: int = 0, progress: bool = Fa
     samples = getattr(run.splits, split).head(max_users)
     queries = run.split_queries(split)
     queries = queries[: len(samples)] if queries is not None else None
-    e = run.cfg.eval
-    return evaluate_generative(run.model, run.index, samples, run.items, e.ks, e.beam_size, e.batch_size, progress,
-                               queries, e.verify_weight)
+    return run.evaluate(samples, queries, progress)
 
 
 def popularity_metrics(run: Run, split: str) -> dict[str, float]:
@@ -338,13 +360,12 @@ def test_analysis(run: Run, progress: bool = False) -> dict:
     """Test metrics, hit@10 by item-popularity bucket (head -> tail), SID statistics and, for
     joint runs, the hubness check (item-vector norm against popularity)."""
     run.refresh_index()
-    test, e = run.splits.test, run.cfg.eval
-    ranked = recommend_items(run.model, run.index, test, run.items, e.beam_size, e.batch_size, progress,
-                             run.split_queries("test"), e.verify_weight)
+    test = run.splits.test
+    ranked = run.rank(test, run.split_queries("test"), progress=progress)
     popularity = np.bincount(run.splits.train.targets, minlength=len(run.dataset.catalog))
     buckets = popularity_buckets(popularity)
     codes = run.quantizer_codes()
-    out = {"test": metrics_from_ranks(rank_of_targets(ranked, test.targets), e.ks),
+    out = {"test": metrics_from_ranks(rank_of_targets(ranked, test.targets), run.cfg.eval.ks),
            "test_by_popularity": hit_rate_by_bucket(ranked, test.targets, buckets),
            "sid": {"sizes": run.index.sizes, "collision_rate": collision_rate(codes),
                    "max_leaf_size": run.index.max_leaf_size,
@@ -391,9 +412,7 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
 
     def validate(_: GenerativeRecommender) -> dict[str, float]:
         run.refresh_index()
-        e = cfg.eval
-        return evaluate_generative(run.model, run.index, valid_subset, run.items, e.ks, e.beam_size, e.batch_size,
-                                   queries=valid_queries, verify_weight=e.verify_weight)
+        return run.evaluate(valid_subset, valid_queries)
 
     if run.joint:
         objective = JointObjective(cfg, run.text)

@@ -1,4 +1,4 @@
-"""Evaluate a generative recommender on a split: beam search -> item ranks -> metrics."""
+"""Rank items with a generative recommender: batched constrained beam search -> item ids."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import torch
 from tqdm.auto import tqdm
 
 from gensid.data.splits import Samples
-from gensid.errors import ConfigError
-from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.index.beam import constrained_beam_search
 from gensid.index.sid_index import SIDIndex
 from gensid.model.recommender import GenerativeRecommender
@@ -34,11 +32,3 @@ def recommend_items(model: GenerativeRecommender, index: SIDIndex, samples: Samp
         ranked[rows, : result.items.shape[1]] = result.items.numpy()
     return ranked
 
-
-def evaluate_generative(model: GenerativeRecommender, index: SIDIndex, samples: Samples, items: ItemFeatures,
-                        ks: list[int], beam_size: int, batch_size: int = 256, progress: bool = False,
-                        queries: torch.Tensor | None = None, verify_weight: float = 0.0) -> dict[str, float]:
-    if beam_size < max(ks):
-        raise ConfigError(f"eval.beam_size {beam_size} must be >= the largest K {max(ks)}")
-    ranked = recommend_items(model, index, samples, items, beam_size, batch_size, progress, queries, verify_weight)
-    return metrics_from_ranks(rank_of_targets(ranked, samples.targets), ks)

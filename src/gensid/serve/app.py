@@ -18,9 +18,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException
 
-from gensid.data import Samples
 from gensid.data.catalog import render_text
-from gensid.eval.evaluate import recommend_items
 from gensid.pipeline import Run, load_run
 from gensid.serve.batcher import MicroBatcher
 from gensid.serve.live import ItemAdder
@@ -77,16 +75,9 @@ class Service:
         return self.rank([h for _, h in requests], queries)
 
     def rank(self, histories: list[list[int]], queries: torch.Tensor | None = None) -> list[list[int]]:
-        width = self.run.cfg.data.max_history
-        hist = np.full((len(histories), width), -1, dtype=np.int64)
-        for row, history in enumerate(histories):
-            recent = history[-width:]
-            hist[row, width - len(recent):] = recent
-        samples = Samples(hist, np.zeros(len(hist), dtype=np.int64), np.zeros(len(hist), dtype=np.int64))
+        samples = self.run.history_samples(histories)
         with self.lock:
-            ranked = recommend_items(self.run.model, self.run.index, samples, self.run.items, self.beam_size,
-                                     batch_size=len(hist), queries=queries,
-                                     verify_weight=self.run.cfg.eval.verify_weight)
+            ranked = self.run.rank(samples, queries, batch_size=len(histories))
         return [[int(i) for i in row if i >= 0] for row in ranked]
 
     def add_items(self, request: AddItemsRequest) -> list[ItemOut]:
