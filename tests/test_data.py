@@ -6,7 +6,7 @@ import pytest
 from conftest import shared_dataset
 from gensid.data import leave_one_out, load_dataset
 from gensid.data.catalog import Interactions
-from gensid.data.splits import PAD
+from gensid.data.splits import PAD, pack_samples
 from gensid.errors import DataError
 
 
@@ -103,6 +103,14 @@ def test_leave_one_out_hand_case():
     assert split.valid.targets.tolist() == [4] and split.valid.histories.tolist() == [[2, 3]]
     assert split.test.targets.tolist() == [5] and split.test.histories.tolist() == [[3, 4]]
     assert split.test.users.tolist() == [0]
+
+
+def test_pack_samples_keeps_the_newest_items_left_padded():
+    rows = [(7, np.array([1, 2, 3, 4]), 5), (8, np.array([9]), 6), (9, np.array([], dtype=np.int64), 0)]
+    packed = pack_samples(rows, 3)
+    assert packed.histories.tolist() == [[2, 3, 4], [PAD, PAD, 9], [PAD, PAD, PAD]]
+    assert packed.targets.tolist() == [5, 6, 0] and packed.users.tolist() == [7, 8, 9]
+    assert pack_samples(rows, 0).histories.shape == (3, 0)  # no history at all
 
 
 def test_beauty_matches_published_statistics():

@@ -26,6 +26,7 @@ from gensid.baselines.popularity import MostPopular
 from gensid.config import ExperimentConfig, load_config
 from gensid.data import Dataset, LeaveOneOut, Samples, leave_one_out, load_dataset
 from gensid.data.search import load_search_log, product_search, time_split
+from gensid.data.splits import pack_samples
 from gensid.errors import ConfigError, InputError, RunError
 from gensid.eval.analysis import (
     SIDMonitor,
@@ -107,15 +108,10 @@ class Run:
         return self.index.codes[:, : len(self.cfg.quantizer.codebook_sizes)]
 
     def history_samples(self, histories: list[list[int]]) -> Samples:
-        """Samples of internal item-id histories (oldest first): the newest ``data.max_history``
-        of each, left-padded with -1; targets and users are 0 (unknown)."""
-        width = self.cfg.data.max_history
-        hist = np.full((len(histories), width), -1, dtype=np.int64)
-        for row, history in enumerate(histories):
-            recent = history[-width:]
-            hist[row, width - len(recent):] = recent
-        zeros = np.zeros(len(histories), dtype=np.int64)
-        return Samples(hist, zeros, zeros.copy())
+        """Samples of internal item-id histories (oldest first), as the splits pack them: the
+        newest ``data.max_history`` of each, left-padded with -1; targets and users are 0."""
+        rows = [(0, np.asarray(history, dtype=np.int64), 0) for history in histories]
+        return pack_samples(rows, self.cfg.data.max_history)
 
     def rank(self, samples: Samples, queries: torch.Tensor | None = None, beam_size: int | None = None,
              batch_size: int | None = None, progress: bool = False) -> np.ndarray:

@@ -24,7 +24,7 @@ import pandas as pd
 
 from gensid.data.catalog import Dataset, Interactions
 from gensid.data.loaders import _read_table, catalog_beside
-from gensid.data.splits import PAD, Samples
+from gensid.data.splits import Samples, pack_samples
 from gensid.errors import DataError
 
 
@@ -64,13 +64,9 @@ def category_query(path: str) -> str:
 
 
 def _pack(rows: list[tuple[int, str, np.ndarray, int]], max_history: int) -> SearchSamples:
-    hist = np.full((len(rows), max_history), PAD, dtype=np.int64)
-    for i, (_, _, history, _) in enumerate(rows):
-        history = history[-max_history:] if max_history else history[:0]
-        if len(history):
-            hist[i, -len(history):] = history
-    return SearchSamples([r[1] for r in rows], hist, np.array([r[3] for r in rows], dtype=np.int64),
-                         np.array([r[0] for r in rows], dtype=np.int64))
+    """(user, query, history, target) rows -> SearchSamples (histories as in ``pack_samples``)."""
+    samples = pack_samples([(user, history, target) for user, _, history, target in rows], max_history)
+    return SearchSamples([r[1] for r in rows], samples.histories, samples.targets, samples.users)
 
 
 def product_search(dataset: Dataset, max_history: int = 10, category_field: str = "categories") -> SearchSplits:

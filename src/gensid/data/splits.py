@@ -36,12 +36,14 @@ class LeaveOneOut:
     test: Samples
 
 
-def _pack(rows: list[tuple[int, np.ndarray, int]], max_history: int) -> Samples:
+def pack_samples(rows: list[tuple[int, np.ndarray, int]], max_history: int) -> Samples:
+    """(user, history oldest first, target) rows -> Samples, each history cut to its newest
+    ``max_history`` items (none when 0) and left-padded with ``PAD``."""
     hist = np.full((len(rows), max_history), PAD, dtype=np.int64)
     targets = np.empty(len(rows), dtype=np.int64)
     users = np.empty(len(rows), dtype=np.int64)
     for i, (user, history, target) in enumerate(rows):
-        history = history[-max_history:]
+        history = history[-max_history:] if max_history else history[:0]
         if len(history):
             hist[i, -len(history):] = history
         targets[i], users[i] = target, user
@@ -59,4 +61,4 @@ def leave_one_out(interactions: Interactions, max_history: int = 20) -> LeaveOne
         if n >= 3:
             valid.append((user, seq[: n - 2], seq[n - 2]))
             test.append((user, seq[: n - 1], seq[n - 1]))
-    return LeaveOneOut(_pack(train, max_history), _pack(valid, max_history), _pack(test, max_history))
+    return LeaveOneOut(*(pack_samples(rows, max_history) for rows in (train, valid, test)))
