@@ -180,6 +180,49 @@ def experiment(plan: Path = typer.Argument(..., help="experiment file in configs
     console.print(f"report in {out}")
 
 
+@app.command()
+def compare(control: str = typer.Argument(..., help="run directory; '{seed}' in it is replaced by each of --seeds"),
+            treatment: str = typer.Argument(..., help="run directory paired with CONTROL, same '{seed}' rule"),
+            seeds: str = typer.Option("", help="comma-separated seeds, e.g. 1,2,3 (pairs one run of each side per seed)"),
+            metrics: str = typer.Option("hit@10,ndcg@10", help="comma-separated per-user metrics"),
+            resamples: int = typer.Option(10_000, min=100, help="bootstrap and randomization resamples"),
+            out: Path = typer.Option(None, help="also write the result as JSON here")) -> None:
+    """Paired per-user test of TREATMENT against CONTROL on the same test users (see eval.significance)."""
+    from gensid.eval.significance import compare_ranks
+    from gensid.io import write_json
+    from gensid.pipeline import test_ranks
+
+    seed_list = [s.strip() for s in seeds.split(",") if s.strip()] or [""]
+    if ("{seed}" in control + treatment) != bool(seeds.strip()):
+        raise InputError("use '{seed}' in the run directories together with --seeds, or neither")
+    pairs = [(control.replace("{seed}", s), treatment.replace("{seed}", s)) for s in seed_list]
+    ranks, digests = {}, set()
+    for run_dir in dict.fromkeys(d for pair in pairs for d in pair):
+        ranks[run_dir], digest = test_ranks(run_dir, progress=True)
+        digests.add(digest)
+    if len(digests) != 1:
+        raise InputError("the runs are not evaluated on the same test users (different data or split)")
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    try:
+        result = compare_ranks([ranks[c] for c, _ in pairs], [ranks[t] for _, t in pairs], names, resamples)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    table = Table(title=f"treatment {treatment}\nagainst {control}\n{len(ranks[pairs[0][0]])} test users, "
+                        f"{len(pairs)} pair(s); per pair: difference (p)")
+    for column in ("metric", "control", "treatment", "difference", "95% interval", "p", "per pair"):
+        table.add_column(column, justify="left" if column in ("metric", "per pair") else "right",
+                         no_wrap=column != "per pair")
+    for name, r in result.items():
+        pooled = r["pooled"]
+        table.add_row(name, f"{r['control']:.4f}", f"{r['treatment']:.4f}", f"{pooled['mean']:+.4f}",
+                      f"{pooled['ci_low']:+.4f} .. {pooled['ci_high']:+.4f}", f"{pooled['p_value']:.3f}",
+                      " ".join(f"{p['mean']:+.4f} ({p['p_value']:.2f})" for p in r["pairs"]))
+    console.print(table)
+    if out:
+        write_json(out, {"control": control, "treatment": treatment, "seeds": seed_list,
+                         "test_users": len(ranks[pairs[0][0]]), "resamples": resamples, "metrics": result})
+
+
 def main() -> None:
     """The ``gensid`` command: bad input (:class:`InputError`) prints its message and exits 1,
     without a traceback; any other exception is a bug and keeps its traceback."""

@@ -6,13 +6,14 @@ joint`` the tokenizer learns inside it and the index is rebuilt from its final
 deterministic assignment) -> valid/test metrics and analyses.
 A run directory holds ``config.yaml``, ``quantizer.safetensors``, ``index/``
 (``sids.safetensors``, ``item_text.safetensors``), ``model.safetensors``,
-``checkpoint.safetensors``, ``metrics.json``, ``log.jsonl`` and, for a warm start
+``checkpoint.safetensors``, ``metrics.json``, ``test_ranks.json``, ``log.jsonl`` and, for a warm start
 (``train.init_from``) or a two-stage run on a learned index (``quantizer.sids_from``),
 ``init_from.json``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -352,23 +353,47 @@ def popularity_metrics(run: Run, split: str) -> dict[str, float]:
                               run.cfg.eval.ks)
 
 
-def test_analysis(run: Run, progress: bool = False) -> dict:
+def test_analysis(run: Run, progress: bool = False) -> tuple[dict, np.ndarray]:
     """Test metrics, hit@10 by item-popularity bucket (head -> tail), SID statistics and, for
-    joint runs, the hubness check (item-vector norm against popularity)."""
+    joint runs, the hubness check (item-vector norm against popularity); and the test ranks [N]
+    (each user's target position, -1 = not in the beam)."""
     run.refresh_index()
     test = run.splits.test
     ranked = run.rank(test, run.split_queries("test"), progress=progress)
+    ranks = rank_of_targets(ranked, test.targets)
     popularity = np.bincount(run.splits.train.targets, minlength=len(run.dataset.catalog))
     buckets = popularity_buckets(popularity)
     codes = run.quantizer_codes()
-    out = {"test": metrics_from_ranks(rank_of_targets(ranked, test.targets), run.cfg.eval.ks),
+    out = {"test": metrics_from_ranks(ranks, run.cfg.eval.ks),
            "test_by_popularity": hit_rate_by_bucket(ranked, test.targets, buckets),
            "sid": {"sizes": run.index.sizes, "collision_rate": collision_rate(codes),
                    "max_leaf_size": run.index.max_leaf_size,
                    "code_usage": code_usage(codes, run.index.sizes[:codes.shape[1]])}}
     if run.joint:
         out["hubness"] = norm_vs_popularity(run.items.item_vectors.numpy(), popularity, buckets)
-    return out
+    return out, ranks
+
+
+def test_users_digest(test: Samples) -> str:
+    """Fingerprint of a test split (its users and targets, in order): runs compare per user only when equal."""
+    return hashlib.sha256(np.ascontiguousarray(np.stack([test.users, test.targets]), dtype=np.int64)).hexdigest()
+
+
+def save_test_ranks(run_dir: str | Path, test: Samples, ranks: np.ndarray) -> None:
+    write_json(Path(run_dir) / "test_ranks.json", {"test_users": test_users_digest(test), "ranks": ranks.tolist()})
+
+
+def test_ranks(run_dir: str | Path, progress: bool = False) -> tuple[np.ndarray, str]:
+    """(ranks [N], test-split digest) of a run's test users, from its ``test_ranks.json``; a run
+    trained before that file existed is loaded and ranked once, and the file written."""
+    path = Path(run_dir) / "test_ranks.json"
+    if not path.exists():
+        run = load_run(run_dir)
+        ranks = rank_of_targets(run.rank(run.splits.test, run.split_queries("test"), progress=progress),
+                                run.splits.test.targets)
+        save_test_ranks(run_dir, run.splits.test, ranks)
+    saved = json.loads(path.read_text())
+    return np.asarray(saved["ranks"], dtype=np.int64), saved["test_users"]
 
 
 def validation_subset(samples: Samples, max_users: int, seed: int = 0) -> np.ndarray:
@@ -430,6 +455,7 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     if not main:
         return summary
     start = time.perf_counter()
+    analysis, ranks = test_analysis(run, progress)
     metrics = {
         "dataset": run.dataset.name,
         "task": cfg.data.task,
@@ -438,10 +464,11 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
         **summary,
         **started,
         "valid": evaluate_split(run, "valid", progress=progress),
-        **test_analysis(run, progress),
+        **analysis,
         "most_popular": {"valid": popularity_metrics(run, "valid"), "test": popularity_metrics(run, "test")},
     }
     metrics["eval_seconds"] = time.perf_counter() - start
+    save_test_ranks(run_dir, run.splits.test, ranks)
     write_json(run_dir / "metrics.json", metrics)
     log.write(event="done", test=metrics["test"])
     return metrics

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from gensid.eval.significance import compare_ranks, paired_test, per_user_metric
+
+
+def test_per_user_metric_hand_case():
+    ranks = np.array([0, 2, 9, 10, -1])
+    assert per_user_metric(ranks, "hit@10").tolist() == [1, 1, 1, 0, 0]
+    assert per_user_metric(ranks, "ndcg@10") == pytest.approx([1, 1 / np.log2(4), 1 / np.log2(11), 0, 0])
+    with pytest.raises(ValueError, match="mrr@10"):
+        per_user_metric(ranks, "mrr@10")
+
+
+def test_randomization_p_value_is_exact_on_a_hand_case():
+    # five users, all better by 1: of the 2^5 sign flips only "all +" and "all -" reach |mean| = 1
+    result = paired_test(np.ones(5))
+    assert result["mean"] == 1.0
+    assert result["p_value"] == pytest.approx(2 / 32)
+
+
+def test_identical_systems_have_no_difference():
+    assert paired_test(np.zeros(100)) == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
+
+
+def test_a_clear_gain_is_significant_and_noise_is_not():
+    rng = np.random.default_rng(0)
+    noise = rng.choice([-1.0, 0.0, 1.0], size=2000)
+    gain = np.where(rng.random(2000) < 0.1, 1.0, noise)  # 10% of users flip to a hit
+    assert paired_test(gain)["p_value"] < 0.001
+    result = paired_test(noise)
+    assert result["p_value"] > 0.05 and result["ci_low"] < result["mean"] < result["ci_high"]
+
+
+def test_compare_ranks_averages_each_user_over_pairs():
+    control = [np.array([0, -1, 3, -1]), np.array([0, -1, -1, 1])]
+    treatment = [np.array([0, 2, -1, 1]), np.array([0, 4, -1, 1])]
+    result = compare_ranks(control, treatment, ["hit@5"], resamples=1000)["hit@5"]
+    assert result["control"] == pytest.approx(4 / 8) and result["treatment"] == pytest.approx(6 / 8)
+    # per-user differences averaged over the two pairs: 0, +1, -0.5, +0.5
+    assert result["pooled"]["mean"] == pytest.approx(0.25)
+    assert [p["mean"] for p in result["pairs"]] == pytest.approx([0.25, 0.25])
+    assert (result["treatment_better"], result["control_better"]) == (3, 1)
+    with pytest.raises(ValueError, match="in pairs"):
+        compare_ranks(control, treatment[:1], ["hit@5"])
+    with pytest.raises(ValueError, match="different numbers of test users"):
+        compare_ranks([control[0]], [np.array([0, 1])], ["hit@5"])
