@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
+from gensid.errors import InputError, RunError
 from gensid.eval.significance import compare_ranks, paired_test, per_user_metric
+from gensid.pipeline import compare_runs
 
 
 def test_per_user_metric_hand_case():
@@ -45,3 +47,10 @@ def test_compare_ranks_averages_each_user_over_pairs():
         compare_ranks(control, treatment[:1], ["hit@5"])
     with pytest.raises(ValueError, match="different numbers of test users"):
         compare_ranks([control[0]], [np.array([0, 1])], ["hit@5"])
+
+
+def test_compare_runs_names_what_is_wrong(tmp_path):
+    with pytest.raises(InputError, match="together with seeds"):
+        compare_runs("runs/a-s{seed}", "runs/b-s{seed}", [], ["hit@10"])
+    with pytest.raises(RunError, match="not a run directory"):
+        compare_runs(str(tmp_path / "a"), str(tmp_path / "b"), [], ["hit@10"])

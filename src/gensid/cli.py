@@ -188,39 +188,25 @@ def compare(control: str = typer.Argument(..., help="run directory; '{seed}' in 
             resamples: int = typer.Option(10_000, min=100, help="bootstrap and randomization resamples"),
             out: Path = typer.Option(None, help="also write the result as JSON here")) -> None:
     """Paired per-user test of TREATMENT against CONTROL on the same test users (see eval.significance)."""
-    from gensid.eval.significance import compare_ranks
     from gensid.io import write_json
-    from gensid.pipeline import test_ranks
+    from gensid.pipeline import compare_runs
 
-    seed_list = [s.strip() for s in seeds.split(",") if s.strip()] or [""]
-    if ("{seed}" in control + treatment) != bool(seeds.strip()):
-        raise InputError("use '{seed}' in the run directories together with --seeds, or neither")
-    pairs = [(control.replace("{seed}", s), treatment.replace("{seed}", s)) for s in seed_list]
-    ranks, digests = {}, set()
-    for run_dir in dict.fromkeys(d for pair in pairs for d in pair):
-        ranks[run_dir], digest = test_ranks(run_dir, progress=True)
-        digests.add(digest)
-    if len(digests) != 1:
-        raise InputError("the runs are not evaluated on the same test users (different data or split)")
-    names = [m.strip() for m in metrics.split(",") if m.strip()]
-    try:
-        result = compare_ranks([ranks[c] for c, _ in pairs], [ranks[t] for _, t in pairs], names, resamples)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    table = Table(title=f"treatment {treatment}\nagainst {control}\n{len(ranks[pairs[0][0]])} test users, "
-                        f"{len(pairs)} pair(s); per pair: difference (p)")
+    seed_list = [s.strip() for s in seeds.split(",") if s.strip()]
+    result = compare_runs(control, treatment, seed_list, [m.strip() for m in metrics.split(",") if m.strip()],
+                          resamples, progress=True)
+    table = Table(title=f"treatment {treatment}\nagainst {control}\n{result['test_users']} test users, "
+                        f"{len(result['pairs'])} pair(s); per pair: difference (p)")
     for column in ("metric", "control", "treatment", "difference", "95% interval", "p", "per pair"):
         table.add_column(column, justify="left" if column in ("metric", "per pair") else "right",
                          no_wrap=column != "per pair")
-    for name, r in result.items():
+    for name, r in result["metrics"].items():
         pooled = r["pooled"]
         table.add_row(name, f"{r['control']:.4f}", f"{r['treatment']:.4f}", f"{pooled['mean']:+.4f}",
                       f"{pooled['ci_low']:+.4f} .. {pooled['ci_high']:+.4f}", f"{pooled['p_value']:.3f}",
                       " ".join(f"{p['mean']:+.4f} ({p['p_value']:.2f})" for p in r["pairs"]))
     console.print(table)
     if out:
-        write_json(out, {"control": control, "treatment": treatment, "seeds": seed_list,
-                         "test_users": len(ranks[pairs[0][0]]), "resamples": resamples, "metrics": result})
+        write_json(out, result)
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ from gensid.eval.analysis import (
 )
 from gensid.eval.evaluate import recommend_items
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
+from gensid.eval.significance import compare_ranks
 from gensid.index import SIDIndex
 from gensid.io import JsonlLog, load_tensors, save_tensors, seed_everything, write_json, write_text
 from gensid.model import GenerativeRecommender
@@ -394,6 +395,29 @@ def test_ranks(run_dir: str | Path, progress: bool = False) -> tuple[np.ndarray,
         save_test_ranks(run_dir, run.splits.test, ranks)
     saved = json.loads(path.read_text())
     return np.asarray(saved["ranks"], dtype=np.int64), saved["test_users"]
+
+
+def compare_runs(control: str, treatment: str, seeds: list[str], metrics: list[str], resamples: int = 10_000,
+                 progress: bool = False) -> dict:
+    """Paired per-user test (``eval.significance.compare_ranks``) of the run ``treatment`` against
+    ``control``; with ``seeds``, each side is a pattern whose ``{seed}`` names one run per seed
+    and the runs pair up seed by seed. Returns the inputs, the pairs and the test per metric."""
+    if ("{seed}" in control + treatment) != bool(seeds):
+        raise InputError("use '{seed}' in the run directories together with seeds, or neither")
+    pairs = [(control.replace("{seed}", s), treatment.replace("{seed}", s)) for s in seeds or [""]]
+    ranks, digests = {}, set()
+    for run_dir in dict.fromkeys(d for pair in pairs for d in pair):
+        ranks[run_dir], digest = test_ranks(run_dir, progress)
+        digests.add(digest)
+    if len(digests) != 1:
+        raise InputError(f"{control} and {treatment}: the runs are not evaluated on the same test users "
+                         "(different data or split)")
+    try:
+        tests = compare_ranks([ranks[c] for c, _ in pairs], [ranks[t] for _, t in pairs], metrics, resamples)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    return {"control": control, "treatment": treatment, "seeds": seeds, "pairs": pairs,
+            "test_users": len(ranks[pairs[0][0]]), "resamples": resamples, "metrics": tests}
 
 
 def validation_subset(samples: Samples, max_users: int, seed: int = 0) -> np.ndarray:

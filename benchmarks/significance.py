@@ -1,0 +1,81 @@
+"""Paired per-user tests of the learned index (DGI) against its control, on the test users.
+
+    python benchmarks/significance.py                      # every comparison below
+    python benchmarks/significance.py --only office-rec    # the ones whose name starts so
+
+Each comparison pairs two experiment rows seed by seed (both rows warm-start from, or are, the
+same bf16 source of that seed) and runs ``gensid compare`` on them: per user the difference
+of hit@10 and ndcg@10, averaged over the seeds, a 95% bootstrap interval of its mean and a
+randomization p-value (``gensid.eval.significance``). The runs' ``test_ranks.json`` are in the
+repository, so this reproduces without the weights; a run without that file is ranked again
+from its weights. Writes ``benchmarks/results/significance.json`` and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from gensid.io import write_json
+from gensid.pipeline import compare_runs
+from gensid.report.results import RESULTS
+
+METRICS = ["hit@10", "ndcg@10"]
+SEEDS = ["1", "2", "3"]
+# (name, control row, treatment row): experiments/<plan>/runs/<method>-<variant>-s{seed}
+COMPARISONS = [
+    ("office-rec warm start, index frozen after 3", "office-warm/runs/two_stage-continued_bf16",
+     "office-warm/runs/dgi-warm_start_freeze_3_bf16"),
+    ("office-rec warm start, index frozen after 4", "office-warm/runs/two_stage-continued_bf16",
+     "office-warm/runs/dgi-warm_start_freeze_4_bf16"),
+    ("office-rec warm start, index frozen after 5", "office-warm/runs/two_stage-continued_bf16",
+     "office-warm/runs/dgi-warm_start_freeze_5_bf16"),
+    ("office-rec warm start, hard residual, codebooks 1e-6", "office-warm/runs/two_stage-continued_bf16",
+     "office-warm/runs/dgi-warm_start_freeze_3_hard_residual_lr_1e-6_bf16"),
+    ("beauty-rec warm start, hard residual, codebooks 1e-6", "beauty-warm/runs/two_stage-continued_3_bf16",
+     "beauty-warm/runs/dgi-warm_start_freeze_1_hard_residual_lr_1e-6_bf16"),
+    ("beauty-search warm start, hard residual", "beauty-search/runs/two_stage-continued_4_bf16",
+     "beauty-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16"),
+    ("office-search warm start, hard residual", "office-search/runs/two_stage-continued_4_bf16",
+     "office-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16"),
+    ("office-search DGI from scratch", "office-search/runs/two_stage-bf16_schedule_8",
+     "office-search/runs/dgi-full_bf16_schedule_8"),
+]
+
+
+def markdown(results: dict[str, dict]) -> str:
+    lines = ["| comparison (treatment - control, 3 seed pairs) | users | metric | control | treatment | difference "
+             "| 95% interval | p | per seed |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, result in results.items():
+        for metric, r in result["metrics"].items():
+            pooled = r["pooled"]
+            lines.append(f"| {name} | {result['test_users']} | {metric} | {r['control']:.4f} | {r['treatment']:.4f} "
+                         f"| {pooled['mean']:+.4f} | {pooled['ci_low']:+.4f} .. {pooled['ci_high']:+.4f} "
+                         f"| {pooled['p_value']:.3f} | " + ", ".join(f"{p['mean']:+.4f}" for p in r["pairs"]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="run the comparisons whose name starts with this")
+    parser.add_argument("--resamples", type=int, default=10_000)
+    args = parser.parse_args()
+    results = {}
+    for name, control, treatment in COMPARISONS:
+        if name.startswith(args.only):
+            print(f"{name} ...", file=sys.stderr)
+            results[name] = compare_runs(f"experiments/{control}-s{{seed}}", f"experiments/{treatment}-s{{seed}}",
+                                         SEEDS, METRICS, args.resamples, progress=True)
+    out = RESULTS / "significance.json"
+    saved = json.loads(out.read_text())["comparisons"] if out.exists() else {}
+    saved.update(results)  # --only refreshes its rows and keeps the others
+    order = [name for name, _, _ in COMPARISONS if name in saved]
+    write_json(out, {"command": "python benchmarks/significance.py", "seeds": SEEDS,
+                     "comparisons": {name: saved[name] for name in order}})
+    print(markdown({name: saved[name] for name in order}))
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
