@@ -15,7 +15,7 @@ from gensid.cli import app
 from gensid.config import load_config
 from gensid.errors import InputError
 from gensid.eval.metrics import metrics_from_ranks
-from gensid.pipeline import load_run, test_ranks, train_run
+from gensid.pipeline import load_run, load_test_ranks, train_run
 
 TINY = ["model.d_model=64", "model.encoder_layers=2", "model.decoder_layers=2", "model.d_ff=128",
         "train.batch_size=128", "train.warmup_steps=20", "train.lr=2e-3", "eval.max_users=200"]
@@ -56,11 +56,11 @@ def test_movielens_through_the_cli(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["test"]) >= {"recall@5", "recall@10", "ndcg@5", "ndcg@10", "recall@20"}
     # the per-user test ranks behind those metrics are kept for paired comparisons
-    ranks, digest = test_ranks(run_dir)
+    ranks, digest = load_test_ranks(run_dir)
     ks = load_config(run_dir / "config.yaml").eval.ks
     assert metrics_from_ranks(ranks, ks) == pytest.approx(metrics["test"])
     (run_dir / "test_ranks.json").unlink()  # a run without the file is ranked again, to the same ranks
-    again_ranks, again_digest = test_ranks(run_dir)
+    again_ranks, again_digest = load_test_ranks(run_dir)
     assert again_ranks.tolist() == ranks.tolist() and again_digest == digest
     same = runner.invoke(app, ["compare", str(run_dir), str(run_dir), "--resamples", "100",
                                "--out", str(tmp_path / "same.json")])

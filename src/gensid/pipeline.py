@@ -375,16 +375,16 @@ def test_analysis(run: Run, progress: bool = False) -> tuple[dict, np.ndarray]:
     return out, ranks
 
 
-def test_users_digest(test: Samples) -> str:
-    """Fingerprint of a test split (its users and targets, in order): runs compare per user only when equal."""
-    return hashlib.sha256(np.ascontiguousarray(np.stack([test.users, test.targets]), dtype=np.int64)).hexdigest()
+def split_digest(samples: Samples) -> str:
+    """Fingerprint of a split (its users and targets, in order): two runs compare per user only when equal."""
+    return hashlib.sha256(np.ascontiguousarray(np.stack([samples.users, samples.targets]), dtype=np.int64)).hexdigest()
 
 
 def save_test_ranks(run_dir: str | Path, test: Samples, ranks: np.ndarray) -> None:
-    write_json(Path(run_dir) / "test_ranks.json", {"test_users": test_users_digest(test), "ranks": ranks.tolist()})
+    write_json(Path(run_dir) / "test_ranks.json", {"test_users": split_digest(test), "ranks": ranks.tolist()})
 
 
-def test_ranks(run_dir: str | Path, progress: bool = False) -> tuple[np.ndarray, str]:
+def load_test_ranks(run_dir: str | Path, progress: bool = False) -> tuple[np.ndarray, str]:
     """(ranks [N], test-split digest) of a run's test users, from its ``test_ranks.json``; a run
     trained before that file existed is loaded and ranked once, and the file written."""
     path = Path(run_dir) / "test_ranks.json"
@@ -407,7 +407,7 @@ def compare_runs(control: str, treatment: str, seeds: list[str], metrics: list[s
     pairs = [(control.replace("{seed}", s), treatment.replace("{seed}", s)) for s in seeds or [""]]
     ranks, digests = {}, set()
     for run_dir in dict.fromkeys(d for pair in pairs for d in pair):
-        ranks[run_dir], digest = test_ranks(run_dir, progress)
+        ranks[run_dir], digest = load_test_ranks(run_dir, progress)
         digests.add(digest)
     if len(digests) != 1:
         raise InputError(f"{control} and {treatment}: the runs are not evaluated on the same test users "
