@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -54,3 +56,13 @@ def test_compare_runs_names_what_is_wrong(tmp_path):
         compare_runs("runs/a-s{seed}", "runs/b-s{seed}", [], ["hit@10"])
     with pytest.raises(RunError, match="not a run directory"):
         compare_runs(str(tmp_path / "a"), str(tmp_path / "b"), [], ["hit@10"])
+    for name, digest in (("a-s1", "x"), ("b-s1", "x"), ("c-s1", "y")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "test_ranks.json").write_text(json.dumps({"test_users": digest, "ranks": [0, -1, 3]}))
+    with pytest.raises(InputError, match="not evaluated on the same test users"):
+        compare_runs(str(tmp_path / "a-s{seed}"), str(tmp_path / "c-s{seed}"), ["1"], ["hit@10"])
+    with pytest.raises(InputError, match="mrr@10"):
+        compare_runs(str(tmp_path / "a-s{seed}"), str(tmp_path / "b-s{seed}"), ["1"], ["mrr@10"])
+    same = compare_runs(str(tmp_path / "a-s{seed}"), str(tmp_path / "b-s{seed}"), ["1"], ["hit@10"])
+    assert same["pairs"] == [(str(tmp_path / "a-s1"), str(tmp_path / "b-s1"))] and same["test_users"] == 3
+    assert same["metrics"]["hit@10"]["pooled"]["p_value"] == 1.0
