@@ -25,12 +25,16 @@ METRICS = ["hit@10", "ndcg@10"]
 SEEDS = ["1", "2", "3"]
 # (name, control row, treatment row): experiments/<plan>/runs/<method>-<variant>-s{seed}
 COMPARISONS = [
+    ("office-rec warm start, index frozen after 2", "office-warm/runs/two_stage-continued_bf16",
+     "office-warm/runs/dgi-warm_start_freeze_2_bf16"),
     ("office-rec warm start, index frozen after 3", "office-warm/runs/two_stage-continued_bf16",
      "office-warm/runs/dgi-warm_start_freeze_3_bf16"),
     ("office-rec warm start, index frozen after 4", "office-warm/runs/two_stage-continued_bf16",
      "office-warm/runs/dgi-warm_start_freeze_4_bf16"),
     ("office-rec warm start, index frozen after 5", "office-warm/runs/two_stage-continued_bf16",
      "office-warm/runs/dgi-warm_start_freeze_5_bf16"),
+    ("office-rec warm start, 8 epochs, index frozen after 5", "office-warm/runs/two_stage-continued_8_bf16",
+     "office-warm/runs/dgi-warm_start_8_freeze_5_bf16"),
     ("office-rec warm start, hard residual, codebooks 1e-6", "office-warm/runs/two_stage-continued_bf16",
      "office-warm/runs/dgi-warm_start_freeze_3_hard_residual_lr_1e-6_bf16"),
     ("beauty-rec warm start, hard residual, codebooks 1e-6", "beauty-warm/runs/two_stage-continued_3_bf16",
