@@ -381,7 +381,9 @@ def split_digest(samples: Samples) -> str:
 
 
 def save_test_ranks(run_dir: str | Path, test: Samples, ranks: np.ndarray) -> None:
-    write_json(Path(run_dir) / "test_ranks.json", {"test_users": split_digest(test), "ranks": ranks.tolist()})
+    # one line, not write_json's one number per line: the files are committed with the runs
+    write_text(Path(run_dir) / "test_ranks.json",
+               json.dumps({"test_users": split_digest(test), "ranks": ranks.tolist()}, separators=(",", ":")) + "\n")
 
 
 def load_test_ranks(run_dir: str | Path, progress: bool = False) -> tuple[np.ndarray, str]:
