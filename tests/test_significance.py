@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gensid.errors import InputError, RunError
-from gensid.eval.significance import compare_ranks, paired_test, per_user_metric
+from gensid.eval.significance import across_pairs, compare_ranks, paired_test, per_user_metric
 from gensid.pipeline import compare_runs
 
 
@@ -45,10 +45,20 @@ def test_compare_ranks_averages_each_user_over_pairs():
     assert result["pooled"]["mean"] == pytest.approx(0.25)
     assert [p["mean"] for p in result["pairs"]] == pytest.approx([0.25, 0.25])
     assert (result["treatment_better"], result["control_better"]) == (3, 1)
+    assert result["across_pairs"] == {"pairs": 2, "p_value": 0.0}  # both pairs +0.25: no spread
+
     with pytest.raises(ValueError, match="in pairs"):
         compare_ranks(control, treatment[:1], ["hit@5"])
     with pytest.raises(ValueError, match="different numbers of test users"):
         compare_ranks([control[0]], [np.array([0, 1])], ["hit@5"])
+
+
+
+def test_across_pairs_is_a_t_test_over_the_pairs():
+    # hand case: means 1, 2, 3 -> t = 2 / (1 / sqrt(3)) = 3.464 with 2 degrees of freedom, p = 0.0742
+    assert across_pairs(np.array([1.0, 2.0, 3.0]))["p_value"] == pytest.approx(0.0742, abs=1e-4)
+    assert np.isnan(across_pairs(np.array([0.5]))["p_value"])
+    assert across_pairs(np.zeros(3))["p_value"] == 1.0
 
 
 def test_compare_runs_names_what_is_wrong(tmp_path):

@@ -195,15 +195,16 @@ def compare(control: str = typer.Argument(..., help="run directory; '{seed}' in 
     result = compare_runs(control, treatment, seed_list, [m.strip() for m in metrics.split(",") if m.strip()],
                           resamples, progress=True)
     table = Table(title=f"treatment {treatment}\nagainst {control}\n{result['test_users']} test users, "
-                        f"{len(result['pairs'])} pair(s); per pair: difference (p)")
-    for column in ("metric", "control", "treatment", "difference", "95% interval", "p", "per pair"):
+                        f"{len(result['pairs'])} pair(s); p: users resampled; p over pairs: t-test of the pairs' differences; "
+                        "per pair: difference (p)")
+    for column in ("metric", "control", "treatment", "difference", "95% interval", "p", "p over pairs", "per pair"):
         table.add_column(column, justify="left" if column in ("metric", "per pair") else "right",
                          no_wrap=column != "per pair")
     for name, r in result["metrics"].items():
         pooled = r["pooled"]
         table.add_row(name, f"{r['control']:.4f}", f"{r['treatment']:.4f}", f"{pooled['mean']:+.4f}",
                       f"{pooled['ci_low']:+.4f} .. {pooled['ci_high']:+.4f}", f"{pooled['p_value']:.3f}",
-                      " ".join(f"{p['mean']:+.4f} ({p['p_value']:.2f})" for p in r["pairs"]))
+                      f"{r['across_pairs']['p_value']:.3f}", " ".join(f"{p['mean']:+.4f} ({p['p_value']:.2f})" for p in r["pairs"]))
     console.print(table)
     if out:
         write_json(out, result)

@@ -43,12 +43,26 @@ def paired_test(differences: np.ndarray, resamples: int = 10_000, seed: int = 0)
     return {"mean": mean, "ci_low": float(ci.low), "ci_high": float(ci.high), "p_value": float(flips.pvalue)}
 
 
+def across_pairs(pair_means: np.ndarray) -> dict[str, float]:
+    """pair_means [P] each pair's mean difference -> two-sided one-sample t-test over the pairs:
+    does the gap repeat across training seeds on this test set (p is nan with one pair)."""
+    pair_means = np.asarray(pair_means, dtype=np.float64)
+    if len(pair_means) < 2:
+        p = float("nan")
+    elif np.ptp(pair_means) == 0:  # no spread: the t statistic is undefined
+        p = 1.0 if pair_means[0] == 0 else 0.0
+    else:
+        p = float(stats.ttest_1samp(pair_means, 0.0).pvalue)
+    return {"pairs": len(pair_means), "p_value": p}
+
+
 def compare_ranks(control: list[np.ndarray], treatment: list[np.ndarray], metrics: list[str],
                   resamples: int = 10_000, seed: int = 0) -> dict[str, dict]:
     """Pairs of per-user rank arrays (control[i] against treatment[i], each [N] on the same users)
     -> per metric: each side's mean over pairs and users, the users' paired test over all pairs
-    (``pooled``), each pair's own test (``pairs``), and in how many (pair, user) cases each side
-    scores higher (``treatment_better`` / ``control_better``)."""
+    (``pooled``), each pair's own test (``pairs``), a t-test of the pairs' mean differences
+    (``across_pairs``), and in how many (pair, user) cases each side scores higher
+    (``treatment_better`` / ``control_better``)."""
     if len(control) != len(treatment) or not control:
         raise ValueError(f"{len(control)} control and {len(treatment)} treatment runs: give them in pairs")
     sizes = {len(r) for r in control + treatment}
@@ -63,6 +77,7 @@ def compare_ranks(control: list[np.ndarray], treatment: list[np.ndarray], metric
             "treatment": float((control_scores + diffs).mean()),
             "pooled": paired_test(diffs.mean(0), resamples, seed),
             "pairs": [paired_test(d, resamples, seed) for d in diffs],
+            "across_pairs": across_pairs(diffs.mean(1)),
             "treatment_better": int((diffs > 0).sum()),
             "control_better": int((diffs < 0).sum()),
         }
