@@ -6,9 +6,10 @@
 Each comparison pairs two experiment rows seed by seed (both rows warm-start from, or are, the
 same bf16 source of that seed) and runs ``gensid compare`` on them: per user the difference
 of hit@10 and ndcg@10, averaged over the seeds, a 95% bootstrap interval of its mean and a
-randomization p-value (``gensid.eval.significance``). The runs' ``test_ranks.json`` are in the
-repository, so this reproduces without the weights; a run without that file is ranked again
-from its weights. Writes ``benchmarks/results/significance.json`` and prints a Markdown table.
+randomization p-value; and a t-test of the per-seed differences (``gensid.eval.significance``).
+The runs' ``test_ranks.json`` are in the repository, so this reproduces without the weights; a
+run without that file is ranked again from its weights. Writes
+``benchmarks/results/significance.json`` and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from gensid.report.results import RESULTS
 
 METRICS = ["hit@10", "ndcg@10"]
 SEEDS = ["1", "2", "3"]
-# (name, control row, treatment row): experiments/<plan>/runs/<method>-<variant>-s{seed}
+# (name, control row, treatment row[, seeds]): experiments/<plan>/runs/<method>-<variant>-s{seed}
 COMPARISONS = [
     ("office-rec warm start, index frozen after 2", "office-warm/runs/two_stage-continued_bf16",
      "office-warm/runs/dgi-warm_start_freeze_2_bf16"),
     ("office-rec warm start, index frozen after 3", "office-warm/runs/two_stage-continued_bf16",
-     "office-warm/runs/dgi-warm_start_freeze_3_bf16"),
+     "office-warm/runs/dgi-warm_start_freeze_3_bf16", ["1", "2", "3", "4", "5"]),
     ("office-rec warm start, index frozen after 4", "office-warm/runs/two_stage-continued_bf16",
      "office-warm/runs/dgi-warm_start_freeze_4_bf16"),
     ("office-rec warm start, index frozen after 5", "office-warm/runs/two_stage-continued_bf16",
@@ -49,14 +50,14 @@ COMPARISONS = [
 
 
 def markdown(results: dict[str, dict]) -> str:
-    lines = ["| comparison (treatment - control, 3 seed pairs) | users | metric | control | treatment | difference "
-             "| 95% interval | p | per seed |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| comparison (treatment - control) | users | metric | control | treatment | difference "
+             "| 95% interval | p (users) | p (seeds) | per seed |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, result in results.items():
         for metric, r in result["metrics"].items():
             pooled = r["pooled"]
             lines.append(f"| {name} | {result['test_users']} | {metric} | {r['control']:.4f} | {r['treatment']:.4f} "
                          f"| {pooled['mean']:+.4f} | {pooled['ci_low']:+.4f} .. {pooled['ci_high']:+.4f} "
-                         f"| {pooled['p_value']:.3f} | " + ", ".join(f"{p['mean']:+.4f}" for p in r["pairs"]) + " |")
+                         f"| {pooled['p_value']:.3f} | {r['across_pairs']['p_value']:.3f} | " + ", ".join(f"{p['mean']:+.4f}" for p in r["pairs"]) + " |")
     return "\n".join(lines)
 
 
@@ -66,16 +67,16 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=10_000)
     args = parser.parse_args()
     results = {}
-    for name, control, treatment in COMPARISONS:
+    for name, control, treatment, *seeds in COMPARISONS:
         if name.startswith(args.only):
             print(f"{name} ...", file=sys.stderr)
             results[name] = compare_runs(f"experiments/{control}-s{{seed}}", f"experiments/{treatment}-s{{seed}}",
-                                         SEEDS, METRICS, args.resamples, progress=True)
+                                         seeds[0] if seeds else SEEDS, METRICS, args.resamples, progress=True)
     out = RESULTS / "significance.json"
     saved = json.loads(out.read_text())["comparisons"] if out.exists() else {}
     saved.update(results)  # --only refreshes its rows and keeps the others
-    order = [name for name, _, _ in COMPARISONS if name in saved]
-    write_json(out, {"command": "python benchmarks/significance.py", "seeds": SEEDS,
+    order = [name for name, *_ in COMPARISONS if name in saved]
+    write_json(out, {"command": "python benchmarks/significance.py",
                      "comparisons": {name: saved[name] for name in order}})
     print(markdown({name: saved[name] for name in order}))
     print(f"wrote {out}", file=sys.stderr)
