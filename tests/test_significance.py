@@ -12,8 +12,9 @@ def test_per_user_metric_hand_case():
     ranks = np.array([0, 2, 9, 10, -1])
     assert per_user_metric(ranks, "hit@10").tolist() == [1, 1, 1, 0, 0]
     assert per_user_metric(ranks, "ndcg@10") == pytest.approx([1, 1 / np.log2(4), 1 / np.log2(11), 0, 0])
-    with pytest.raises(ValueError, match="mrr@10"):
-        per_user_metric(ranks, "mrr@10")
+    for bad in ("mrr@10", "ndcg", "hit@ten"):
+        with pytest.raises(ValueError, match=f"metric '{bad}'"):
+            per_user_metric(ranks, bad)
 
 
 def test_randomization_p_value_is_exact_on_a_hand_case():

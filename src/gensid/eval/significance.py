@@ -6,7 +6,8 @@ averaged over the pairs first, so a user counts once. Two statistics on those di
 a 95% bootstrap interval of their mean (users resampled) and the two-sided p-value of a paired
 randomization test (each user's sign flipped at random), as Smucker, Allan and Carterette (2007)
 recommend for IR. Both treat the trained models as fixed: they say whether the gap is larger than
-test-set sampling noise, not whether another training seed would reproduce it.
+test-set sampling noise, not whether another training seed would reproduce it. For that, a t-test
+of the pairs' mean differences (``across_pairs``), which in turn treats the test users as fixed.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from scipy import stats
 
 def per_user_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
     """ranks [N] (0-based, -1 = not found) -> [N] per-user ``hit@K`` or ``ndcg@K`` (1 target per user)."""
-    name, k = metric.split("@")
+    name, _, k = metric.partition("@")
+    if name not in ("hit", "recall", "ndcg") or not k.isdigit():
+        raise ValueError(f"metric {metric!r}: expected hit@K, recall@K or ndcg@K")
     ranks = np.asarray(ranks)
     within = (ranks >= 0) & (ranks < int(k))
     if name in ("hit", "recall"):
         return within.astype(np.float64)
-    if name == "ndcg":
-        return np.where(within, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
-    raise ValueError(f"metric {metric!r}: expected hit@K, recall@K or ndcg@K")
+    return np.where(within, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)  # ndcg
 
 
 def paired_test(differences: np.ndarray, resamples: int = 10_000, seed: int = 0) -> dict[str, float]:
