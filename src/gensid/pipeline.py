@@ -124,11 +124,15 @@ class Run:
         return recommend_items(self.model, self.index, samples, self.items, beam_size or e.beam_size,
                                batch_size or e.batch_size, progress, queries, e.verify_weight)
 
+    def target_ranks(self, samples: Samples, queries: torch.Tensor | None = None, progress: bool = False
+                     ) -> np.ndarray:
+        """[N] each sample's target position in its ranking (0-based, -1 = not in the beam)."""
+        return rank_of_targets(self.rank(samples, queries, progress=progress), samples.targets)
+
     def evaluate(self, samples: Samples, queries: torch.Tensor | None = None, progress: bool = False
                  ) -> dict[str, float]:
         """Metrics at ``eval.ks`` of ranking each sample's target (full catalog)."""
-        ranked = self.rank(samples, queries, progress=progress)
-        return metrics_from_ranks(rank_of_targets(ranked, samples.targets), self.cfg.eval.ks)
+        return metrics_from_ranks(self.target_ranks(samples, queries, progress), self.cfg.eval.ks)
 
     def recommend(self, history: list[int], k: int = 10) -> list[int]:
         """Top-k item ids for one history of internal item ids (oldest first)."""
@@ -392,9 +396,7 @@ def load_test_ranks(run_dir: str | Path, progress: bool = False) -> tuple[np.nda
     path = Path(run_dir) / "test_ranks.json"
     if not path.exists():
         run = load_run(run_dir)
-        ranks = rank_of_targets(run.rank(run.splits.test, run.split_queries("test"), progress=progress),
-                                run.splits.test.targets)
-        save_test_ranks(run_dir, run.splits.test, ranks)
+        save_test_ranks(run_dir, run.splits.test, run.target_ranks(run.splits.test, run.split_queries("test"), progress))
     saved = json.loads(path.read_text())
     return np.asarray(saved["ranks"], dtype=np.int64), saved["test_users"]
 
