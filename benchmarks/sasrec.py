@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/sasrec.py --data ../shared/data/amazon-beauty --dataset beauty
 
 Writes a ``valid`` and a ``test`` row (method ``sasrec``) to
-``benchmarks/results/<dataset>-rec.json``; the training log and the best weights go
-to ``runs/sasrec-<dataset>/``.
+``benchmarks/results/<dataset>-rec.json``; the training log, the best weights and the per-user
+test ranks (``test_ranks.json``, for ``gensid compare``) go to
+``experiments/baselines/runs/sasrec-<dataset>-s<seed>/``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import torch  # noqa: E402
 
 from gensid.baselines.sasrec import SASRecConfig, evaluate, fit, training_sequences  # noqa: E402
 from gensid.data import leave_one_out, load_dataset  # noqa: E402
+from gensid.eval.metrics import metrics_from_ranks, rank_of_targets  # noqa: E402
 from gensid.io import JsonlLog, save_tensors  # noqa: E402
+from gensid.pipeline import save_test_ranks  # noqa: E402
 from gensid.report.results import upsert_row  # noqa: E402
 
 KS = [1, 5, 10, 20]
@@ -59,7 +62,7 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
     p.add_argument("--patience", type=int, default=defaults.patience)
     p.add_argument("--variant", default=None, help="results 'variant' (default: from the sizes)")
-    p.add_argument("--run-dir", default=None, help="default runs/sasrec-<dataset>")
+    p.add_argument("--run-dir", default=None, help="default experiments/baselines/runs/sasrec-<dataset>-s<seed>")
     p.add_argument("--no-write", action="store_true", help="do not write the results rows")
     args = p.parse_args()
 
@@ -70,7 +73,7 @@ def main() -> None:
                        max_minutes=args.max_minutes, seed=args.seed)
     variant = args.variant or (f"ce, hidden {cfg.hidden}, {cfg.layers} layers, {cfg.heads} heads, "
                                f"max_len {cfg.max_len}")
-    run_dir = Path(args.run_dir or ROOT / "runs" / f"sasrec-{args.dataset}")
+    run_dir = Path(args.run_dir or ROOT / "experiments" / "baselines" / "runs" / f"sasrec-{args.dataset}-s{cfg.seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(run_dir / "log.jsonl")
 
@@ -89,12 +92,15 @@ def main() -> None:
     print(f"{'split':<6} {'protocol':<16}" + "".join(f"{m + '@' + str(k):>10}"
                                                  for k in KS for m in ("R", "N")))
     for name, samples in (("valid", split.valid), ("test", split.test)):
-        metrics = evaluate(result.model, samples, KS)
+        ranks = rank_of_targets(result.model.rank(samples, max(KS)), samples.targets)
+        metrics = metrics_from_ranks(ranks, KS)
         excluded = evaluate(result.model, samples, KS, exclude_history=True)
         for label, m in (("gensid", metrics), ("exclude history", excluded)):
             print(f"{name:<6} {label:<16}" + "".join(
                 f"{m[f'{key}@{k}']:>10.4f}" for k in KS for key in ("recall", "ndcg")))
         log.write(event="eval", split=name, metrics=metrics, metrics_exclude_history=excluded)
+        if name == "test":
+            save_test_ranks(run_dir, samples, ranks, max(KS))
         if not args.no_write:
             path = upsert_row(args.dataset, "rec", {
                 "method": "sasrec", "variant": variant, "split": name, "seed": cfg.seed,

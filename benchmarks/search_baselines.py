@@ -7,7 +7,8 @@ recorded as the row ``dense (finetuned_text)``.
 
 Builds the product-search splits (query = the target's category path, history = the
 previous <= 10 items), ranks the full catalog with each baseline and writes test and
-validation rows into ``benchmarks/results/<dataset>-search.json``.
+validation rows into ``benchmarks/results/<dataset>-search.json``, and each baseline's per-user
+test ranks (for ``gensid compare``) into ``experiments/baselines/runs/<method>-<dataset>-search-s<seed>/``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from gensid.data import load_dataset
 from gensid.data.search import product_search
 from gensid.eval.analysis import hit_rate_by_bucket, popularity_buckets
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
+from gensid.pipeline import save_test_ranks
 from gensid.report.results import upsert_row
 from gensid.text import embed_split_texts, embed_texts
 
@@ -44,9 +46,11 @@ def main() -> None:
                         help="sentence encoder: a known name or a folder from gensid finetune-text")
     parser.add_argument("--methods", nargs="+", default=["bm25", "dense"], choices=["bm25", "dense"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="dense dual encoder initialisation and batch order")
+    parser.add_argument("--runs", default="experiments/baselines/runs", help="folder of the test-rank run folders")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
     dataset = load_dataset(args.data, "auto", args.text_fields)
@@ -66,7 +70,7 @@ def main() -> None:
     bm25_minutes = (time.perf_counter() - start) / 60
     start = time.perf_counter()
     dense = DenseDualEncoder(item_text.shape[1])
-    losses = dense.fit(splits.train, queries["train"], item_text, epochs=args.epochs)
+    losses = dense.fit(splits.train, queries["train"], item_text, epochs=args.epochs, seed=args.seed)
     dense_minutes = (time.perf_counter() - start) / 60
     dense_variant = (f"all-MiniLM-L6-v2 frozen, linear projections d128, InfoNCE, {args.epochs} epochs "
                      f"(final loss {losses[-1]:.3f})")
@@ -84,13 +88,18 @@ def main() -> None:
                 ranked, variant, minutes = bm25.rank(samples, max(KS)), "query + history titles, k1 1.5, b 0.75", bm25_minutes
             else:
                 ranked, variant, minutes = dense.rank(samples, queries[split], item_text, max(KS)), dense_variant, dense_minutes
-            metrics = metrics_from_ranks(rank_of_targets(ranked, samples.targets), KS)
-            row = {"method": method, "variant": variant, "split": split, "seed": 0, "metrics": metrics,
+            ranks = rank_of_targets(ranked, samples.targets)
+            metrics = metrics_from_ranks(ranks, KS)
+            row = {"method": method, "variant": variant, "split": split, "seed": args.seed, "metrics": metrics,
                    "train_minutes": round(minutes, 2), "command": command}
             if method == "dense" and finetuned:
                 row["text_encoder"] = {**finetuned, "dense_final_loss": round(losses[-1], 4)}
             if split == "test":  # the same buckets as gensid's runs: training-target counts
                 row["test_by_popularity"] = hit_rate_by_bucket(ranked, samples.targets, buckets)
+                name = "dense_finetuned_text" if method == "dense" and finetuned else method
+                run_dir = Path(args.runs) / f"{name}-{args.dataset}-search-s{args.seed}"
+                run_dir.mkdir(parents=True, exist_ok=True)
+                save_test_ranks(run_dir, samples.as_samples(), ranks, max(KS))
             upsert_row(args.dataset, "search", row)
             print(f"{split} {method}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                                    if k.startswith(("hit", "ndcg@5", "ndcg@10", "ndcg@20"))))

@@ -1,15 +1,17 @@
-"""Paired per-user tests of the learned index (DGI) against its control, on the test users.
+"""Paired per-user tests: the learned index (DGI) against its control, and gensid against the baselines.
 
     python benchmarks/significance.py                      # every comparison below
     python benchmarks/significance.py --only office-rec    # the ones whose name starts so
 
-Each comparison pairs two experiment rows seed by seed (both rows warm-start from, or are, the
-same bf16 source of that seed) and runs ``gensid compare`` on them: per user the difference
-of hit@10 and ndcg@10, averaged over the seeds, a 95% bootstrap interval of its mean and a
-randomization p-value; and a t-test of the per-seed differences (``gensid.eval.significance``).
-The runs' ``test_ranks.json`` are in the repository, so this reproduces without the weights; a
-run without that file is ranked again from its weights. Writes
-``benchmarks/results/significance.json`` and prints a Markdown table.
+Each comparison pairs two run folders seed by seed and runs ``gensid compare`` on them: per
+user the difference of hit@10 and ndcg@10, averaged over the seeds, a 95% bootstrap interval of
+its mean and a randomization p-value; and a t-test of the per-seed differences
+(``gensid.eval.significance``). A side without ``{seed}`` is one run paired with every seed of the
+other (a baseline trained once). The runs' ``test_ranks.json`` are in the repository (the
+baselines' in ``experiments/baselines/``, written by ``benchmarks/sasrec.py`` and
+``benchmarks/search_baselines.py``), so this reproduces without the weights; a run without that
+file is ranked again from its weights. Writes ``benchmarks/results/significance.json`` and prints
+a Markdown table.
 """
 
 from __future__ import annotations
@@ -24,28 +26,55 @@ from gensid.report.results import RESULTS
 
 METRICS = ["hit@10", "ndcg@10"]
 SEEDS = ["1", "2", "3"]
-# (name, control row, treatment row[, seeds]): experiments/<plan>/runs/<method>-<variant>-s{seed}
-COMPARISONS = [
-    ("office-rec warm start, index frozen after 2", "office-warm/runs/two_stage-continued_bf16",
-     "office-warm/runs/dgi-warm_start_freeze_2_bf16"),
-    ("office-rec warm start, index frozen after 3", "office-warm/runs/two_stage-continued_bf16",
-     "office-warm/runs/dgi-warm_start_freeze_3_bf16", ["1", "2", "3", "4", "5"]),
-    ("office-rec warm start, index frozen after 4", "office-warm/runs/two_stage-continued_bf16",
-     "office-warm/runs/dgi-warm_start_freeze_4_bf16"),
-    ("office-rec warm start, index frozen after 5", "office-warm/runs/two_stage-continued_bf16",
-     "office-warm/runs/dgi-warm_start_freeze_5_bf16"),
-    ("office-rec warm start, 8 epochs, index frozen after 5", "office-warm/runs/two_stage-continued_8_bf16",
-     "office-warm/runs/dgi-warm_start_8_freeze_5_bf16"),
-    ("office-rec warm start, hard residual, codebooks 1e-6", "office-warm/runs/two_stage-continued_bf16",
-     "office-warm/runs/dgi-warm_start_freeze_3_hard_residual_lr_1e-6_bf16"),
-    ("beauty-rec warm start, hard residual, codebooks 1e-6", "beauty-warm/runs/two_stage-continued_3_bf16",
-     "beauty-warm/runs/dgi-warm_start_freeze_1_hard_residual_lr_1e-6_bf16"),
-    ("beauty-search warm start, hard residual", "beauty-search/runs/two_stage-continued_4_bf16",
-     "beauty-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16"),
-    ("office-search warm start, hard residual", "office-search/runs/two_stage-continued_4_bf16",
-     "office-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16"),
-    ("office-search DGI from scratch", "office-search/runs/two_stage-bf16_schedule_8",
-     "office-search/runs/dgi-full_bf16_schedule_8"),
+# the learned index against the same training on fixed SIDs: (name, control, treatment[, seeds]),
+# run folders under experiments/; both rows warm-start from the same bf16 source of a seed
+LEARNED_INDEX = [
+    ("office-rec warm start, index frozen after 2", "office-warm/runs/two_stage-continued_bf16-s{seed}",
+     "office-warm/runs/dgi-warm_start_freeze_2_bf16-s{seed}"),
+    ("office-rec warm start, index frozen after 3", "office-warm/runs/two_stage-continued_bf16-s{seed}",
+     "office-warm/runs/dgi-warm_start_freeze_3_bf16-s{seed}", ["1", "2", "3", "4", "5"]),
+    ("office-rec warm start, index frozen after 4", "office-warm/runs/two_stage-continued_bf16-s{seed}",
+     "office-warm/runs/dgi-warm_start_freeze_4_bf16-s{seed}"),
+    ("office-rec warm start, index frozen after 5", "office-warm/runs/two_stage-continued_bf16-s{seed}",
+     "office-warm/runs/dgi-warm_start_freeze_5_bf16-s{seed}"),
+    ("office-rec warm start, 8 epochs, index frozen after 5", "office-warm/runs/two_stage-continued_8_bf16-s{seed}",
+     "office-warm/runs/dgi-warm_start_8_freeze_5_bf16-s{seed}"),
+    ("office-rec warm start, hard residual, codebooks 1e-6", "office-warm/runs/two_stage-continued_bf16-s{seed}",
+     "office-warm/runs/dgi-warm_start_freeze_3_hard_residual_lr_1e-6_bf16-s{seed}"),
+    ("beauty-rec warm start, hard residual, codebooks 1e-6", "beauty-warm/runs/two_stage-continued_3_bf16-s{seed}",
+     "beauty-warm/runs/dgi-warm_start_freeze_1_hard_residual_lr_1e-6_bf16-s{seed}"),
+    ("beauty-search warm start, hard residual", "beauty-search/runs/two_stage-continued_4_bf16-s{seed}",
+     "beauty-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}"),
+    ("office-search warm start, hard residual", "office-search/runs/two_stage-continued_4_bf16-s{seed}",
+     "office-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}"),
+    ("office-search DGI from scratch", "office-search/runs/two_stage-bf16_schedule_8-s{seed}",
+     "office-search/runs/dgi-full_bf16_schedule_8-s{seed}"),
+]
+# gensid's rows against the baselines (control = the baseline); SASRec on Office has seeds 1-3,
+# on Beauty one seed (50 minutes a run); BM25 and dense are one run each
+BASELINES = [
+    ("office-rec two-stage 14 epochs against SASRec", "baselines/runs/sasrec-office-s{seed}",
+     "office-best/runs/two_stage-bf16-s{seed}"),
+    ("office-rec DGI frozen after 3 against SASRec", "baselines/runs/sasrec-office-s{seed}",
+     "office-warm/runs/dgi-warm_start_freeze_3_bf16-s{seed}"),
+    ("beauty-rec two-stage 14 epochs against SASRec", "baselines/runs/sasrec-beauty-s1",
+     "beauty-best/runs/two_stage-bf16-s{seed}"),
+    ("beauty-rec DGI hard residual against SASRec", "baselines/runs/sasrec-beauty-s1",
+     "beauty-warm/runs/dgi-warm_start_freeze_1_hard_residual_lr_1e-6_bf16-s{seed}"),
+    ("beauty-search two-stage 12 epochs against dense", "baselines/runs/dense-beauty-search-s0",
+     "beauty-search/runs/two_stage-continued_4_bf16-s{seed}"),
+    ("beauty-search DGI hard residual against dense", "baselines/runs/dense-beauty-search-s0",
+     "beauty-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}"),
+    ("beauty-search DGI hard residual against BM25", "baselines/runs/bm25-beauty-search-s0",
+     "beauty-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}"),
+    ("office-search two-stage 8 epochs against dense", "baselines/runs/dense-office-search-s0",
+     "office-search/runs/two_stage-bf16_schedule_8-s{seed}"),
+    ("office-search two-stage 12 epochs against dense", "baselines/runs/dense-office-search-s0",
+     "office-search/runs/two_stage-continued_4_bf16-s{seed}"),
+    ("office-search DGI hard residual against dense", "baselines/runs/dense-office-search-s0",
+     "office-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}"),
+    ("office-search DGI hard residual against BM25", "baselines/runs/bm25-office-search-s0",
+     "office-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}"),
 ]
 
 
@@ -67,15 +96,15 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=10_000)
     args = parser.parse_args()
     results = {}
-    for name, control, treatment, *seeds in COMPARISONS:
+    for name, control, treatment, *seeds in LEARNED_INDEX + BASELINES:
         if name.startswith(args.only):
             print(f"{name} ...", file=sys.stderr)
-            results[name] = compare_runs(f"experiments/{control}-s{{seed}}", f"experiments/{treatment}-s{{seed}}",
+            results[name] = compare_runs(f"experiments/{control}", f"experiments/{treatment}",
                                          seeds[0] if seeds else SEEDS, METRICS, args.resamples, progress=True)
     out = RESULTS / "significance.json"
     saved = json.loads(out.read_text())["comparisons"] if out.exists() else {}
     saved.update(results)  # --only refreshes its rows and keeps the others
-    order = [name for name, *_ in COMPARISONS if name in saved]
+    order = [name for name, *_ in LEARNED_INDEX + BASELINES if name in saved]
     write_json(out, {"command": "python benchmarks/significance.py",
                      "comparisons": {name: saved[name] for name in order}})
     print(markdown({name: saved[name] for name in order}))

@@ -56,12 +56,13 @@ def test_movielens_through_the_cli(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["test"]) >= {"recall@5", "recall@10", "ndcg@5", "ndcg@10", "recall@20"}
     # the per-user test ranks behind those metrics are kept for paired comparisons
-    ranks, digest = load_test_ranks(run_dir)
+    ranks, digest, depth = load_test_ranks(run_dir)
     ks = load_config(run_dir / "config.yaml").eval.ks
     assert metrics_from_ranks(ranks, ks) == pytest.approx(metrics["test"])
     (run_dir / "test_ranks.json").unlink()  # a run without the file is ranked again, to the same ranks
-    again_ranks, again_digest = load_test_ranks(run_dir)
-    assert again_ranks.tolist() == ranks.tolist() and again_digest == digest
+    again_ranks, again_digest, again_depth = load_test_ranks(run_dir)
+    assert depth == load_config(run_dir / "config.yaml").eval.beam_size
+    assert again_ranks.tolist() == ranks.tolist() and (again_digest, again_depth) == (digest, depth)
     same = runner.invoke(app, ["compare", str(run_dir), str(run_dir), "--resamples", "100",
                                "--out", str(tmp_path / "same.json")])
     assert same.exit_code == 0, same.output

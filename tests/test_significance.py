@@ -67,13 +67,20 @@ def test_compare_runs_names_what_is_wrong(tmp_path):
         compare_runs("runs/a-s{seed}", "runs/b-s{seed}", [], ["hit@10"])
     with pytest.raises(RunError, match="not a run directory"):
         compare_runs(str(tmp_path / "a"), str(tmp_path / "b"), [], ["hit@10"])
-    for name, digest in (("a-s1", "x"), ("b-s1", "x"), ("c-s1", "y")):
+    for name, digest, depth in (("a-s1", "x", 20), ("b-s1", "x", 20), ("b-s2", "x", 20), ("c-s1", "y", 20),
+                                ("d-s1", "x", 5)):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "test_ranks.json").write_text(json.dumps({"test_users": digest, "ranks": [0, -1, 3]}))
+        (tmp_path / name / "test_ranks.json").write_text(
+            json.dumps({"test_users": digest, "depth": depth, "ranks": [0, -1, 3]}))
     with pytest.raises(InputError, match="not evaluated on the same test users"):
         compare_runs(str(tmp_path / "a-s{seed}"), str(tmp_path / "c-s{seed}"), ["1"], ["hit@10"])
     with pytest.raises(InputError, match="mrr@10"):
         compare_runs(str(tmp_path / "a-s{seed}"), str(tmp_path / "b-s{seed}"), ["1"], ["mrr@10"])
+    with pytest.raises(InputError, match=r"hit@10: .*d-s1 ranks only its top 5"):  # ranks past 5 are unknown
+        compare_runs(str(tmp_path / "a-s{seed}"), str(tmp_path / "d-s{seed}"), ["1"], ["hit@5", "hit@10"])
     same = compare_runs(str(tmp_path / "a-s{seed}"), str(tmp_path / "b-s{seed}"), ["1"], ["hit@10"])
     assert same["pairs"] == [(str(tmp_path / "a-s1"), str(tmp_path / "b-s1"))] and same["test_users"] == 3
     assert same["metrics"]["hit@10"]["pooled"]["p_value"] == 1.0
+    # one run (a baseline with one seed) against each seed of the other side
+    one = compare_runs(str(tmp_path / "a-s1"), str(tmp_path / "b-s{seed}"), ["1", "2"], ["hit@10"])
+    assert one["pairs"] == [(str(tmp_path / "a-s1"), str(tmp_path / f"b-s{s}")) for s in ("1", "2")]

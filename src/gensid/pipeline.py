@@ -384,21 +384,28 @@ def split_digest(samples: Samples) -> str:
     return hashlib.sha256(np.ascontiguousarray(np.stack([samples.users, samples.targets]), dtype=np.int64)).hexdigest()
 
 
-def save_test_ranks(run_dir: str | Path, test: Samples, ranks: np.ndarray) -> None:
+def save_test_ranks(run_dir: str | Path, test: Samples, ranks: np.ndarray, depth: int) -> None:
+    """Write ``test_ranks.json``: each test user's target rank [N] (-1 = not in the ranked list),
+    the split's digest and ``depth``, the length of the ranked lists (a metric @K needs K <= depth).
+    Baselines outside the pipeline (SASRec, BM25, dense) write the same file, so ``gensid compare``
+    pairs any two systems ranked on the same test users."""
     # one line, not write_json's one number per line: the files are committed with the runs
     write_text(Path(run_dir) / "test_ranks.json",
-               json.dumps({"test_users": split_digest(test), "ranks": ranks.tolist()}, separators=(",", ":")) + "\n")
+               json.dumps({"test_users": split_digest(test), "depth": depth, "ranks": ranks.tolist()},
+                          separators=(",", ":")) + "\n")
 
 
-def load_test_ranks(run_dir: str | Path, progress: bool = False) -> tuple[np.ndarray, str]:
-    """(ranks [N], test-split digest) of a run's test users, from its ``test_ranks.json``; a run
-    trained before that file existed is loaded and ranked once, and the file written."""
+def load_test_ranks(run_dir: str | Path, progress: bool = False) -> tuple[np.ndarray, str, int]:
+    """(ranks [N], test-split digest, ranked-list depth) of a run's test users, from its
+    ``test_ranks.json``; a run without that file is loaded and ranked once, and the file written."""
     path = Path(run_dir) / "test_ranks.json"
     if not path.exists():
         run = load_run(run_dir)
-        save_test_ranks(run_dir, run.splits.test, run.target_ranks(run.splits.test, run.split_queries("test"), progress))
+        test = run.splits.test
+        save_test_ranks(run_dir, test, run.target_ranks(test, run.split_queries("test"), progress),
+                        run.cfg.eval.beam_size)
     saved = json.loads(path.read_text())
-    return np.asarray(saved["ranks"], dtype=np.int64), saved["test_users"]
+    return np.asarray(saved["ranks"], dtype=np.int64), saved["test_users"], saved["depth"]
 
 
 def compare_runs(control: str, treatment: str, seeds: list[str], metrics: list[str], resamples: int = 10_000,
@@ -409,13 +416,19 @@ def compare_runs(control: str, treatment: str, seeds: list[str], metrics: list[s
     if ("{seed}" in control + treatment) != bool(seeds):
         raise InputError("use '{seed}' in the run directories together with seeds, or neither")
     pairs = [(control.replace("{seed}", s), treatment.replace("{seed}", s)) for s in seeds or [""]]
-    ranks, digests = {}, set()
+    ranks, digests, depths = {}, set(), {}
     for run_dir in dict.fromkeys(d for pair in pairs for d in pair):
-        ranks[run_dir], digest = load_test_ranks(run_dir, progress)
+        ranks[run_dir], digest, depths[run_dir] = load_test_ranks(run_dir, progress)
         digests.add(digest)
     if len(digests) != 1:
         raise InputError(f"{control} and {treatment}: the runs are not evaluated on the same test users "
                          "(different data or split)")
+    shallowest = min(depths, key=depths.get)
+    for metric in metrics:
+        k = metric.partition("@")[2]
+        if k.isdigit() and int(k) > depths[shallowest]:
+            raise InputError(f"{metric}: {shallowest} ranks only its top {depths[shallowest]} items "
+                             "(eval.beam_size), so K can be at most that")
     try:
         tests = compare_ranks([ranks[c] for c, _ in pairs], [ranks[t] for _, t in pairs], metrics, resamples)
     except ValueError as exc:
@@ -496,7 +509,7 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
         "most_popular": {"valid": popularity_metrics(run, "valid"), "test": popularity_metrics(run, "test")},
     }
     metrics["eval_seconds"] = time.perf_counter() - start
-    save_test_ranks(run_dir, run.splits.test, ranks)
+    save_test_ranks(run_dir, run.splits.test, ranks, cfg.eval.beam_size)
     write_json(run_dir / "metrics.json", metrics)
     log.write(event="done", test=metrics["test"])
     return metrics
