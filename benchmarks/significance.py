@@ -49,9 +49,19 @@ LEARNED_INDEX = [
      "office-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}"),
     ("office-search DGI from scratch", "office-search/runs/two_stage-bf16_schedule_8-s{seed}",
      "office-search/runs/dgi-full_bf16_schedule_8-s{seed}"),
+    # the learned index apart from learning it (quantizer.sids_from): a fresh two-stage model on DGI's
+    # final index against the same model on the index DGI started from (or on RQ-KMeans, + 4 epochs)
+    ("beauty-rec learned index against its initial index", "beauty-best/runs/two_stage-pca_index_bf16-s{seed}",
+     "beauty-best/runs/two_stage-dgi_index_bf16-s{seed}", ["1", "2"]),
+    ("office-search learned index against its initial index",
+     "office-search/runs/two_stage-pca_index_bf16_schedule_8-s{seed}",
+     "office-search/runs/two_stage-dgi_index_bf16_schedule_8-s{seed}"),
+    ("office-search learned index + 4 epochs against RQ-KMeans + 4 epochs",
+     "office-search/runs/two_stage-continued_4_bf16-s{seed}",
+     "office-search/runs/two_stage-dgi_index_continued_4_bf16-s{seed}"),
 ]
 # gensid's rows against the baselines (control = the baseline); SASRec on Office has seeds 1-3,
-# on Beauty one seed (50 minutes a run); BM25 and dense are one run each
+# on Beauty one seed (50 minutes a run); BM25 and dense (frozen or fine-tuned text encoder) one run each
 BASELINES = [
     ("office-rec two-stage 14 epochs against SASRec", "baselines/runs/sasrec-office-s{seed}",
      "office-best/runs/two_stage-bf16-s{seed}"),
@@ -72,6 +82,12 @@ BASELINES = [
     ("office-search two-stage 12 epochs against dense", "baselines/runs/dense-office-search-s0",
      "office-search/runs/two_stage-continued_4_bf16-s{seed}"),
     ("office-search DGI hard residual against dense", "baselines/runs/dense-office-search-s0",
+     "office-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}"),
+    ("office-search two-stage 8 epochs against fine-tuned dense", "baselines/runs/dense_finetuned_text-office-search-s0",
+     "office-search/runs/two_stage-bf16_schedule_8-s{seed}"),
+    ("office-search two-stage 12 epochs against fine-tuned dense", "baselines/runs/dense_finetuned_text-office-search-s0",
+     "office-search/runs/two_stage-continued_4_bf16-s{seed}"),
+    ("office-search DGI hard residual against fine-tuned dense", "baselines/runs/dense_finetuned_text-office-search-s0",
      "office-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}"),
     ("office-search DGI hard residual against BM25", "baselines/runs/bm25-office-search-s0",
      "office-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}"),

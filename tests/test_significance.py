@@ -22,6 +22,25 @@ def test_randomization_p_value_is_exact_on_a_hand_case():
     result = paired_test(np.ones(5))
     assert result["mean"] == 1.0
     assert result["p_value"] == pytest.approx(2 / 32)
+    # +1, +1, +1, -1 and two ties: of 16 sign patterns the 6 with two + and two - sum to 0 < 2
+    assert paired_test(np.array([1.0, 1, 1, -1, 0, 0]))["p_value"] == pytest.approx(10 / 16)
+
+
+def test_resampling_per_value_agrees_with_scipys_user_by_user_resampling():
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    for differences in (rng.choice([-1.0, 0, 0, 0, 0, 1, 1], 600),  # hit@K, one pair
+                        rng.choice([-1, -2 / 3, -1 / 3, 0, 0, 0, 1 / 3, 2 / 3, 1], 600),  # averaged over 3 pairs
+                        np.round(rng.normal(0.02, 0.3, 600), 2)):  # ndcg-like: many values
+        ours = paired_test(differences)
+        interval = stats.bootstrap((differences,), np.mean, n_resamples=10_000, method="percentile",
+                                   random_state=0).confidence_interval
+        p = stats.permutation_test((differences,), np.mean, permutation_type="samples", n_resamples=10_000,
+                                   vectorized=True, random_state=0).pvalue
+        assert ours["ci_low"] == pytest.approx(interval.low, abs=0.004)
+        assert ours["ci_high"] == pytest.approx(interval.high, abs=0.004)
+        assert ours["p_value"] == pytest.approx(p, abs=0.03)  # two Monte Carlo estimates of one p
 
 
 def test_identical_systems_have_no_difference():

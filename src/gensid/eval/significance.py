@@ -29,19 +29,41 @@ def per_user_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
 
 
 def paired_test(differences: np.ndarray, resamples: int = 10_000, seed: int = 0) -> dict[str, float]:
-    """differences [N] per-user treatment - control -> mean, 95% bootstrap interval, randomization p."""
+    """differences [N] per-user treatment - control -> mean, 95% bootstrap interval (percentile),
+    two-sided p of the sign-flip randomization test.
+
+    Written out rather than with ``scipy.stats.bootstrap`` / ``permutation_test``, which resample
+    user by user: 2 minutes per test on 22k users here. A user's difference takes few distinct
+    values (hit@K: -1, 0, 1, or k/P averaged over P pairs), and both resamplings only depend on how
+    many users of each value are drawn (bootstrap: multinomial counts) or flipped (sign flip: a
+    binomial per value), so they are drawn per value, with the same distributions, in well under
+    a second. With at most log2(resamples) non-zero differences the p-value is exact: every sign
+    pattern is enumerated.
+    """
     differences = np.asarray(differences, dtype=np.float64)
     rng = np.random.default_rng(seed)
     mean = float(differences.mean())
     if not differences.any():  # identical systems: nothing to resample
         return {"mean": mean, "ci_low": mean, "ci_high": mean, "p_value": 1.0}
-    ci = stats.bootstrap((differences,), np.mean, n_resamples=resamples, confidence_level=0.95,
-                         method="percentile", random_state=rng).confidence_interval
-    # sign-flip test: under "no difference" each user's difference is as likely to have either sign
-    flips = stats.permutation_test((differences,), np.mean, permutation_type="samples",
-                                   n_resamples=resamples, alternative="two-sided", random_state=rng,
-                                   vectorized=True, axis=-1)
-    return {"mean": mean, "ci_low": float(ci.low), "ci_high": float(ci.high), "p_value": float(flips.pvalue)}
+    values, counts = np.unique(differences, return_counts=True)
+    boot_means = rng.multinomial(len(differences), counts / len(differences), size=resamples) @ values
+    ci_low, ci_high = np.quantile(boot_means / len(differences), [0.025, 0.975])
+    return {"mean": mean, "ci_low": float(ci_low), "ci_high": float(ci_high),
+            "p_value": sign_flip_p_value(differences, resamples, rng)}
+
+
+def sign_flip_p_value(differences: np.ndarray, resamples: int, rng: np.random.Generator) -> float:
+    """Two-sided p of "each user's difference is as likely to have either sign": the share of sign
+    patterns whose |sum| reaches the observed one (Monte Carlo with the +1 correction, or exact)."""
+    nonzero = differences[differences != 0]  # a zero is the same under either sign
+    observed = abs(nonzero.sum()) - 1e-9 * max(1.0, np.abs(nonzero).sum())  # float ties count as extreme
+    if 2 ** len(nonzero) <= resamples:
+        patterns = 1 - 2 * ((np.arange(2 ** len(nonzero))[:, None] >> np.arange(len(nonzero))) & 1)
+        return float((np.abs(patterns @ nonzero) >= observed).mean())
+    values, counts = np.unique(nonzero, return_counts=True)
+    flipped = rng.binomial(counts, 0.5, size=(resamples, len(values)))  # users of each value whose sign flips
+    sums = (counts - 2 * flipped) @ values
+    return float((1 + (np.abs(sums) >= observed).sum()) / (1 + resamples))
 
 
 def across_pairs(pair_means: np.ndarray) -> dict[str, float]:
