@@ -57,7 +57,7 @@ def sign_flip_p_value(differences: np.ndarray, resamples: int, rng: np.random.Ge
     patterns whose |sum| reaches the observed one (Monte Carlo with the +1 correction, or exact)."""
     nonzero = differences[differences != 0]  # a zero is the same under either sign
     observed = abs(nonzero.sum()) - 1e-9 * max(1.0, np.abs(nonzero).sum())  # float ties count as extreme
-    if 2 ** len(nonzero) <= resamples:
+    if len(nonzero) <= np.log2(resamples):  # 2^n patterns: all of them
         patterns = 1 - 2 * ((np.arange(2 ** len(nonzero))[:, None] >> np.arange(len(nonzero))) & 1)
         return float((np.abs(patterns @ nonzero) >= observed).mean())
     values, counts = np.unique(nonzero, return_counts=True)
