@@ -427,8 +427,8 @@ def compare_runs(control: str, treatment: str, seeds: list[str], metrics: list[s
     for metric in metrics:
         k = metric.partition("@")[2]
         if k.isdigit() and int(k) > depths[shallowest]:
-            raise InputError(f"{metric}: {shallowest} ranks only its top {depths[shallowest]} items "
-                             "(eval.beam_size), so K can be at most that")
+            raise InputError(f"{metric}: {shallowest} ranks only its top {depths[shallowest]} items (a gensid "
+                             f"run: eval.beam_size), so K can be at most {depths[shallowest]}")
     try:
         tests = compare_ranks([ranks[c] for c, _ in pairs], [ranks[t] for _, t in pairs], metrics, resamples)
     except ValueError as exc:
