@@ -37,7 +37,7 @@ from gensid.eval.analysis import (
 )
 from gensid.eval.evaluate import recommend_items
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
-from gensid.eval.significance import compare_ranks
+from gensid.eval.significance import compare_ranks, parse_metric
 from gensid.index import SIDIndex
 from gensid.io import JsonlLog, load_tensors, save_tensors, seed_everything, write_json, write_text
 from gensid.model import GenerativeRecommender
@@ -424,12 +424,11 @@ def compare_runs(control: str, treatment: str, seeds: list[str], metrics: list[s
         raise InputError(f"{control} and {treatment}: the runs are not evaluated on the same test users "
                          "(different data or split)")
     shallowest = min(depths, key=depths.get)
-    for metric in metrics:
-        k = metric.partition("@")[2]
-        if k.isdigit() and int(k) > depths[shallowest]:
-            raise InputError(f"{metric}: {shallowest} ranks only its top {depths[shallowest]} items (a gensid "
-                             f"run: eval.beam_size), so K can be at most {depths[shallowest]}")
     try:
+        for metric in metrics:
+            if parse_metric(metric)[1] > depths[shallowest]:
+                raise InputError(f"{metric}: {shallowest} ranks only its top {depths[shallowest]} items (a gensid "
+                                 f"run: eval.beam_size), so K can be at most {depths[shallowest]}")
         tests = compare_ranks([ranks[c] for c, _ in pairs], [ranks[t] for _, t in pairs], metrics, resamples)
     except ValueError as exc:
         raise InputError(str(exc)) from None

@@ -16,13 +16,19 @@ import numpy as np
 from scipy import stats
 
 
-def per_user_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
-    """ranks [N] (0-based, -1 = not found) -> [N] per-user ``hit@K`` or ``ndcg@K`` (1 target per user)."""
+def parse_metric(metric: str) -> tuple[str, int]:
+    """``"ndcg@10"`` -> ``("ndcg", 10)``; ``ValueError`` naming anything else."""
     name, _, k = metric.partition("@")
     if name not in ("hit", "recall", "ndcg") or not k.isdigit():
         raise ValueError(f"metric {metric!r}: expected hit@K, recall@K or ndcg@K")
+    return name, int(k)
+
+
+def per_user_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """ranks [N] (0-based, -1 = not found) -> [N] per-user ``hit@K`` or ``ndcg@K`` (1 target per user)."""
+    name, k = parse_metric(metric)
     ranks = np.asarray(ranks)
-    within = (ranks >= 0) & (ranks < int(k))
+    within = (ranks >= 0) & (ranks < k)
     if name in ("hit", "recall"):
         return within.astype(np.float64)
     return np.where(within, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)  # ndcg
