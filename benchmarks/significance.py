@@ -6,7 +6,8 @@
 Each comparison pairs two run folders seed by seed and runs ``gensid compare`` on them: per
 user the difference of hit@10 and ndcg@10, averaged over the seeds, a 95% bootstrap interval of
 its mean and a randomization p-value; and a t-test of the per-seed differences
-(``gensid.eval.significance``). A side without ``{seed}`` is one run paired with every seed of the
+(``gensid.eval.significance``); and the same within each item-popularity bucket of the targets
+(head -> tail; five tests per comparison, so expect one p < .05 in four comparisons by chance). A side without ``{seed}`` is one run paired with every seed of the
 other (a baseline trained once). The runs' ``test_ranks.json`` are in the repository (the
 baselines' in ``experiments/baselines/``, written by ``benchmarks/sasrec.py`` and
 ``benchmarks/search_baselines.py``), so this reproduces without the weights; a run without that
@@ -106,6 +107,19 @@ def markdown(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown_by_popularity(results: dict[str, dict], metric: str = "hit@10") -> str:
+    """One row per comparison: the difference in ``metric`` and its p (users) within each
+    item-popularity bucket of the targets, head -> tail (test users per bucket in brackets)."""
+    buckets = max(len(r.get("by_popularity", [])) for r in results.values())
+    lines = [f"| comparison ({metric}, treatment - control) | " + " | ".join(
+        ["head"] + [str(b) for b in range(1, buckets - 1)] + ["tail"]) + " |", "|---" * (buckets + 1) + "|"]
+    for name, result in results.items():
+        cells = [f"{b['metrics'][metric]['pooled']['mean']:+.4f} ({b['metrics'][metric]['pooled']['p_value']:.3f}; "
+                 f"{b['test_users']})" for b in result.get("by_popularity", [])]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run the comparisons whose name starts with this")
@@ -116,7 +130,8 @@ def main() -> None:
         if name.startswith(args.only):
             print(f"{name} ...", file=sys.stderr)
             results[name] = compare_runs(f"experiments/{control}", f"experiments/{treatment}",
-                                         seeds[0] if seeds else SEEDS, METRICS, args.resamples, progress=True)
+                                         seeds[0] if seeds else SEEDS, METRICS, args.resamples, progress=True,
+                                         by_popularity=True)
     out = RESULTS / "significance.json"
     saved = json.loads(out.read_text())["comparisons"] if out.exists() else {}
     saved.update(results)  # --only refreshes its rows and keeps the others
@@ -124,6 +139,8 @@ def main() -> None:
     write_json(out, {"command": "python benchmarks/significance.py",
                      "comparisons": {name: saved[name] for name in order}})
     print(markdown({name: saved[name] for name in order}))
+    print()
+    print(markdown_by_popularity({name: saved[name] for name in order}))
     print(f"wrote {out}", file=sys.stderr)
 
 

@@ -63,10 +63,18 @@ def test_movielens_through_the_cli(tmp_path):
     again_ranks, again_digest, again_depth = load_test_ranks(run_dir)
     assert depth == load_config(run_dir / "config.yaml").eval.beam_size
     assert again_ranks.tolist() == ranks.tolist() and (again_digest, again_depth) == (digest, depth)
-    same = runner.invoke(app, ["compare", str(run_dir), str(run_dir), "--resamples", "100",
+    same = runner.invoke(app, ["compare", str(run_dir), str(run_dir), "--resamples", "100", "--by-popularity",
                                "--out", str(tmp_path / "same.json")])
     assert same.exit_code == 0, same.output
-    assert json.loads((tmp_path / "same.json").read_text())["metrics"]["hit@10"]["pooled"]["p_value"] == 1.0
+    compared = json.loads((tmp_path / "same.json").read_text())
+    assert compared["metrics"]["hit@10"]["pooled"]["p_value"] == 1.0
+    # the per-bucket tests split the same test users as the run's own popularity analysis
+    by_bucket = {b["bucket"]: b for b in compared["by_popularity"]}
+    assert sum(b["test_users"] for b in by_bucket.values()) == compared["test_users"]
+    for own in metrics["test_by_popularity"]:
+        if own["samples"]:
+            assert by_bucket[own["bucket"]]["test_users"] == own["samples"]
+            assert by_bucket[own["bucket"]]["metrics"]["hit@10"]["control"] == pytest.approx(own["hit@10"])
 
     again = runner.invoke(app, args)  # same config, finished run: resumes to the same metrics
     assert again.exit_code == 0, again.output

@@ -97,6 +97,8 @@ def test_compare_runs_names_what_is_wrong(tmp_path):
         compare_runs(str(tmp_path / "a-s{seed}"), str(tmp_path / "b-s{seed}"), ["1"], ["mrr@10"])
     with pytest.raises(InputError, match=r"hit@10: .*d-s1 ranks only its top 5"):  # ranks past 5 are unknown
         compare_runs(str(tmp_path / "a-s{seed}"), str(tmp_path / "d-s{seed}"), ["1"], ["hit@5", "hit@10"])
+    with pytest.raises(InputError, match="needs the data of a gensid run"):  # baselines keep no config
+        compare_runs(str(tmp_path / "a-s{seed}"), str(tmp_path / "b-s{seed}"), ["1"], ["hit@10"], by_popularity=True)
     same = compare_runs(str(tmp_path / "a-s{seed}"), str(tmp_path / "b-s{seed}"), ["1"], ["hit@10"])
     assert same["pairs"] == [(str(tmp_path / "a-s1"), str(tmp_path / "b-s1"))] and same["test_users"] == 3
     assert same["metrics"]["hit@10"]["pooled"]["p_value"] == 1.0

@@ -186,6 +186,8 @@ def compare(control: str = typer.Argument(..., help="run directory; '{seed}' in 
             seeds: str = typer.Option("", help="comma-separated seeds, e.g. 1,2,3 (pairs one run of each side per seed)"),
             metrics: str = typer.Option("hit@10,ndcg@10", help="comma-separated per-user metrics"),
             resamples: int = typer.Option(10_000, min=100, help="bootstrap and randomization resamples"),
+            by_popularity: bool = typer.Option(False, help="also test within each item-popularity bucket of the "
+                                                              "targets (5 buckets, head -> tail)"),
             out: Path = typer.Option(None, help="also write the result as JSON here")) -> None:
     """Paired per-user test of TREATMENT against CONTROL on the same test users (see eval.significance)."""
     from gensid.io import write_json
@@ -193,19 +195,26 @@ def compare(control: str = typer.Argument(..., help="run directory; '{seed}' in 
 
     seed_list = [s.strip() for s in seeds.split(",") if s.strip()]
     result = compare_runs(control, treatment, seed_list, [m.strip() for m in metrics.split(",") if m.strip()],
-                          resamples, progress=True)
+                          resamples, progress=True, by_popularity=by_popularity)
     table = Table(title=f"treatment {treatment}\nagainst {control}\n{result['test_users']} test users, "
                         f"{len(result['pairs'])} pair(s); p: users resampled; p over pairs: t-test of the pairs' differences; "
                         "per pair: difference (p)")
-    for column in ("metric", "control", "treatment", "difference", "95% interval", "p", "p over pairs", "per pair"):
-        table.add_column(column, justify="left" if column in ("metric", "per pair") else "right",
+    groups = [("all", result["test_users"], result["metrics"])]
+    groups += [(f"bucket {b['bucket']}", b["test_users"], b["metrics"]) for b in result.get("by_popularity", [])]
+    for column in ("users", "metric", "control", "treatment", "difference", "95% interval", "p", "p over pairs", "per pair"):
+        table.add_column(column, justify="left" if column in ("users", "metric", "per pair") else "right",
                          no_wrap=column != "per pair")
-    for name, r in result["metrics"].items():
-        pooled = r["pooled"]
-        table.add_row(name, f"{r['control']:.4f}", f"{r['treatment']:.4f}", f"{pooled['mean']:+.4f}",
-                      f"{pooled['ci_low']:+.4f} .. {pooled['ci_high']:+.4f}", f"{pooled['p_value']:.3f}",
-                      f"{r['across_pairs']['p_value']:.3f}", " ".join(f"{p['mean']:+.4f} ({p['p_value']:.2f})" for p in r["pairs"]))
+    for group, users, tests in groups:
+        for name, r in tests.items():
+            pooled = r["pooled"]
+            table.add_row(f"{group} ({users})", name, f"{r['control']:.4f}", f"{r['treatment']:.4f}", f"{pooled['mean']:+.4f}",
+                          f"{pooled['ci_low']:+.4f} .. {pooled['ci_high']:+.4f}", f"{pooled['p_value']:.3f}",
+                          f"{r['across_pairs']['p_value']:.3f}",
+                          " ".join(f"{p['mean']:+.4f} ({p['p_value']:.2f})" for p in r["pairs"]))
     console.print(table)
+    if by_popularity:
+        console.print("buckets: targets' item popularity in the training data, 0 = head .. 4 = tail "
+                      "(each bucket's items hold a fifth of the training interactions)")
     if out:
         write_json(out, result)
 

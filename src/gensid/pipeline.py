@@ -408,11 +408,28 @@ def load_test_ranks(run_dir: str | Path, progress: bool = False) -> tuple[np.nda
     return np.asarray(saved["ranks"], dtype=np.int64), saved["test_users"], saved["depth"]
 
 
+def test_target_buckets(run_dirs: list[str], digest: str) -> np.ndarray:
+    """Item-popularity bucket (0 = head .. 4 = tail, as in the test analysis) of each test user's
+    target [N], from the data of the first of ``run_dirs`` that is a gensid run (has a config)."""
+    for run_dir in run_dirs:
+        config_path = Path(run_dir) / "config.yaml"
+        if config_path.exists():
+            _, dataset, splits, _ = load_task(load_config(config_path), progress=False)
+            if split_digest(splits.test) != digest:
+                raise RunError(f"{config_path}: its data no longer gives the test users it was ranked on "
+                               "(the data files changed?)")
+            popularity = np.bincount(splits.train.targets, minlength=len(dataset.catalog))
+            return popularity_buckets(popularity)[splits.test.targets]
+    raise InputError(f"{', '.join(run_dirs)}: a test by popularity needs the data of a gensid run "
+                     "(a run directory with config.yaml); these are all baselines")
+
+
 def compare_runs(control: str, treatment: str, seeds: list[str], metrics: list[str], resamples: int = 10_000,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, by_popularity: bool = False) -> dict:
     """Paired per-user test (``eval.significance.compare_ranks``) of the run ``treatment`` against
     ``control``; with ``seeds``, each side is a pattern whose ``{seed}`` names one run per seed
-    and the runs pair up seed by seed. Returns the inputs, the pairs and the test per metric."""
+    and the runs pair up seed by seed. Returns the inputs, the pairs and the test per metric;
+    with ``by_popularity`` also the test within each item-popularity bucket of the targets."""
     if ("{seed}" in control + treatment) != bool(seeds):
         raise InputError("use '{seed}' in the run directories together with seeds, or neither")
     pairs = [(control.replace("{seed}", s), treatment.replace("{seed}", s)) for s in seeds or [""]]
@@ -432,8 +449,16 @@ def compare_runs(control: str, treatment: str, seeds: list[str], metrics: list[s
         tests = compare_ranks([ranks[c] for c, _ in pairs], [ranks[t] for _, t in pairs], metrics, resamples)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    return {"control": control, "treatment": treatment, "seeds": seeds, "pairs": pairs,
-            "test_users": len(ranks[pairs[0][0]]), "resamples": resamples, "metrics": tests}
+    result = {"control": control, "treatment": treatment, "seeds": seeds, "pairs": pairs,
+              "test_users": len(ranks[pairs[0][0]]), "resamples": resamples, "metrics": tests}
+    if by_popularity:
+        bucket = test_target_buckets(list(ranks), digests.pop())
+        result["by_popularity"] = [
+            {"bucket": int(b), "test_users": int((bucket == b).sum()),
+             "metrics": compare_ranks([ranks[c][bucket == b] for c, _ in pairs],
+                                      [ranks[t][bucket == b] for _, t in pairs], metrics, resamples)}
+            for b in np.unique(bucket)]
+    return result
 
 
 def validation_subset(samples: Samples, max_users: int, seed: int = 0) -> np.ndarray:
