@@ -408,7 +408,7 @@ def load_test_ranks(run_dir: str | Path, progress: bool = False) -> tuple[np.nda
     return np.asarray(saved["ranks"], dtype=np.int64), saved["test_users"], saved["depth"]
 
 
-def test_target_buckets(run_dirs: list[str], digest: str) -> np.ndarray:
+def target_popularity_buckets(run_dirs: list[str], digest: str) -> np.ndarray:
     """Item-popularity bucket (0 = head .. 4 = tail, as in the test analysis) of each test user's
     target [N], from the data of the first of ``run_dirs`` that is a gensid run (has a config)."""
     for run_dir in run_dirs:
@@ -452,7 +452,7 @@ def compare_runs(control: str, treatment: str, seeds: list[str], metrics: list[s
     result = {"control": control, "treatment": treatment, "seeds": seeds, "pairs": pairs,
               "test_users": len(ranks[pairs[0][0]]), "resamples": resamples, "metrics": tests}
     if by_popularity:
-        bucket = test_target_buckets(list(ranks), digests.pop())
+        bucket = target_popularity_buckets(list(ranks), digests.pop())
         result["by_popularity"] = [
             {"bucket": int(b), "test_users": int((bucket == b).sum()),
              "metrics": compare_ranks([ranks[c][bucket == b] for c, _ in pairs],
