@@ -7,8 +7,8 @@ Each comparison pairs two run folders seed by seed and runs ``gensid compare`` o
 user the difference of hit@10 and ndcg@10, averaged over the seeds, a 95% bootstrap interval of
 its mean and a randomization p-value; and a t-test of the per-seed differences
 (``gensid.eval.significance``); and the same within each item-popularity bucket of the targets
-(head -> tail; five tests per comparison, so expect one p < .05 in four comparisons by chance). A side without ``{seed}`` is one run paired with every seed of the
-other (a baseline trained once). The runs' ``test_ranks.json`` are in the repository (the
+(head -> tail; five tests per comparison, so expect one p < .05 in four comparisons by chance).
+A side without ``{seed}`` is one run paired with every seed of the other (a baseline trained once). The runs' ``test_ranks.json`` are in the repository (the
 baselines' in ``experiments/baselines/``, written by ``benchmarks/sasrec.py`` and
 ``benchmarks/search_baselines.py``), so this reproduces without the weights; a run without that
 file is ranked again from its weights. Writes ``benchmarks/results/significance.json`` and prints
@@ -109,7 +109,7 @@ def markdown(results: dict[str, dict]) -> str:
 
 def markdown_by_popularity(results: dict[str, dict], metric: str = "hit@10") -> str:
     """One row per comparison: the difference in ``metric`` and its p (users) within each
-    item-popularity bucket of the targets, head -> tail (test users per bucket in brackets)."""
+    item-popularity bucket of the targets, head -> tail, with its p (users) and the bucket's test users."""
     buckets = max(len(r.get("by_popularity", [])) for r in results.values())
     lines = [f"| comparison ({metric}, treatment - control) | " + " | ".join(
         ["head"] + [str(b) for b in range(1, buckets - 1)] + ["tail"]) + " |", "|---" * (buckets + 1) + "|"]
