@@ -8,11 +8,12 @@ user the difference of hit@10 and ndcg@10, averaged over the seeds, a 95% bootst
 its mean and a randomization p-value; and a t-test of the per-seed differences
 (``gensid.eval.significance``); and the same within each item-popularity bucket of the targets
 (head -> tail; five tests per comparison, so expect one p < .05 in four comparisons by chance).
-A side without ``{seed}`` is one run paired with every seed of the other (a baseline trained once). The runs' ``test_ranks.json`` are in the repository (the
-baselines' in ``experiments/baselines/``, written by ``benchmarks/sasrec.py`` and
+A side without ``{seed}`` is one run paired with every seed of the other (a baseline trained
+once). The runs' ``test_ranks.json`` are in the repository (the baselines' in
+``experiments/baselines/``, written by ``benchmarks/sasrec.py`` and
 ``benchmarks/search_baselines.py``), so this reproduces without the weights; a run without that
 file is ranked again from its weights. Writes ``benchmarks/results/significance.json`` and prints
-a Markdown table.
+two Markdown tables (all users; by popularity bucket).
 """
 
 from __future__ import annotations
