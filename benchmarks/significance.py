@@ -54,7 +54,7 @@ LEARNED_INDEX = [
     # the learned index apart from learning it (quantizer.sids_from): a fresh two-stage model on DGI's
     # final index against the same model on the index DGI started from (or on RQ-KMeans, + 4 epochs)
     ("beauty-rec learned index against its initial index", "beauty-best/runs/two_stage-pca_index_bf16-s{seed}",
-     "beauty-best/runs/two_stage-dgi_index_bf16-s{seed}", ["1", "2"]),
+     "beauty-best/runs/two_stage-dgi_index_bf16-s{seed}"),
     ("office-search learned index against its initial index",
      "office-search/runs/two_stage-pca_index_bf16_schedule_8-s{seed}",
      "office-search/runs/two_stage-dgi_index_bf16_schedule_8-s{seed}"),
