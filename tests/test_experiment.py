@@ -32,8 +32,16 @@ def test_seeds_run_here_join_the_seeds_in_the_results_file(tmp_path):
     bm25_tuned = {**bm25, "variant": "tuned", "metrics": {"recall@10": 0.9}}
     # a named variant of another plan (a warm start from two-stage) is not a two-stage seed here
     continued = {**old, "variant": "continued", "seed": 0, "metrics": {"recall@10": 0.6}, "init_from": "runs/x"}
+    # nor is a named variant of another plan; that plan's unnamed two_stage is (its descriptive name)
+    other_path = tmp_path / "other.yaml"
+    other_path.write_text(yaml.safe_dump({"name": "other", "dataset": "tiny", "variants": [
+        {"method": "two_stage", "config": "ml100k.yaml"},
+        {"method": "two_stage", "variant": "bf16", "config": "ml100k.yaml"}]}))
+    bf16 = {**old, "variant": "bf16", "seed": 3, "metrics": {"recall@10": 0.8},
+            "command": f"gensid experiment {other_path} --only 'two_stage (bf16)' --seed 3"}
+    other_seed = {**old, "seed": 4, "command": f"gensid experiment {other_path} --only two_stage --seed 4"}
     results.write_text(json.dumps([{**old, "seed": 0}, {**old, "seed": 1, "metrics": {"recall@10": 0.7}}, dgi,
-                                   bm25, bm25_tuned, continued]))
+                                   bm25, bm25_tuned, continued, bf16]))
     plan_path = Path("configs") / f"_test_plan_{tmp_path.name}.yaml"
     plan_path.write_text(yaml.safe_dump({
         "name": "merge", "dataset": "tiny", "results_file": str(results), "output": str(tmp_path / "out"),
@@ -57,6 +65,7 @@ def test_seeds_run_here_join_the_seeds_in_the_results_file(tmp_path):
     assert plan.recorded(plan.variants[1], 0) and not plan.recorded(plan.variants[1], 1)
     # an unnamed from_results variant owns the method's rows whatever their variant name
     assert plan.recorded(plan.variants[0], 1) and not plan.recorded(plan.variants[0], 2)
+    assert not plan.recorded(plan.variants[0], 3) and plan.owner(other_seed) is plan.variants[0]
     finished_run(plan.run_dir(plan.variants[0], 1), 0.3)
     write_report(plan)
     rows = json.loads((tmp_path / "out" / "results.json").read_text())

@@ -19,6 +19,7 @@ has finished, each time a run ends.
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -90,10 +91,15 @@ class Plan:
         """The variant a results-file row belongs to: the one with its method and variant name,
         else the method's unnamed ``from_results`` variant (baselines write descriptive variant
         names, e.g. their hyperparameters), which does not take warm-started runs (rows with
-        ``init_from``, e.g. ``two_stage (continued)``: not another seed of the method), else none."""
+        ``init_from``, e.g. ``two_stage (continued)``) nor the runs of another plan's named
+        variants (e.g. ``two_stage (bf16)``): those are other variants, not seeds of the method."""
         named = [v for v in self.variants if v.method == row["method"] and v.variant == row["variant"]]
+        words = row.get("command", "").split()  # "gensid experiment PLAN ..." for a plan's runs
+        other_plan = words[2] if words[:2] == ["gensid", "experiment"] and len(words) > 2 else ""
+        named_elsewhere = bool(other_plan) and Path(other_plan).resolve() != self.path.resolve() and \
+            (row["method"], row["variant"]) in named_variants(str(Path(other_plan).resolve()))
         unnamed = [v for v in self.variants if v.method == row["method"] and v.from_results and not v.variant
-                   and not row.get("init_from")]
+                   and not row.get("init_from") and not named_elsewhere]
         return (named or unnamed or [None])[0]
 
     def recorded(self, variant: Variant, seed: int) -> bool:
@@ -108,6 +114,15 @@ class Plan:
 def with_seed(overrides: list[str], seed: int) -> list[str]:
     """``{seed}`` in each override replaced by ``seed``."""
     return [o.replace("{seed}", str(seed)) for o in overrides]
+
+
+@functools.cache
+def named_variants(plan_file: str) -> frozenset[tuple[str, str]]:
+    """(method, variant) of the named variants of an experiment file; empty if it is gone."""
+    path = Path(plan_file)
+    raw = yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+    return frozenset((v["method"], v["variant"]) for v in raw.get("variants", [])
+                     if isinstance(v, dict) and v.get("method") and v.get("variant"))
 
 
 def load_plan(path: str | Path) -> Plan:
