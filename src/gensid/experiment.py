@@ -120,7 +120,7 @@ def with_seed(overrides: list[str], seed: int) -> list[str]:
 def named_variants(plan_file: str) -> frozenset[tuple[str, str]]:
     """(method, variant) of the named variants of an experiment file; empty if it is gone."""
     path = Path(plan_file)
-    raw = yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+    raw = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
     return frozenset((v["method"], v["variant"]) for v in raw.get("variants", [])
                      if isinstance(v, dict) and v.get("method") and v.get("variant"))
 
