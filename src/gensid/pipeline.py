@@ -358,6 +358,12 @@ def popularity_metrics(run: Run, split: str) -> dict[str, float]:
                               run.cfg.eval.ks)
 
 
+def training_popularity(splits: LeaveOneOut, num_items: int) -> np.ndarray:
+    """[num_items] how often each item is a training target: the popularity that the test
+    analysis and ``compare --by-popularity`` cut their buckets on."""
+    return np.bincount(splits.train.targets, minlength=num_items)
+
+
 def test_analysis(run: Run, progress: bool = False) -> tuple[dict, np.ndarray]:
     """Test metrics, hit@10 by item-popularity bucket (head -> tail), SID statistics and, for
     joint runs, the hubness check (item-vector norm against popularity); and the test ranks [N]
@@ -366,7 +372,7 @@ def test_analysis(run: Run, progress: bool = False) -> tuple[dict, np.ndarray]:
     test = run.splits.test
     ranked = run.rank(test, run.split_queries("test"), progress=progress)
     ranks = rank_of_targets(ranked, test.targets)
-    popularity = np.bincount(run.splits.train.targets, minlength=len(run.dataset.catalog))
+    popularity = training_popularity(run.splits, len(run.dataset.catalog))
     buckets = popularity_buckets(popularity)
     codes = run.quantizer_codes()
     out = {"test": metrics_from_ranks(ranks, run.cfg.eval.ks),
@@ -418,8 +424,7 @@ def target_popularity_buckets(run_dirs: list[str], digest: str) -> np.ndarray:
             if split_digest(splits.test) != digest:
                 raise RunError(f"{config_path}: its data no longer gives the test users it was ranked on "
                                "(the data files changed?)")
-            popularity = np.bincount(splits.train.targets, minlength=len(dataset.catalog))
-            return popularity_buckets(popularity)[splits.test.targets]
+            return popularity_buckets(training_popularity(splits, len(dataset.catalog)))[splits.test.targets]
     raise InputError(f"{', '.join(run_dirs)}: a test by popularity needs the data of a gensid run "
                      "(a run directory with config.yaml); these are all baselines")
 
@@ -453,11 +458,13 @@ def compare_runs(control: str, treatment: str, seeds: list[str], metrics: list[s
               "test_users": len(ranks[pairs[0][0]]), "resamples": resamples, "metrics": tests}
     if by_popularity:
         bucket = target_popularity_buckets(list(ranks), digests.pop())
-        result["by_popularity"] = [
-            {"bucket": int(b), "test_users": int((bucket == b).sum()),
-             "metrics": compare_ranks([ranks[c][bucket == b] for c, _ in pairs],
-                                      [ranks[t][bucket == b] for _, t in pairs], metrics, resamples)}
-            for b in np.unique(bucket)]
+        result["by_popularity"] = []
+        for b in np.unique(bucket):
+            users = bucket == b
+            result["by_popularity"].append({
+                "bucket": int(b), "test_users": int(users.sum()),
+                "metrics": compare_ranks([ranks[c][users] for c, _ in pairs], [ranks[t][users] for _, t in pairs],
+                                         metrics, resamples)})
     return result
 
 
