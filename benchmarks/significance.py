@@ -109,8 +109,8 @@ def markdown(results: dict[str, dict]) -> str:
 
 
 def markdown_by_popularity(results: dict[str, dict], metric: str = "hit@10") -> str:
-    """One row per comparison: the difference in ``metric`` and its p (users) within each
-    item-popularity bucket of the targets, head -> tail, with its p (users) and the bucket's test users."""
+    """One row per comparison: the difference in ``metric`` within each item-popularity bucket of
+    the targets, head -> tail, with its p (users) and the bucket's test users."""
     buckets = max(len(r.get("by_popularity", [])) for r in results.values())
     lines = [f"| comparison ({metric}, treatment - control) | " + " | ".join(
         ["head"] + [str(b) for b in range(1, buckets - 1)] + ["tail"]) + " |", "|---" * (buckets + 1) + "|"]
