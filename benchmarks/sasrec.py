@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from gensid.baselines.sasrec import SASRecConfig, evaluate, fit, training_sequences  # noqa: E402
 from gensid.data import leave_one_out, load_dataset  # noqa: E402
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets  # noqa: E402
-from gensid.io import JsonlLog, save_tensors  # noqa: E402
+from gensid.io import JsonlLog  # noqa: E402
 from gensid.pipeline import save_test_ranks  # noqa: E402
 from gensid.report.results import upsert_row  # noqa: E402
 
@@ -84,8 +84,7 @@ def main() -> None:
           f"{len(split.valid)} valid / {len(split.test)} test samples", flush=True)
 
     result = fit(training_sequences(data.interactions), split.valid, num_items, cfg, log=log)
-    save_tensors(run_dir / "model.safetensors", result.model.state_dict(),
-                 meta={"config": cfg.__dict__, "num_items": num_items, "best_epoch": result.best_epoch})
+    result.model.save(run_dir / "model.safetensors", best_epoch=result.best_epoch)
 
     command = command_line()
     print(f"\nbest epoch {result.best_epoch} of {result.epochs}, {result.train_minutes:.1f} min")

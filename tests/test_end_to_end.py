@@ -11,10 +11,12 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import shared_dataset
+from gensid.baselines.dense import DenseDualEncoder
 from gensid.cli import app
 from gensid.config import load_config
 from gensid.errors import InputError
 from gensid.eval.metrics import metrics_from_ranks
+from gensid.fusion import fused_rankings
 from gensid.pipeline import load_run, load_test_ranks, train_run
 
 TINY = ["model.d_model=64", "model.encoder_layers=2", "model.decoder_layers=2", "model.d_ff=128",
@@ -162,3 +164,13 @@ def test_generative_search_with_dgi_on_movielens(tmp_path):
     assert (ranked != other).any(1).mean() > 0.5
     with pytest.raises(InputError, match="search model"):
         run.recommend([0, 1], k=5)
+
+    # hybrid retrieval (gensid.fusion): w = 0 is the run's own ranking, w = 1 the dense encoder's
+    dense = DenseDualEncoder(run.text.shape[1])
+    dense.fit(run.splits.train, run.queries["train"], run.text, epochs=1, progress=False)
+    queries = run.queries["test"]
+    fused = fused_rankings(run, "test", lambda rows: dense.log_probs(queries[rows], test.histories[rows], run.text),
+                           [0.0, 0.5, 1.0])
+    assert np.array_equal(fused[0.0], ranked)
+    assert (fused[1.0][:, 0] == dense.rank(test, queries, run.text, k=1)[:, 0]).mean() > 0.95
+    assert (fused[0.5] >= 0).all() and (fused[0.5] != fused[0.0]).any()

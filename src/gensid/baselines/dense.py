@@ -61,6 +61,14 @@ class DenseDualEncoder(nn.Module):
         return losses
 
     @torch.no_grad()
+    def log_probs(self, query_vectors: torch.Tensor, histories: np.ndarray, item_text: torch.Tensor) -> torch.Tensor:
+        """[B, T] query vectors, [B, H] history ids -> log-softmax over all items of cosine / temperature
+        [B, num_items]: the training objective's distribution, over the whole catalog."""
+        items = F.normalize(self.item(item_text), dim=-1)
+        context = F.normalize(self.context(context_inputs(query_vectors, histories, item_text)), dim=-1)
+        return (context @ items.T / self.temperature).log_softmax(-1)
+
+    @torch.no_grad()
     def rank(self, samples: SearchSamples, query_vectors: torch.Tensor, item_text: torch.Tensor, k: int = 20
              ) -> np.ndarray:
         """Exact top-k item ids [N, k] by cosine (faiss inner product over unit vectors)."""

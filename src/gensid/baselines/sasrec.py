@@ -18,6 +18,8 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +29,9 @@ from tqdm.auto import tqdm
 
 from gensid.data.catalog import Interactions
 from gensid.data.splits import PAD, Samples
+from gensid.errors import RunError
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
-from gensid.io import JsonlLog, seed_everything
+from gensid.io import JsonlLog, load_tensors, save_tensors, seed_everything
 
 
 @dataclass
@@ -123,6 +126,30 @@ class SASRec(nn.Module):
         hidden = self(items_t)
         last = torch.from_numpy(np.maximum(lengths - 1, 0))
         return self.logits(hidden[torch.arange(len(last)), last])
+
+    @torch.no_grad()
+    def log_probs(self, histories: np.ndarray) -> torch.Tensor:
+        """histories [B, H] as in :meth:`score` -> log-softmax over the catalog [B, num_items]
+        (the distribution the cross-entropy loss trains)."""
+        was_training = self.training
+        self.eval()
+        out = self.score(histories).log_softmax(-1)
+        self.train(was_training)
+        return out
+
+    def save(self, path: str | Path, **meta: Any) -> None:
+        """Weights, config and ``meta`` (e.g. best_epoch) in one safetensors file."""
+        save_tensors(path, self.state_dict(), meta={"config": asdict(self.cfg), "num_items": self.num_items, **meta})
+
+    @classmethod
+    def load(cls, path: str | Path) -> SASRec:
+        """A model saved by :meth:`save`, in eval mode."""
+        tensors, meta = load_tensors(path)
+        if not meta or "config" not in meta:
+            raise RunError(f"{path}: not a SASRec model (no config in its header)")
+        model = cls(meta["num_items"], SASRecConfig(**meta["config"]))
+        model.load_state_dict(tensors)
+        return model.eval()
 
     @torch.no_grad()
     def rank(self, samples: Samples, k: int, exclude_history: bool = False,

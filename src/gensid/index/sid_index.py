@@ -118,6 +118,12 @@ class SIDIndex:
         position = (start.unsqueeze(-1) + offset).clamp(max=len(self.leaf_items) - 1)
         return torch.where(valid, self.leaf_items[position], -1), valid
 
+    def sid_sizes(self, items: torch.Tensor) -> torch.Tensor:
+        """items [...] (-1 = none) -> how many items share each one's SID [...] (1 where -1)."""
+        sizes = self.leaf_start[1:] - self.leaf_start[:-1]
+        leaves = torch.from_numpy(self.leaf_of_item)[items.clamp(min=0)]
+        return torch.where(items >= 0, sizes[leaves], 1)
+
     def is_valid(self, sid: torch.Tensor) -> torch.Tensor:
         """[B, L] codes -> [B] bool: is this a full SID of some item?"""
         node = torch.zeros(sid.shape[0], dtype=torch.long)

@@ -1,0 +1,5 @@
+"""Hybrid retrieval: the generative retriever's beam mixed with a full-catalog scorer."""
+
+from gensid.fusion.mixture import fused_rankings, generative_log_probs, mix
+
+__all__ = ["fused_rankings", "generative_log_probs", "mix"]
