@@ -31,9 +31,8 @@ from gensid.baselines.sasrec import SASRec
 from gensid.eval.analysis import hit_rate_by_bucket, popularity_buckets
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.fusion import fused_rankings
-from gensid.io import write_json
 from gensid.pipeline import load_run, save_test_ranks, training_popularity
-from gensid.report.results import RESULTS, total_train_minutes, upsert_row
+from gensid.report.results import RESULTS, total_train_minutes, update_entry, upsert_row
 
 WEIGHTS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 
@@ -123,15 +122,12 @@ def main() -> None:
     out_dir = Path("experiments") / "hybrid" / "runs" / f"{run_name}+{scorer}"
     out_dir.mkdir(parents=True, exist_ok=True)
     save_test_ranks(out_dir, run.splits.test, rank_of_targets(ranked[best], targets), ranked[best].shape[1])
-    path = RESULTS / "fusion.json"
-    entries = json.loads(path.read_text()) if path.exists() else {}
-    entries[f"{args.run_dir}+{scorer}"] = {
+    update_entry(RESULTS / "fusion.json", f"{args.run_dir}+{scorer}", {
         "run_dir": str(args.run_dir), "scorer": scorer_source, "dataset": dataset, "task": task,
         "weight": best, "valid_by_weight": {str(w): m for w, m in valid.items()},
         "test": {names[w]: m for w, m in test.items()},
         "test_by_popularity": {names[w]: hit_rate_by_bucket(r, targets, buckets) for w, r in ranked.items()},
-        "scorer_train_minutes": round(scorer_minutes, 2), "seconds": round(seconds, 1), "command": command}
-    write_json(path, entries)
+        "scorer_train_minutes": round(scorer_minutes, 2), "seconds": round(seconds, 1), "command": command})
     print(f"w = {best} on validation; rows in {RESULTS}/{dataset}-{task}.json, ranks in {out_dir}")
 
 

@@ -12,7 +12,6 @@ Writes ``benchmarks/results/verify_weight.json`` (one entry per run folder).
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -24,9 +23,8 @@ from tqdm.auto import tqdm
 
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.index.beam import encode_context, search_leaves, verify
-from gensid.io import write_json
 from gensid.pipeline import load_run
-from gensid.report.results import RESULTS
+from gensid.report.results import RESULTS, update_entry
 from gensid.train.batches import Batch
 
 
@@ -71,10 +69,7 @@ def main() -> None:
     out = sweep(args.run_dir, sorted(set(args.weights)), "valid")
     out["seconds"] = round(time.perf_counter() - start, 1)
     out["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    path = RESULTS / "verify_weight.json"
-    entries = json.loads(path.read_text()) if path.exists() else {}
-    entries[out["run_dir"]] = out
-    write_json(path, entries)
+    path = update_entry(RESULTS / "verify_weight.json", out["run_dir"], out)
     hit = "hit@10" if "hit@10" in out["context_cosine_alone"] else "recall@10"
     for w, m in out["by_weight"].items():
         print(f"w {w:>5}: {hit} {m[hit]:.4f}  ndcg@10 {m['ndcg@10']:.4f}")

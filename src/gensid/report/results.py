@@ -6,6 +6,8 @@ from __future__ import annotations
 import fcntl
 import json
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -52,13 +54,30 @@ def upsert_rows(path: str | Path, rows: list[dict]) -> Path:
     path = Path(path)
     commit = git_commit()
     keys = {row_key(r) for r in rows}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # experiment processes on different cores write the same file: read-modify-write under a lock,
-    # or a row written between another process's read and write would be lost
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(path):
         kept = [r for r in read_rows(path) if row_key(r) not in keys]
         write_json(path, kept + [{"commit": commit, **r} for r in rows])
+    return path
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on results file ``path`` (a lock file beside it). Benchmark processes
+    on different cores write the same files: a read-modify-write outside the lock could lose what
+    another process wrote between the read and the write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def update_entry(path: str | Path, key: str, entry: dict) -> Path:
+    """Set ``key`` of the JSON object in ``path`` (created if absent) to ``entry``, under the lock."""
+    path = Path(path)
+    with locked(path):
+        entries = json.loads(path.read_text()) if path.exists() else {}
+        entries[key] = entry
+        write_json(path, entries)
     return path
 
 
