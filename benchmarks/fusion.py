@@ -10,7 +10,8 @@ split and item text vectors (seconds); for recommendation a SASRec saved by ``be
 ``w`` is the weight with the best validation ndcg@10 (ties: the smaller); the test split is then
 ranked with w = 0 (the gensid run alone), the chosen w, and w = 1 (the scorer alone), in the same
 run. Writes ``hybrid`` rows (test and validation) into ``benchmarks/results/<dataset>-<task>.json``,
-the fused test ranks into ``experiments/hybrid/runs/<run>+<scorer>/`` (for ``gensid compare``), and
+the fused test ranks and ``hybrid.json`` (the run, the scorer, the weight) into
+``experiments/hybrid/runs/<run>+<scorer>/`` (for ``gensid compare``), and
 the sweep with all three rankings by item popularity into ``benchmarks/results/fusion.json``.
 """
 
@@ -31,6 +32,7 @@ from gensid.baselines.sasrec import SASRec
 from gensid.eval.analysis import hit_rate_by_bucket, popularity_buckets
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.fusion import fused_rankings
+from gensid.io import write_json
 from gensid.pipeline import load_run, save_test_ranks, training_popularity
 from gensid.report.results import RESULTS, total_train_minutes, update_entry, upsert_row
 
@@ -122,6 +124,8 @@ def main() -> None:
     out_dir = Path("experiments") / "hybrid" / "runs" / f"{run_name}+{scorer}"
     out_dir.mkdir(parents=True, exist_ok=True)
     save_test_ranks(out_dir, run.splits.test, rank_of_targets(ranked[best], targets), ranked[best].shape[1])
+    write_json(out_dir / "hybrid.json", {"run_dir": str(args.run_dir), "scorer": scorer, "scorer_source": scorer_source,
+                                         "weight": best, "command": command})
     update_entry(RESULTS / "fusion.json", f"{args.run_dir}+{scorer}", {
         "run_dir": str(args.run_dir), "scorer": scorer_source, "dataset": dataset, "task": task,
         "weight": best, "valid_by_weight": {str(w): m for w, m in valid.items()},

@@ -17,7 +17,7 @@ from gensid.config import load_config
 from gensid.errors import InputError
 from gensid.eval.metrics import metrics_from_ranks
 from gensid.fusion import fused_rankings
-from gensid.pipeline import load_run, load_test_ranks, train_run
+from gensid.pipeline import compare_runs, load_run, load_test_ranks, train_run
 
 TINY = ["model.d_model=64", "model.encoder_layers=2", "model.decoder_layers=2", "model.d_ff=128",
         "train.batch_size=128", "train.warmup_steps=20", "train.lr=2e-3", "eval.max_users=200"]
@@ -77,6 +77,14 @@ def test_movielens_through_the_cli(tmp_path):
         if own["samples"]:
             assert by_bucket[own["bucket"]]["test_users"] == own["samples"]
             assert by_bucket[own["bucket"]]["metrics"]["hit@10"]["control"] == pytest.approx(own["hit@10"])
+    # a baseline against a hybrid (benchmarks/fusion.py): neither keeps a config, the hybrid names its run
+    for name in ("baseline", "hybrid"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "test_ranks.json").write_text((run_dir / "test_ranks.json").read_text())
+    (tmp_path / "hybrid" / "hybrid.json").write_text(json.dumps({"run_dir": str(run_dir)}))
+    mixed = compare_runs(str(tmp_path / "baseline"), str(tmp_path / "hybrid"), [], ["hit@10"], resamples=100,
+                         by_popularity=True)
+    assert [b["test_users"] for b in mixed["by_popularity"]] == [b["test_users"] for b in compared["by_popularity"]]
 
     again = runner.invoke(app, args)  # same config, finished run: resumes to the same metrics
     assert again.exit_code == 0, again.output

@@ -416,8 +416,12 @@ def load_test_ranks(run_dir: str | Path, progress: bool = False) -> tuple[np.nda
 
 def target_popularity_buckets(run_dirs: list[str], digest: str) -> np.ndarray:
     """Item-popularity bucket (0 = head .. 4 = tail, as in the test analysis) of each test user's
-    target [N], from the data of the first of ``run_dirs`` that is a gensid run (has a config)."""
+    target [N], from the data of the first of ``run_dirs`` that is a gensid run (has a config) or a
+    hybrid of one (``hybrid.json``, written by ``benchmarks/fusion.py``, names the run)."""
     for run_dir in run_dirs:
+        hybrid = Path(run_dir) / "hybrid.json"
+        if hybrid.exists():
+            run_dir = json.loads(hybrid.read_text())["run_dir"]
         config_path = Path(run_dir) / "config.yaml"
         if config_path.exists():
             _, dataset, splits, _ = load_task(load_config(config_path), progress=False)
