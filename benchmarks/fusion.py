@@ -10,7 +10,7 @@ split and item text vectors (seconds); for recommendation a SASRec saved by ``be
 ``w`` is the weight with the best validation ndcg@10 (ties: the smaller); the test split is then
 ranked with w = 0 (the gensid run alone), the chosen w, and w = 1 (the scorer alone), in the same
 run. Writes ``hybrid`` rows (test and validation) into ``benchmarks/results/<dataset>-<task>.json``,
-the fused test ranks and ``hybrid.json`` (the run, the scorer, the weight) into
+the fused test ranks and ``hybrid.json`` (the run, the scorer, the weight; and the dense encoder) into
 ``experiments/hybrid/runs/<run>+<scorer>/`` (for ``gensid compare``), and
 the sweep with all three rankings by item popularity into ``benchmarks/results/fusion.json``.
 """
@@ -22,6 +22,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +34,15 @@ from gensid.eval.analysis import hit_rate_by_bucket, popularity_buckets
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.fusion import fused_rankings
 from gensid.io import write_json
-from gensid.pipeline import load_run, save_test_ranks, training_popularity
+from gensid.pipeline import Run, load_run, save_test_ranks, training_popularity
 from gensid.report.results import RESULTS, total_train_minutes, update_entry, upsert_row
 
 WEIGHTS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 
 
-def catalog_scorer(run, args) -> tuple[str, object, float]:
-    """(scorer name, log-probs function of (split, rows), training minutes) for the run's task."""
+def catalog_scorer(run: Run, args: argparse.Namespace) -> tuple[str, Callable, float, DenseDualEncoder | None]:
+    """(scorer name, log-probs function of (split, rows), training minutes, the dense encoder trained
+    here or None) for the run's task."""
     if run.cfg.data.task == "search":
         torch.manual_seed(args.seed)
         dense = DenseDualEncoder(run.text.shape[1])
@@ -52,7 +54,7 @@ def catalog_scorer(run, args) -> tuple[str, object, float]:
         def log_probs(split: str, rows: np.ndarray) -> torch.Tensor:
             samples = getattr(run.splits, split)
             return dense.log_probs(run.queries[split][rows], samples.histories[rows], run.text)
-        return "dense", log_probs, minutes
+        return "dense", log_probs, minutes, dense
     if not args.sasrec:
         raise SystemExit(f"{args.run_dir} is a recommendation run: give --sasrec DIR (a benchmarks/sasrec.py run)")
     sasrec = SASRec.load(Path(args.sasrec) / "model.safetensors")
@@ -64,7 +66,7 @@ def catalog_scorer(run, args) -> tuple[str, object, float]:
 
     def log_probs(split: str, rows: np.ndarray) -> torch.Tensor:
         return sasrec.log_probs(getattr(run.splits, split).histories[rows])
-    return "sasrec", log_probs, minutes
+    return "sasrec", log_probs, minutes, None
 
 
 def main() -> None:
@@ -83,7 +85,7 @@ def main() -> None:
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     run = load_run(args.run_dir)
     args.seed = run.cfg.train.seed if args.seed is None else args.seed
-    scorer, log_probs, scorer_minutes = catalog_scorer(run, args)
+    scorer, log_probs, scorer_minutes, dense = catalog_scorer(run, args)
     ks, hit = run.cfg.eval.ks, ("hit" if run.cfg.data.task == "search" else "recall")
 
     def score(split: str, weights: list[float]) -> tuple[dict, dict]:
@@ -124,6 +126,8 @@ def main() -> None:
     out_dir = Path("experiments") / "hybrid" / "runs" / f"{run_name}+{scorer}"
     out_dir.mkdir(parents=True, exist_ok=True)
     save_test_ranks(out_dir, run.splits.test, rank_of_targets(ranked[best], targets), ranked[best].shape[1])
+    if dense is not None:  # the scorer trained here is kept, so the hybrid can be ranked again
+        dense.save(out_dir / "dense.safetensors")
     write_json(out_dir / "hybrid.json", {"run_dir": str(args.run_dir), "scorer": scorer, "scorer_source": scorer_source,
                                          "weight": best, "command": command})
     update_entry(RESULTS / "fusion.json", f"{args.run_dir}+{scorer}", {

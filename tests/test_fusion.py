@@ -51,7 +51,7 @@ def test_generative_probability_is_shared_by_the_items_of_a_sid():
     assert probs[0, 3] == 0  # no item
 
 
-def test_dense_log_probs_are_its_ranking_as_a_distribution():
+def test_dense_log_probs_are_its_ranking_as_a_distribution(tmp_path):
     rng = np.random.default_rng(0)
     items = torch.from_numpy(rng.standard_normal((30, 8)).astype(np.float32))
     queries = torch.from_numpy(rng.standard_normal((5, 8)).astype(np.float32))
@@ -63,6 +63,12 @@ def test_dense_log_probs_are_its_ranking_as_a_distribution():
     assert log_probs.shape == (5, 30)
     assert torch.allclose(log_probs.logsumexp(-1), torch.zeros(5), atol=1e-5)
     assert np.array_equal(log_probs.topk(3).indices.numpy(), model.rank(samples, queries, items, k=3))
+    model.save(tmp_path / "dense.safetensors")
+    assert torch.allclose(DenseDualEncoder.load(tmp_path / "dense.safetensors").log_probs(queries, samples.histories,
+                                                                                          items), log_probs)
+    save_tensors(tmp_path / "other.safetensors", {"x": torch.zeros(2)})
+    with pytest.raises(RunError, match="not a dense dual encoder"):
+        DenseDualEncoder.load(tmp_path / "other.safetensors")
 
 
 def test_sasrec_save_load_keeps_its_distribution(tmp_path):

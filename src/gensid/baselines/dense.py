@@ -8,6 +8,8 @@ normalised vectors with faiss (``IndexFlatIP``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import faiss
 import numpy as np
 import torch
@@ -16,6 +18,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gensid.data.search import SearchSamples
+from gensid.errors import RunError
+from gensid.io import load_tensors, save_tensors
 
 
 def context_inputs(query_vectors: torch.Tensor, histories: np.ndarray, item_text: torch.Tensor) -> torch.Tensor:
@@ -32,6 +36,21 @@ class DenseDualEncoder(nn.Module):
         self.context = nn.Linear(2 * text_dim, dim)
         self.item = nn.Linear(text_dim, dim)
         self.temperature = temperature
+
+    def save(self, path: str | Path) -> None:
+        """Weights and sizes in one safetensors file."""
+        save_tensors(path, self.state_dict(), meta={"text_dim": self.item.in_features, "dim": self.item.out_features,
+                                                    "temperature": self.temperature})
+
+    @classmethod
+    def load(cls, path: str | Path) -> DenseDualEncoder:
+        """A model saved by :meth:`save`, in eval mode."""
+        tensors, meta = load_tensors(path)
+        if not meta or "temperature" not in meta:
+            raise RunError(f"{path}: not a dense dual encoder (no sizes in its header)")
+        model = cls(meta["text_dim"], meta["dim"], meta["temperature"])
+        model.load_state_dict(tensors)
+        return model.eval()
 
     def loss(self, context_in: torch.Tensor, item_in: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         c = F.normalize(self.context(context_in), dim=-1)
