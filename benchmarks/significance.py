@@ -1,4 +1,4 @@
-"""Paired per-user tests: the learned index (DGI) against its control, and gensid against the baselines.
+"""Paired per-user tests: the learned index (DGI) against its control, gensid against the baselines, hybrids.
 
     python benchmarks/significance.py                      # every comparison below
     python benchmarks/significance.py --only office-rec    # the ones whose name starts so
@@ -94,6 +94,33 @@ BASELINES = [
     ("office-search DGI hard residual against BM25", "baselines/runs/bm25-office-search-s0",
      "office-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}"),
 ]
+# hybrids (benchmarks/fusion.py, experiments/hybrid/runs/<run>+<scorer>) against each of their two parts,
+# and the DGI hybrid against the two-stage hybrid. A search hybrid's dense encoder is trained with the run's
+# seed, so it is compared with the dense baseline row (seed 0); the Beauty rec hybrids of seeds 1 and 3 mix in
+# SASRec seed 1, of seed 2 SASRec seed 2, so only seeds 1 and 2 pair with SASRec.
+_DGI = {"beauty-search": "beauty-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}",
+        "office-search": "office-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}",
+        "beauty-rec": "beauty-warm/runs/dgi-warm_start_freeze_1_hard_residual_lr_1e-6_bf16-s{seed}",
+        "office-rec": "office-warm/runs/dgi-warm_start_freeze_3_bf16-s{seed}"}
+_TWO_STAGE = {"beauty-search": "beauty-search/runs/two_stage-continued_4_bf16-s{seed}",
+              "office-search": "office-search/runs/two_stage-continued_4_bf16-s{seed}",
+              "beauty-rec": "beauty-warm/runs/two_stage-continued_3_bf16-s{seed}",
+              "office-rec": "office-warm/runs/two_stage-continued_bf16-s{seed}"}
+_SCORER = {"beauty-search": ("dense", "baselines/runs/dense-beauty-search-s0", SEEDS),
+           "office-search": ("dense", "baselines/runs/dense-office-search-s0", SEEDS),
+           "beauty-rec": ("sasrec", "baselines/runs/sasrec-beauty-s{seed}", ["1", "2"]),
+           "office-rec": ("sasrec", "baselines/runs/sasrec-office-s{seed}", SEEDS)}
+
+
+def _hybrid(run: str, scorer: str) -> str:
+    return f"hybrid/runs/{run.rpartition('/')[2]}+{scorer}"
+
+
+HYBRID = [row for task, (scorer, baseline, seeds) in _SCORER.items() for row in (
+    (f"{task} DGI + {scorer} against DGI", _DGI[task], _hybrid(_DGI[task], scorer)),
+    (f"{task} DGI + {scorer} against {scorer}", baseline, _hybrid(_DGI[task], scorer), seeds),
+    (f"{task} DGI + {scorer} against two-stage + {scorer}", _hybrid(_TWO_STAGE[task], scorer),
+     _hybrid(_DGI[task], scorer)))]
 
 
 def markdown(results: dict[str, dict]) -> str:
@@ -127,7 +154,7 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=10_000)
     args = parser.parse_args()
     results = {}
-    for name, control, treatment, *seeds in LEARNED_INDEX + BASELINES:
+    for name, control, treatment, *seeds in LEARNED_INDEX + BASELINES + HYBRID:
         if name.startswith(args.only):
             print(f"{name} ...", file=sys.stderr)
             results[name] = compare_runs(f"experiments/{control}", f"experiments/{treatment}",
@@ -136,7 +163,7 @@ def main() -> None:
     out = RESULTS / "significance.json"
     saved = json.loads(out.read_text())["comparisons"] if out.exists() else {}
     saved.update(results)  # --only refreshes its rows and keeps the others
-    order = [name for name, *_ in LEARNED_INDEX + BASELINES if name in saved]
+    order = [name for name, *_ in LEARNED_INDEX + BASELINES + HYBRID if name in saved]
     write_json(out, {"command": "python benchmarks/significance.py",
                      "comparisons": {name: saved[name] for name in order}})
     print(markdown({name: saved[name] for name in order}))

@@ -15,8 +15,8 @@ from gensid.baselines.dense import DenseDualEncoder
 from gensid.cli import app
 from gensid.config import load_config
 from gensid.errors import InputError
-from gensid.eval.metrics import metrics_from_ranks
-from gensid.fusion import fused_rankings
+from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
+from gensid.fusion import Hybrid, fused_rankings
 from gensid.pipeline import compare_runs, load_run, load_test_ranks, train_run
 
 TINY = ["model.d_model=64", "model.encoder_layers=2", "model.decoder_layers=2", "model.d_ff=128",
@@ -177,8 +177,19 @@ def test_generative_search_with_dgi_on_movielens(tmp_path):
     dense = DenseDualEncoder(run.text.shape[1])
     dense.fit(run.splits.train, run.queries["train"], run.text, epochs=1, progress=False)
     queries = run.queries["test"]
-    fused = fused_rankings(run, "test", lambda rows: dense.log_probs(queries[rows], test.histories[rows], run.text),
-                           [0.0, 0.5, 1.0])
+    fused = fused_rankings(run, test, queries, lambda rows: dense.log_probs(queries[rows], test.histories[rows],
+                                                                           run.text), [0.0, 0.5, 1.0])
     assert np.array_equal(fused[0.0], ranked)
     assert (fused[1.0][:, 0] == dense.rank(test, queries, run.text, k=1)[:, 0]).mean() > 0.95
     assert (fused[0.5] >= 0).all() and (fused[0.5] != fused[0.0]).any()
+    # gensid hybrid: the weight chosen on validation, the hybrid and its test ranks written, and loadable
+    runner = CliRunner()
+    made = runner.invoke(app, ["hybrid", str(tmp_path), "--out", str(tmp_path / "hybrid"), "--weights", "0,0.5,1"])
+    assert made.exit_code == 0, made.output
+    hybrid = Hybrid.load(tmp_path / "hybrid")
+    assert hybrid.weight == max(hybrid.valid_by_weight, key=lambda w: (hybrid.valid_by_weight[w]["ndcg@10"], -w))
+    assert hybrid.run.run_dir.resolve() == tmp_path.resolve() and hybrid.scorer_name == "dense"
+    hybrid_ranks, digest, _ = load_test_ranks(tmp_path / "hybrid")
+    assert np.array_equal(hybrid_ranks, rank_of_targets(hybrid.rank(test, queries), test.targets))
+    bad = runner.invoke(app, ["hybrid", str(tmp_path), "--out", str(tmp_path / "h2"), "--weights", "0,2"])
+    assert bad.exit_code != 0 and "each in [0, 1]" in str(bad.exception)

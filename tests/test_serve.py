@@ -8,12 +8,16 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gensid.baselines.sasrec import SASRec, SASRecConfig
 from gensid.config import load_config
-from gensid.pipeline import train_run
+from gensid.fusion import Hybrid, fit_hybrid
+from gensid.fusion.hybrid import known_items_only
+from gensid.pipeline import load_run, train_run
 from gensid.serve import create_app
 
 TINY = ["data.max_users=40", "train.epochs=1", "train.threads=1", "train.batch_size=64", "model.d_model=32",
@@ -223,3 +227,50 @@ def test_a_duplicate_of_a_trained_item_gets_the_next_free_disambiguation_code(tr
         assert sid[:-1] == original[:-1] and sid[-1] != original[-1]
         assert len(sid) == len(run.cfg.quantizer.codebook_sizes) + 1
         assert "twin" in full_beam(c, run.dataset.catalog.item_ids[1:4])
+
+
+def test_a_hybrid_folder_serves_the_mixture_and_scores_added_items(trained, tmp_path):
+    """gensid serve HYBRID_DIR: search with the dense encoder, which also scores items added later."""
+    run = load_run(shutil.copytree(trained["search"], tmp_path / "search"))
+    hybrid, _ = fit_hybrid(run, weights=[0.5], dense_epochs=1)
+    hybrid.save(tmp_path / "hybrid")
+    with client(tmp_path / "hybrid") as c:
+        assert c.get("/health").json()["hybrid"] == "dense, weight 0.5"
+        svc = c.app.state.service
+        catalog = svc.run.dataset.catalog
+        history = catalog.item_ids[:3]
+        r = c.post("/search", json={"query": "comedy", "history": history, "k": 10})
+        assert r.status_code == 200, r.text
+        samples = svc.run.history_samples([[catalog.index_of(i) for i in history]])
+        query = torch.from_numpy(svc.text_encoder().encode(["comedy"], progress=False))
+        assert [it["id"] for it in r.json()["items"]] == [catalog.item_ids[i] for i in svc.hybrid.rank(samples, query)[0]]
+        assert c.post("/items", json={"items": [{"id": "new-1", "fields": NEW}]}).status_code == 201
+        log_probs = svc.hybrid.catalog_log_probs(samples, np.arange(1), query)
+        assert log_probs.shape == (1, len(catalog)) and torch.isfinite(log_probs[0, -1])  # the new item too
+        assert c.post("/search", json={"query": NEW["class"], "history": ["new-1"], "k": 5}).status_code == 200
+
+
+def test_a_sasrec_hybrid_gives_added_items_no_catalog_probability(trained, tmp_path):
+    run = load_run(shutil.copytree(trained["two_stage"], tmp_path / "rec"))
+    sasrec = SASRec(len(run.dataset.catalog), SASRecConfig(hidden=16, layers=1, heads=2, inner=32, max_len=20))
+    (tmp_path / "sasrec").mkdir()
+    sasrec.save(tmp_path / "sasrec" / "model.safetensors")
+    Hybrid(run, sasrec.eval(), 0.7, str(tmp_path / "sasrec")).save(tmp_path / "hybrid")
+    with client(tmp_path / "hybrid") as c:
+        svc = c.app.state.service
+        assert isinstance(svc.hybrid.scorer, SASRec) and svc.hybrid.weight == 0.7
+        assert c.post("/items", json={"items": [{"id": "new-1", "fields": NEW}]}).status_code == 201
+        catalog = svc.run.dataset.catalog
+        history = [catalog.item_ids[0], "new-1"]  # SASRec has never seen new-1: it reads [item 0]
+        r = c.post("/recommend", json={"history": history, "k": 10})
+        assert r.status_code == 200, r.text
+        samples = svc.run.history_samples([[catalog.index_of(i) for i in history]])
+        log_probs = svc.hybrid.catalog_log_probs(samples, np.arange(1), None)
+        assert log_probs.shape == (1, len(catalog)) and log_probs[0, -1] == float("-inf")
+        alone = svc.hybrid.scorer.log_probs(svc.run.history_samples([[0]]).histories)
+        assert torch.allclose(log_probs[:, :-1], alone)
+
+
+def test_known_items_only_drops_unknown_ids_and_repads():
+    histories = np.array([[-1, 3, 9, 4], [-1, -1, 1, 2], [-1, -1, -1, 8]])
+    assert known_items_only(histories, 5).tolist() == [[-1, -1, 3, 4], [-1, -1, 1, 2], [-1, -1, -1, -1]]

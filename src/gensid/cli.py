@@ -115,16 +115,49 @@ def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="interface t
           max_batch: int = typer.Option(64, min=1, help="most /recommend requests per model call"),
           max_wait_ms: float = typer.Option(5.0, min=0, help="how long a request waits for others to batch with")
           ) -> None:
-    """Serve a trained run over HTTP: /recommend, /items, /items/{id}, /health."""
+    """Serve a trained run or a hybrid (gensid hybrid) over HTTP: /recommend or /search, /items, /items/{id},
+    /health."""
     import torch
     import uvicorn
 
-    from gensid.pipeline import run_files
+    from gensid.pipeline import hybrid_run_dir, run_files
     from gensid.serve import create_app
 
-    run_files(run_dir)  # a bad folder fails here with a clear message, not inside the server's startup
+    run_files(hybrid_run_dir(run_dir) or run_dir)  # a bad folder fails here, not inside the server's startup
     torch.set_num_threads(threads)
     uvicorn.run(create_app(run_dir, max_batch, max_wait_ms, preload_text_encoder=True), host=host, port=port)
+
+
+@app.command()
+def hybrid(run_dir: Path, out: Path = typer.Option(..., help="folder for the hybrid (hybrid.json, dense encoder)"),
+           sasrec: Path | None = typer.Option(None, help="recommendation runs: a SASRec folder from benchmarks/sasrec.py"),
+           weights: str = typer.Option("", help="comma-separated mixing weights to try on validation "
+                                               "(default 0, .05, .1, .2, ..., .9, 1)"),
+           seed: int | None = typer.Option(None, help="dense encoder seed (default: the run's)"),
+           threads: int = typer.Option(1, min=1, help="torch threads")) -> None:
+    """Mix a trained run with a full-catalog scorer (search: a dense dual encoder trained here on the run's
+    training split; recommendation: SASRec), the weight chosen on validation; prints the test metrics of
+    the run alone, the hybrid and the scorer alone, and writes the hybrid and its test ranks into OUT."""
+    import torch
+
+    from gensid.eval.metrics import rank_of_targets
+    from gensid.fusion.hybrid import fit_hybrid, test_comparison
+    from gensid.pipeline import load_run, save_test_ranks
+
+    try:
+        chosen = [float(w) for w in weights.split(",") if w.strip()] or None
+    except ValueError:
+        raise typer.BadParameter(f"{weights!r}: give numbers, e.g. 0,0.2,0.5", param_hint="--weights") from None
+    torch.set_num_threads(threads)
+    run = load_run(run_dir)
+    mixed, _ = fit_hybrid(run, sasrec, chosen, seed, progress=True)
+    compared = test_comparison(mixed, progress=True)
+    mixed.save(out)
+    ranked = compared["hybrid"][1]
+    save_test_ranks(out, run.splits.test, rank_of_targets(ranked, run.splits.test.targets), ranked.shape[1])
+    console.print(_table(f"test, weight {mixed.weight} (chosen on validation)",
+                         {name: m for name, (m, _) in compared.items()}))
+    console.print(f"hybrid in {out}; serve it with: gensid serve {out}")
 
 
 @app.command("finetune-text")

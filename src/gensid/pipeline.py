@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -414,15 +415,21 @@ def load_test_ranks(run_dir: str | Path, progress: bool = False) -> tuple[np.nda
     return np.asarray(saved["ranks"], dtype=np.int64), saved["test_users"], saved["depth"]
 
 
+HYBRID_FILE = "hybrid.json"
+
+
+def hybrid_run_dir(folder: str | Path) -> Path | None:
+    """The run a hybrid folder (:mod:`gensid.fusion.hybrid`) mixes, or None if ``folder`` is no hybrid."""
+    path = Path(folder) / HYBRID_FILE
+    return Path(os.path.normpath(Path(folder) / json.loads(path.read_text())["run_dir"])) if path.exists() else None
+
+
 def target_popularity_buckets(run_dirs: list[str], digest: str) -> np.ndarray:
     """Item-popularity bucket (0 = head .. 4 = tail, as in the test analysis) of each test user's
     target [N], from the data of the first of ``run_dirs`` that is a gensid run (has a config) or a
-    hybrid of one (``hybrid.json``, written by ``benchmarks/fusion.py``, names the run)."""
+    hybrid of one (:mod:`gensid.fusion.hybrid`)."""
     for run_dir in run_dirs:
-        hybrid = Path(run_dir) / "hybrid.json"
-        if hybrid.exists():
-            run_dir = json.loads(hybrid.read_text())["run_dir"]
-        config_path = Path(run_dir) / "config.yaml"
+        config_path = Path(hybrid_run_dir(run_dir) or run_dir) / "config.yaml"
         if config_path.exists():
             _, dataset, splits, _ = load_task(load_config(config_path), progress=False)
             if split_digest(splits.test) != digest:

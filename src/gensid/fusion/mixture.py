@@ -16,7 +16,8 @@ keeps each where it is confident, and needs no training beyond choosing ``w``:
   temperature, SASRec's logits).
 
 ``w`` is chosen on the validation split (:func:`fused_rankings` scores every weight from one
-beam search), never on test. ``w = 0`` is the generative ranking, ``w = 1`` the scorer's.
+beam search; :mod:`gensid.fusion.hybrid` does the choosing), never on test. ``w = 0`` is the
+generative ranking, ``w = 1`` the scorer's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from gensid.data.splits import Samples
 from gensid.index.beam import BeamResult, constrained_beam_search
 from gensid.index.sid_index import SIDIndex
 from gensid.pipeline import Run
@@ -57,21 +59,20 @@ def mix(gen_items: torch.Tensor, gen_log_probs: torch.Tensor, catalog_log_probs:
 
 
 @torch.no_grad()
-def fused_rankings(run: Run, split: str, catalog_log_probs: Callable[[np.ndarray], torch.Tensor], weights: list[float],
+def fused_rankings(run: Run, samples: Samples, queries: torch.Tensor | None,
+                   catalog_log_probs: Callable[[np.ndarray], torch.Tensor], weights: list[float],
                    k: int | None = None, progress: bool = False) -> dict[float, np.ndarray]:
-    """Rank ``split`` of a trained :class:`~gensid.pipeline.Run` at every mixing weight.
+    """Rank ``samples`` (``queries`` [N, T] for search runs) with a trained run's beam mixed at every weight.
 
-    ``catalog_log_probs(rows)`` gives the scorer's log-softmax [len(rows), N] for those rows of
-    the split's samples. The beam search runs once per batch (``eval.beam_size`` items, the
-    run's verification); every weight mixes the same beams.
-    Returns {weight: ranked item ids [num_samples, k]} (k defaults to ``eval.beam_size``)."""
+    ``catalog_log_probs(rows)`` gives the scorer's log-softmax [len(rows), num_items] for those rows
+    of ``samples``. The beam search runs once per batch (``eval.beam_size`` items, the run's
+    verification); every weight mixes the same beams.
+    Returns {weight: ranked item ids [N, k]} (k defaults to ``eval.beam_size``)."""
     e = run.cfg.eval
-    samples, queries = getattr(run.splits, split), run.split_queries(split)
     k = k or e.beam_size
     run.model.eval()
     ranked = {w: np.full((len(samples), k), -1, dtype=np.int64) for w in weights}
-    for start in tqdm(range(0, len(samples), e.batch_size), desc=f"{split} fusion", disable=not progress,
-                      leave=False):
+    for start in tqdm(range(0, len(samples), e.batch_size), desc="hybrid ranking", disable=not progress, leave=False):
         rows = np.arange(start, min(start + e.batch_size, len(samples)))
         batch = Batch.build(samples, rows, run.items, queries)
         beam = constrained_beam_search(run.model, run.index, batch.history_codes, batch.history_mask, e.beam_size,

@@ -1,6 +1,7 @@
 """The FastAPI app over a trained run directory.
 
-Endpoints: ``POST /recommend`` (runs of ``data.task: rec``), ``POST /search`` (runs of
+Serves a run directory or a hybrid folder (``gensid hybrid``: the run mixed with a full-catalog
+scorer). Endpoints: ``POST /recommend`` (runs of ``data.task: rec``), ``POST /search`` (runs of
 ``data.task: search``: query text plus history), ``POST /items``, ``GET /items/{id}``,
 ``GET /health``. Model calls and item inserts run in worker threads under one lock, so the
 event loop never blocks on the model; ``/recommend`` and ``/search`` calls are
@@ -19,7 +20,8 @@ import torch
 from fastapi import FastAPI, HTTPException
 
 from gensid.data.catalog import render_text
-from gensid.pipeline import Run, load_run
+from gensid.fusion import Hybrid
+from gensid.pipeline import Run, hybrid_run_dir, load_run
 from gensid.serve.batcher import MicroBatcher
 from gensid.serve.live import ItemAdder
 from gensid.serve.schemas import (
@@ -37,12 +39,14 @@ from gensid.text import TextEncoder
 
 
 class Service:
-    """A loaded run plus its added-items store; every method is thread-safe."""
+    """A loaded run (or hybrid, :mod:`gensid.fusion.hybrid`) plus its added-items store; every method is
+    thread-safe."""
 
     def __init__(self, run_dir: str | Path):
-        self.run: Run = load_run(run_dir)
+        self.hybrid: Hybrid | None = Hybrid.load(run_dir) if hybrid_run_dir(run_dir) else None
+        self.run: Run = self.hybrid.run if self.hybrid else load_run(run_dir)
         self.adder = ItemAdder(self.run)
-        self.store = ItemStore(Path(run_dir) / "catalog.sqlite")
+        self.store = ItemStore(self.run.run_dir / "catalog.sqlite")  # a hybrid adds items to its run
         self.lock = threading.Lock()
         self.trained_items = len(self.run.dataset.catalog)
         self.encoder: TextEncoder | None = None  # loaded by text_encoder(), at startup or on first use
@@ -77,7 +81,8 @@ class Service:
     def rank(self, histories: list[list[int]], queries: torch.Tensor | None = None) -> list[list[int]]:
         samples = self.run.history_samples(histories)
         with self.lock:
-            ranked = self.run.rank(samples, queries, batch_size=len(histories))
+            ranked = (self.hybrid.rank(samples, queries) if self.hybrid
+                      else self.run.rank(samples, queries, batch_size=len(histories)))
         return [[int(i) for i in row if i >= 0] for row in ranked]
 
     def add_items(self, request: AddItemsRequest) -> list[ItemOut]:
@@ -197,6 +202,7 @@ def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.
         svc = service()
         return Health(status="ok", strategy=svc.run.cfg.train.strategy, items=len(svc.run.dataset.catalog),
                       added_items=len(svc.run.dataset.catalog) - svc.trained_items,
-                      sid_sizes=svc.run.index.sizes)
+                      sid_sizes=svc.run.index.sizes,
+                      hybrid=f"{svc.hybrid.scorer_name}, weight {svc.hybrid.weight}" if svc.hybrid else None)
 
     return app

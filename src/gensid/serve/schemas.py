@@ -60,3 +60,4 @@ class Health(BaseModel):
     items: int
     added_items: int
     sid_sizes: list[int]
+    hybrid: str | None = None  # a hybrid's scorer and mixing weight

@@ -1,0 +1,162 @@
+"""A hybrid: a trained gensid run, a full-catalog scorer and the mixing weight chosen on validation.
+
+``gensid hybrid RUN_DIR --out DIR`` (:func:`fit_hybrid`, then :meth:`Hybrid.save`) builds one: for a
+search run it trains the dense dual encoder on the run's training split and item text vectors
+(seconds); for a recommendation run it takes a SASRec saved by ``benchmarks/sasrec.py``. The weight
+is the one with the best validation ndcg@10. The folder holds ``hybrid.json`` (the run, relative
+to the folder; the scorer; the weight; the validation sweep) and, for a dense scorer,
+``dense.safetensors``. ``gensid serve DIR`` serves it as it serves a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gensid.baselines.dense import DenseDualEncoder
+from gensid.baselines.sasrec import SASRec
+from gensid.data.splits import Samples
+from gensid.errors import InputError
+from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
+from gensid.fusion.mixture import fused_rankings
+from gensid.io import write_json
+from gensid.pipeline import HYBRID_FILE, Run, hybrid_run_dir, load_run
+
+WEIGHTS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+
+
+@dataclass
+class Hybrid:
+    run: Run
+    scorer: DenseDualEncoder | SASRec
+    weight: float
+    scorer_source: str  # where the scorer came from (a SASRec folder, or how the dense encoder was trained)
+    valid_by_weight: dict[float, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def scorer_name(self) -> str:
+        return "dense" if isinstance(self.scorer, DenseDualEncoder) else "sasrec"
+
+    def catalog_log_probs(self, samples: Samples, rows: np.ndarray, queries: torch.Tensor | None) -> torch.Tensor:
+        """The scorer's log-softmax over the run's current catalog [len(rows), N]. The dense encoder
+        scores every item from its text vector, items added to a served run included; SASRec has
+        no embedding for an item added after it was trained: such an item gets probability 0 from it
+        and is dropped from the histories it reads."""
+        histories = samples.histories[rows]
+        if isinstance(self.scorer, DenseDualEncoder):
+            return self.scorer.log_probs(queries[torch.as_tensor(rows)], histories, self.run.text)
+        known = self.scorer.num_items
+        log_probs = self.scorer.log_probs(known_items_only(histories, known))
+        added = len(self.run.text) - known
+        return torch.cat([log_probs, torch.full((len(rows), added), float("-inf"))], 1) if added else log_probs
+
+    def rank_at(self, samples: Samples, queries: torch.Tensor | None, weights: list[float],
+                progress: bool = False) -> dict[float, np.ndarray]:
+        """{weight: ranked item ids [N, eval.beam_size]} for ``samples`` at each weight, one beam search."""
+        return fused_rankings(self.run, samples, queries, lambda rows: self.catalog_log_probs(samples, rows, queries),
+                              weights, progress=progress)
+
+    def rank(self, samples: Samples, queries: torch.Tensor | None = None, progress: bool = False) -> np.ndarray:
+        """Ranked item ids [N, eval.beam_size] at the hybrid's weight (the interface of ``Run.rank``)."""
+        return self.rank_at(samples, queries, [self.weight], progress)[self.weight]
+
+    def evaluate(self, split: str, weights: list[float], progress: bool = False) -> dict[float, dict[str, float]]:
+        """{weight: metrics at ``eval.ks``} on ``split`` of the run's data."""
+        samples = getattr(self.run.splits, split)
+        ranked = self.rank_at(samples, self.run.split_queries(split), weights, progress)
+        return {w: metrics_from_ranks(rank_of_targets(r, samples.targets), self.run.cfg.eval.ks)
+                for w, r in ranked.items()}
+
+    def save(self, out_dir: str | Path, **extra: object) -> Path:
+        """Write ``hybrid.json`` (and ``dense.safetensors``) into ``out_dir``; ``extra`` goes into the JSON."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.scorer, DenseDualEncoder):
+            self.scorer.save(out_dir / "dense.safetensors")
+        write_json(out_dir / HYBRID_FILE, {
+            "run_dir": os.path.relpath(self.run.run_dir.resolve(), out_dir.resolve()), "scorer": self.scorer_name,
+            "scorer_source": self.scorer_source, "weight": self.weight,
+            "valid_by_weight": {str(w): m for w, m in self.valid_by_weight.items()}, **extra})
+        return out_dir / HYBRID_FILE
+
+    @classmethod
+    def load(cls, hybrid_dir: str | Path) -> Hybrid:
+        """The run, scorer and weight of a folder written by :meth:`save`."""
+        hybrid_dir = Path(hybrid_dir)
+        run_dir = hybrid_run_dir(hybrid_dir)
+        if run_dir is None:
+            raise InputError(f"{hybrid_dir}: no {HYBRID_FILE} (build one with gensid hybrid)")
+        saved = json.loads((hybrid_dir / HYBRID_FILE).read_text())
+        run = load_run(run_dir)
+        scorer = (DenseDualEncoder.load(hybrid_dir / "dense.safetensors") if saved["scorer"] == "dense"
+                  else load_sasrec(saved["scorer_source"], run))
+        return cls(run, scorer, saved["weight"], saved["scorer_source"],
+                   {float(w): m for w, m in saved.get("valid_by_weight", {}).items()})
+
+
+def known_items_only(histories: np.ndarray, known: int) -> np.ndarray:
+    """Histories [B, H] (left-padded with -1) without the item ids >= ``known``, left-padded again."""
+    if not (histories >= known).any():
+        return histories
+    out = np.full_like(histories, -1)
+    for row, history in enumerate(histories):
+        kept = history[(history >= 0) & (history < known)]
+        if len(kept):
+            out[row, -len(kept):] = kept
+    return out
+
+
+def load_sasrec(folder: str | Path, run: Run) -> SASRec:
+    """SASRec from a ``benchmarks/sasrec.py`` folder, checked against the run's catalog."""
+    path = Path(folder) / "model.safetensors"
+    if not path.exists():
+        raise InputError(f"{path} does not exist: --sasrec takes a folder written by benchmarks/sasrec.py")
+    model = SASRec.load(path)
+    if model.num_items != len(run.dataset.catalog):
+        raise InputError(f"{folder} scores {model.num_items} items, the run's catalog has "
+                         f"{len(run.dataset.catalog)}: not the same data set")
+    return model
+
+
+def fit_hybrid(run: Run, sasrec: str | Path | None = None, weights: list[float] | None = None, seed: int | None = None,
+               dense_epochs: int = 5, progress: bool = False) -> tuple[Hybrid, float]:
+    """A hybrid of ``run`` with its weight chosen on the validation split (best ndcg@10, ties: the smaller
+    weight) among ``weights``; and the minutes it took to train the scorer (0 for a given SASRec).
+    Search runs get a dense dual encoder trained here with ``seed`` (default: the run's); recommendation
+    runs need ``sasrec``, a folder written by ``benchmarks/sasrec.py``."""
+    weights = sorted(set(WEIGHTS if weights is None else weights))
+    if not weights or any(not 0.0 <= w <= 1.0 for w in weights):
+        raise InputError(f"mixing weights {weights}: give at least one, each in [0, 1]")
+    minutes = 0.0
+    if run.cfg.data.task == "search":
+        seed = run.cfg.train.seed if seed is None else seed
+        torch.manual_seed(seed)
+        scorer = DenseDualEncoder(run.text.shape[1])
+        start = time.perf_counter()
+        scorer.fit(run.splits.train, run.queries["train"], run.text, epochs=dense_epochs, seed=seed, progress=progress)
+        minutes = (time.perf_counter() - start) / 60
+        source = f"dense dual encoder trained on the run's training split, seed {seed}, {dense_epochs} epochs"
+    elif sasrec is None:
+        raise InputError(f"{run.run_dir} is a recommendation run: give a SASRec folder (benchmarks/sasrec.py) to mix")
+    else:
+        scorer, source = load_sasrec(sasrec, run), str(sasrec)
+    hybrid = Hybrid(run, scorer, 0.0, source)
+    hybrid.valid_by_weight = hybrid.evaluate("valid", weights, progress)
+    hybrid.weight = max(weights, key=lambda w: (hybrid.valid_by_weight[w]["ndcg@10"], -w))
+    return hybrid, minutes
+
+
+def test_comparison(hybrid: Hybrid, progress: bool = False) -> dict[str, tuple[dict[str, float], np.ndarray]]:
+    """The run alone (w = 0), the hybrid and the scorer alone (w = 1) on the test split, from one beam
+    search: {"gensid" | "hybrid" | scorer name: (metrics at eval.ks, ranked item ids [N, beam_size])}."""
+    run, test = hybrid.run, hybrid.run.splits.test
+    ranked = hybrid.rank_at(test, run.split_queries("test"), sorted({0.0, hybrid.weight, 1.0}), progress)
+    metrics = {w: metrics_from_ranks(rank_of_targets(r, test.targets), run.cfg.eval.ks) for w, r in ranked.items()}
+    return {name: (metrics[w], ranked[w])
+            for name, w in (("gensid", 0.0), ("hybrid", hybrid.weight), (hybrid.scorer_name, 1.0))}
