@@ -80,10 +80,17 @@ class DenseDualEncoder(nn.Module):
         return losses
 
     @torch.no_grad()
-    def log_probs(self, query_vectors: torch.Tensor, histories: np.ndarray, item_text: torch.Tensor) -> torch.Tensor:
+    def item_vectors(self, item_text: torch.Tensor) -> torch.Tensor:
+        """Unit item vectors [N, dim] of item text vectors [N, T]."""
+        return F.normalize(self.item(item_text), dim=-1)
+
+    @torch.no_grad()
+    def log_probs(self, query_vectors: torch.Tensor, histories: np.ndarray, item_text: torch.Tensor,
+                  item_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T] query vectors, [B, H] history ids -> log-softmax over all items of cosine / temperature
-        [B, num_items]: the training objective's distribution, over the whole catalog."""
-        items = F.normalize(self.item(item_text), dim=-1)
+        [B, num_items]: the training objective's distribution, over the whole catalog. ``item_vectors``:
+        :meth:`item_vectors` of ``item_text``, when the caller keeps them (else computed here)."""
+        items = self.item_vectors(item_text) if item_vectors is None else item_vectors
         context = F.normalize(self.context(context_inputs(query_vectors, histories, item_text)), dim=-1)
         return (context @ items.T / self.temperature).log_softmax(-1)
 
@@ -91,7 +98,7 @@ class DenseDualEncoder(nn.Module):
     def rank(self, samples: SearchSamples, query_vectors: torch.Tensor, item_text: torch.Tensor, k: int = 20
              ) -> np.ndarray:
         """Exact top-k item ids [N, k] by cosine (faiss inner product over unit vectors)."""
-        items = F.normalize(self.item(item_text), dim=-1).numpy()
+        items = self.item_vectors(item_text).numpy()
         index = faiss.IndexFlatIP(items.shape[1])
         index.add(np.ascontiguousarray(items, dtype=np.float32))
         context = F.normalize(self.context(context_inputs(query_vectors, samples.histories, item_text)), dim=-1)

@@ -38,6 +38,7 @@ class Hybrid:
     weight: float
     scorer_source: str  # where the scorer came from (a SASRec folder, or how the dense encoder was trained)
     valid_by_weight: dict[float, dict[str, float]] = field(default_factory=dict)
+    _dense_items: torch.Tensor = field(default_factory=lambda: torch.zeros(0), repr=False)  # [N, dim], kept
 
     @property
     def scorer_name(self) -> str:
@@ -50,7 +51,9 @@ class Hybrid:
         and is dropped from the histories it reads."""
         histories = samples.histories[rows]
         if isinstance(self.scorer, DenseDualEncoder):
-            return self.scorer.log_probs(queries[torch.as_tensor(rows)], histories, self.run.text)
+            if len(self._dense_items) != len(self.run.text):  # first call, or items were added
+                self._dense_items = self.scorer.item_vectors(self.run.text)
+            return self.scorer.log_probs(queries[torch.as_tensor(rows)], histories, self.run.text, self._dense_items)
         known = self.scorer.num_items
         log_probs = self.scorer.log_probs(known_items_only(histories, known))
         added = len(self.run.text) - known
