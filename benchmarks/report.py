@@ -61,9 +61,36 @@ def search_latency_table(data: dict) -> str:
     lines = [f"**search latency** (Beauty, {data['catalog_items']} items, beam {data['beam']}, "
              f"{data['threads']} thread)", "",
              "| stage | median ms (batch 1) | p95 ms (batch 1) |", "|---|---|---|"]
-    for stage in ("context_encoding", "generative_search", "geometric_verification", "gensid_total", "dense_exact"):
-        lines.append(f"| {stage.replace('_', ' ')} | {ms[stage]['median']:.2f} | {ms[stage]['p95']:.2f} |")
-    lines.append(f"| searches/s at batch 256 | gensid {rate['gensid']:.0f} | dense {rate['dense_exact']:.0f} |")
+    for stage in ("context_encoding", "generative_search", "geometric_verification", "gensid_total", "hybrid_mixing",
+                  "hybrid_total", "dense_exact"):
+        if stage in ms:  # the hybrid stages were added later
+            lines.append(f"| {stage.replace('_', ' ')} | {ms[stage]['median']:.2f} | {ms[stage]['p95']:.2f} |")
+    lines.append("| searches/s at batch 256 | " + " | ".join(f"{name.replace('_exact', '')} {rate[name]:.0f}"
+                                                        for name in ("gensid", "hybrid", "dense_exact") if name in rate) + " |")
+    return "\n".join(lines)
+
+
+def hybrid_table(entries: dict) -> str:
+    """The hybrids of fusion.json: the run alone, the scorer alone and their mixture, each from one
+    beam search of the same run (benchmarks/fusion.py); mean ± std over seeds, and hit@10 on the head
+    and tail buckets of item popularity."""
+    groups: dict[tuple, list[dict]] = {}
+    for e in entries.values():
+        groups.setdefault((e["dataset"], e["task"], Path(e["run_dir"]).name.rpartition("-s")[0]), []).append(e)
+    lines = ["**hybrids** (test; mean ± std over seeds; head / tail: hit@10 on the most / least popular "
+             "fifth of the training interactions)", "",
+             "| data | gensid run | seeds | w (valid) | gensid @10 | scorer @10 | hybrid @10 "
+             "| head: gensid / scorer / hybrid | tail: gensid / scorer / hybrid |", "|---|---|---|---|---|---|---|---|---|"]
+    for (dataset, task, variant), rows in sorted(groups.items()):
+        scorer = next(name for name in rows[0]["test"] if name not in ("gensid", "hybrid"))
+        hit = "hit@10" if task == "search" else "recall@10"
+        cells = [" / ".join(mean_std([r["test"][name][m] for r in rows]) for m in (hit, "ndcg@10"))
+                 for name in ("gensid", scorer, "hybrid")]
+        buckets = [" / ".join(f"{mean(r['test_by_popularity'][name][b]['hit@10'] for r in rows):.3f}"
+                              for name in ("gensid", scorer, "hybrid")) for b in (0, -1)]
+        weights = ", ".join(f"{r['weight']:g}" for r in sorted(rows, key=lambda r: r["run_dir"]))
+        lines.append(f"| {dataset}-{task} | {variant} + {scorer} | {len(rows)} | {weights} | {cells[0]} | {cells[1]} "
+                     f"| {cells[2]} | {buckets[0]} | {buckets[1]} |")
     return "\n".join(lines)
 
 
@@ -72,6 +99,8 @@ def main() -> None:
         print(quality_table(path) + "\n")
     if (RESULTS / "speed.json").exists():
         print(speed_table(RESULTS / "speed.json") + "\n")
+    if (RESULTS / "fusion.json").exists():
+        print(hybrid_table(json.loads((RESULTS / "fusion.json").read_text())) + "\n")
     if (RESULTS / "search_latency.json").exists():
         print(search_latency_table(json.loads((RESULTS / "search_latency.json").read_text())))
 
