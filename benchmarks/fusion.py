@@ -11,7 +11,7 @@ model of ``benchmarks/search_baselines.py``) or takes a SASRec saved by ``benchm
 (the gensid run alone), the chosen w, and w = 1 (the scorer alone), from one beam search.
 Writes ``hybrid`` rows (test and validation) into ``benchmarks/results/<dataset>-<task>.json``; the
 hybrid (``hybrid.json``, the dense encoder) and its test ranks (for ``gensid compare``) into
-``experiments/hybrid/runs/<run>+<scorer>/``; the sweep and all three rankings by item popularity
+``experiments/hybrid/runs/<experiment>-<run>+<scorer>/``; the sweep and all three rankings by item popularity
 into ``benchmarks/results/fusion.json``.
 """
 
@@ -73,7 +73,8 @@ def main() -> None:
             row["components"] = {name: m for name, (m, _) in compared.items() if name != "hybrid"}
             row["test_by_popularity"] = hit_rate_by_bucket(compared["hybrid"][1], targets, buckets)
         upsert_row(dataset, task, row)
-    out_dir = Path("experiments") / "hybrid" / "runs" / f"{run_name}+{scorer}"
+    experiment = Path(args.run_dir).resolve().parent.parent.name  # beauty-search and office-search name runs alike
+    out_dir = Path("experiments") / "hybrid" / "runs" / f"{experiment}-{run_name}+{scorer}"
     hybrid.save(out_dir, command=command)
     ranked = compared["hybrid"][1]
     save_test_ranks(out_dir, run.splits.test, rank_of_targets(ranked, targets), ranked.shape[1])

@@ -94,7 +94,7 @@ BASELINES = [
     ("office-search DGI hard residual against BM25", "baselines/runs/bm25-office-search-s0",
      "office-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}"),
 ]
-# hybrids (benchmarks/fusion.py, experiments/hybrid/runs/<run>+<scorer>) against each of their two parts,
+# hybrids (benchmarks/fusion.py, experiments/hybrid/runs/<experiment>-<run>+<scorer>) against each of their two parts,
 # and the DGI hybrid against the two-stage hybrid. A search hybrid's dense encoder is trained with the run's
 # seed, so it is compared with the dense baseline row (seed 0); the Beauty rec hybrids of seeds 1 and 3 mix in
 # SASRec seed 1, of seed 2 SASRec seed 2, so only seeds 1 and 2 pair with SASRec.
@@ -113,7 +113,8 @@ _SCORER = {"beauty-search": ("dense", "baselines/runs/dense-beauty-search-s0", S
 
 
 def _hybrid(run: str, scorer: str) -> str:
-    return f"hybrid/runs/{run.rpartition('/')[2]}+{scorer}"
+    experiment, _, name = run.split("/")
+    return f"hybrid/runs/{experiment}-{name}+{scorer}"
 
 
 HYBRID = [row for task, (scorer, baseline, seeds) in _SCORER.items() for row in (
