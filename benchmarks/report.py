@@ -1,4 +1,5 @@
-"""Print the Markdown results tables of the README from ``benchmarks/results/*.json``.
+"""Print the Markdown results tables of the README from ``benchmarks/results/*.json`` (and draw the
+hybrids' popularity plots, ``benchmarks/results/hybrid_popularity_*.png``).
 
     python benchmarks/report.py
 """
@@ -9,6 +10,7 @@ import json
 from pathlib import Path
 from statistics import mean
 
+from gensid.report import plots
 from gensid.report.results import epochs_cell, mean_std
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -94,6 +96,29 @@ def hybrid_table(entries: dict) -> str:
     return "\n".join(lines)
 
 
+def hybrid_plots(entries: dict) -> list[Path]:
+    """One bar chart per data set and task: hit@10 by item-popularity bucket of the DGI run alone,
+    its scorer alone, the DGI hybrid and the two-stage hybrid (means over seeds), written to
+    ``benchmarks/results/hybrid_popularity_<dataset>-<task>.png``."""
+    by_task: dict[tuple[str, str], dict[str, list[list[float]]]] = {}
+    for e in entries.values():
+        scorer = next(name for name in e["test"] if name not in ("gensid", "hybrid"))
+        method = Path(e["run_dir"]).name.split("-")[0]  # dgi or two_stage
+        series = by_task.setdefault((e["dataset"], e["task"]), {})
+        names = {"hybrid": f"{method} + {scorer}"}
+        if method == "dgi":
+            names |= {"gensid": "dgi alone", scorer: f"{scorer} alone"}
+        for name, label in names.items():
+            series.setdefault(label, []).append([b["hit@10"] for b in e["test_by_popularity"][name]])
+    paths = []
+    for (dataset, task), series in sorted(by_task.items()):
+        order = sorted(series, key=lambda label: ("alone" not in label, label.startswith("two_stage"), label))
+        values = {label: [mean(col) for col in zip(*series[label], strict=True)] for label in order}
+        paths.append(plots.buckets(values, "test hit@10", f"{dataset} {task}: hybrids by item popularity",
+                                   RESULTS / f"hybrid_popularity_{dataset}-{task}.png"))
+    return paths
+
+
 def main() -> None:
     for path in sorted([*RESULTS.glob("*-rec.json"), *RESULTS.glob("*-search.json")]):
         print(quality_table(path) + "\n")
@@ -101,6 +126,7 @@ def main() -> None:
         print(speed_table(RESULTS / "speed.json") + "\n")
     if (RESULTS / "fusion.json").exists():
         print(hybrid_table(json.loads((RESULTS / "fusion.json").read_text())) + "\n")
+        hybrid_plots(json.loads((RESULTS / "fusion.json").read_text()))
     if (RESULTS / "search_latency.json").exists():
         print(search_latency_table(json.loads((RESULTS / "search_latency.json").read_text())))
 
