@@ -14,7 +14,7 @@ from conftest import shared_dataset
 from gensid.baselines.dense import DenseDualEncoder
 from gensid.cli import app
 from gensid.config import load_config
-from gensid.errors import InputError
+from gensid.errors import InputError, RunError
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.fusion import Hybrid, fused_rankings
 from gensid.pipeline import compare_runs, load_run, load_test_ranks, train_run
@@ -193,3 +193,12 @@ def test_generative_search_with_dgi_on_movielens(tmp_path):
     assert np.array_equal(hybrid_ranks, rank_of_targets(hybrid.rank(test, queries), test.targets))
     bad = runner.invoke(app, ["hybrid", str(tmp_path), "--out", str(tmp_path / "h2"), "--weights", "0,2"])
     assert bad.exit_code != 0 and "each in [0, 1]" in str(bad.exception)
+    saved = (tmp_path / "test_ranks.json").read_text()
+    for taken in (tmp_path, tmp_path / "hybrid"):  # neither the run nor the earlier hybrid is overwritten
+        again = runner.invoke(app, ["hybrid", str(tmp_path), "--out", str(taken)])
+        assert again.exit_code != 0 and "not empty" in str(again.exception)
+    assert (tmp_path / "test_ranks.json").read_text() == saved
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "hybrid.json").write_text("{}")
+    with pytest.raises(RunError, match="not a hybrid description"):
+        Hybrid.load(tmp_path / "broken")

@@ -148,6 +148,8 @@ def hybrid(run_dir: Path, out: Path = typer.Option(..., help="folder for the hyb
         chosen = [float(w) for w in weights.split(",") if w.strip()] or None
     except ValueError:
         raise typer.BadParameter(f"{weights!r}: give numbers, e.g. 0,0.2,0.5", param_hint="--weights") from None
+    if out.exists() and any(out.iterdir()):  # a run directory or an earlier hybrid: never overwrite
+        raise InputError(f"{out}: exists and is not empty; give a new folder for the hybrid")
     torch.set_num_threads(threads)
     run = load_run(run_dir)
     mixed, _ = fit_hybrid(run, sasrec, chosen, seed, progress=True)

@@ -421,7 +421,12 @@ HYBRID_FILE = "hybrid.json"
 def hybrid_run_dir(folder: str | Path) -> Path | None:
     """The run a hybrid folder (:mod:`gensid.fusion.hybrid`) mixes, or None if ``folder`` is no hybrid."""
     path = Path(folder) / HYBRID_FILE
-    return Path(os.path.normpath(Path(folder) / json.loads(path.read_text())["run_dir"])) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return Path(os.path.normpath(Path(folder) / json.loads(path.read_text())["run_dir"]))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise RunError(f"{path}: not a hybrid description ({exc!r})") from None
 
 
 def target_popularity_buckets(run_dirs: list[str], digest: str) -> np.ndarray:
