@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 
 from gensid.eval.analysis import hit_rate_by_bucket, popularity_buckets
-from gensid.eval.metrics import rank_of_targets
 from gensid.fusion.hybrid import WEIGHTS, fit_hybrid, test_comparison
-from gensid.pipeline import load_run, save_test_ranks, training_popularity
+from gensid.pipeline import load_run, training_popularity
 from gensid.report.results import RESULTS, total_train_minutes, update_entry, upsert_row
 
 
@@ -75,9 +74,7 @@ def main() -> None:
         upsert_row(dataset, task, row)
     experiment = Path(args.run_dir).resolve().parent.parent.name  # beauty-search and office-search name runs alike
     out_dir = Path("experiments") / "hybrid" / "runs" / f"{experiment}-{run_name}+{scorer}"
-    hybrid.save(out_dir, command=command)
-    ranked = compared["hybrid"][1]
-    save_test_ranks(out_dir, run.splits.test, rank_of_targets(ranked, targets), ranked.shape[1])
+    hybrid.save(out_dir, test_ranked=compared["hybrid"][1], command=command)
     update_entry(RESULTS / "fusion.json", f"{args.run_dir}+{scorer}", {
         "run_dir": str(args.run_dir), "scorer": hybrid.scorer_source, "dataset": dataset, "task": task,
         "weight": hybrid.weight, "valid_by_weight": {str(w): m for w, m in hybrid.valid_by_weight.items()},

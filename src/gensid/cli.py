@@ -140,9 +140,8 @@ def hybrid(run_dir: Path, out: Path = typer.Option(..., help="folder for the hyb
     the run alone, the hybrid and the scorer alone, and writes the hybrid and its test ranks into OUT."""
     import torch
 
-    from gensid.eval.metrics import rank_of_targets
     from gensid.fusion.hybrid import fit_hybrid, test_comparison
-    from gensid.pipeline import load_run, save_test_ranks
+    from gensid.pipeline import load_run
 
     try:
         chosen = [float(w) for w in weights.split(",") if w.strip()] or None
@@ -154,9 +153,7 @@ def hybrid(run_dir: Path, out: Path = typer.Option(..., help="folder for the hyb
     run = load_run(run_dir)
     mixed, _ = fit_hybrid(run, sasrec, chosen, seed, progress=True)
     compared = test_comparison(mixed, progress=True)
-    mixed.save(out)
-    ranked = compared["hybrid"][1]
-    save_test_ranks(out, run.splits.test, rank_of_targets(ranked, run.splits.test.targets), ranked.shape[1])
+    mixed.save(out, test_ranked=compared["hybrid"][1])
     console.print(_table(f"test, weight {mixed.weight} (chosen on validation)",
                          {name: m for name, (m, _) in compared.items()}))
     console.print(f"hybrid in {out}; serve it with: gensid serve {out}")

@@ -26,7 +26,7 @@ from gensid.errors import InputError
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.fusion.mixture import fused_rankings
 from gensid.io import write_json
-from gensid.pipeline import HYBRID_FILE, Run, hybrid_run_dir, load_run
+from gensid.pipeline import HYBRID_FILE, Run, hybrid_run_dir, load_run, save_test_ranks
 
 WEIGHTS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 
@@ -76,10 +76,15 @@ class Hybrid:
         return {w: metrics_from_ranks(rank_of_targets(r, samples.targets), self.run.cfg.eval.ks)
                 for w, r in ranked.items()}
 
-    def save(self, out_dir: str | Path, **extra: object) -> Path:
-        """Write ``hybrid.json`` (and ``dense.safetensors``) into ``out_dir``; ``extra`` goes into the JSON."""
+    def save(self, out_dir: str | Path, test_ranked: np.ndarray | None = None, **extra: object) -> Path:
+        """Write ``hybrid.json`` (and ``dense.safetensors``) into ``out_dir``; ``extra`` goes into the JSON.
+        ``test_ranked`` [N, k]: the hybrid's ranking of the test split, kept as ``test_ranks.json`` (for
+        ``gensid compare``)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        if test_ranked is not None:
+            test = self.run.splits.test
+            save_test_ranks(out_dir, test, rank_of_targets(test_ranked, test.targets), test_ranked.shape[1])
         if isinstance(self.scorer, DenseDualEncoder):
             self.scorer.save(out_dir / "dense.safetensors")
         write_json(out_dir / HYBRID_FILE, {
