@@ -63,6 +63,7 @@ def main() -> None:
     dataset, task = run.dataset.name.lower(), run.cfg.data.task  # beauty-search.json, as the plans name it
     targets = run.splits.test.targets
     buckets = popularity_buckets(training_popularity(run.splits, len(run.dataset.catalog)))
+    by_bucket = {name: hit_rate_by_bucket(r, targets, buckets) for name, (_, r) in compared.items()}
     minutes = total_train_minutes(json.loads((Path(args.run_dir) / "metrics.json").read_text())) + scorer_minutes
     for split, metrics in (("valid", hybrid.valid_by_weight[hybrid.weight]), ("test", compared["hybrid"][0])):
         row = {"method": "hybrid", "variant": f"{run_name.rpartition('-s')[0]} + {scorer}", "split": split,
@@ -70,7 +71,7 @@ def main() -> None:
                "weight": hybrid.weight, "run_dir": str(args.run_dir), "scorer": hybrid.scorer_source}
         if split == "test":
             row["components"] = {name: m for name, (m, _) in compared.items() if name != "hybrid"}
-            row["test_by_popularity"] = hit_rate_by_bucket(compared["hybrid"][1], targets, buckets)
+            row["test_by_popularity"] = by_bucket["hybrid"]
         upsert_row(dataset, task, row)
     experiment = Path(args.run_dir).resolve().parent.parent.name  # beauty-search and office-search name runs alike
     out_dir = Path("experiments") / "hybrid" / "runs" / f"{experiment}-{run_name}+{scorer}"
@@ -79,7 +80,7 @@ def main() -> None:
         "run_dir": str(args.run_dir), "scorer": hybrid.scorer_source, "dataset": dataset, "task": task,
         "weight": hybrid.weight, "valid_by_weight": {str(w): m for w, m in hybrid.valid_by_weight.items()},
         "test": {name: m for name, (m, _) in compared.items()},
-        "test_by_popularity": {name: hit_rate_by_bucket(r, targets, buckets) for name, (_, r) in compared.items()},
+        "test_by_popularity": by_bucket,
         "scorer_train_minutes": round(scorer_minutes, 2), "seconds": round(seconds, 1), "command": command})
     print(f"rows in {RESULTS}/{dataset}-{task}.json, the hybrid in {out_dir}")
 

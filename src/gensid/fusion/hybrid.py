@@ -69,11 +69,12 @@ class Hybrid:
         """Ranked item ids [N, eval.beam_size] at the hybrid's weight (the interface of ``Run.rank``)."""
         return self.rank_at(samples, queries, [self.weight], progress)[self.weight]
 
-    def evaluate(self, split: str, weights: list[float], progress: bool = False) -> dict[float, dict[str, float]]:
-        """{weight: metrics at ``eval.ks``} on ``split`` of the run's data."""
+    def evaluate(self, split: str, weights: list[float], progress: bool = False
+                 ) -> dict[float, tuple[dict[str, float], np.ndarray]]:
+        """{weight: (metrics at ``eval.ks``, ranked item ids [N, eval.beam_size])} on ``split`` of the run's data."""
         samples = getattr(self.run.splits, split)
         ranked = self.rank_at(samples, self.run.split_queries(split), weights, progress)
-        return {w: metrics_from_ranks(rank_of_targets(r, samples.targets), self.run.cfg.eval.ks)
+        return {w: (metrics_from_ranks(rank_of_targets(r, samples.targets), self.run.cfg.eval.ks), r)
                 for w, r in ranked.items()}
 
     def save(self, out_dir: str | Path, test_ranked: np.ndarray | None = None, **extra: object) -> Path:
@@ -155,7 +156,7 @@ def fit_hybrid(run: Run, sasrec: str | Path | None = None, weights: list[float] 
     else:
         scorer, source = load_sasrec(sasrec, run), str(sasrec)
     hybrid = Hybrid(run, scorer, 0.0, source)
-    hybrid.valid_by_weight = hybrid.evaluate("valid", weights, progress)
+    hybrid.valid_by_weight = {w: m for w, (m, _) in hybrid.evaluate("valid", weights, progress).items()}
     hybrid.weight = max(weights, key=lambda w: (hybrid.valid_by_weight[w]["ndcg@10"], -w))
     return hybrid, minutes
 
@@ -163,8 +164,5 @@ def fit_hybrid(run: Run, sasrec: str | Path | None = None, weights: list[float] 
 def test_comparison(hybrid: Hybrid, progress: bool = False) -> dict[str, tuple[dict[str, float], np.ndarray]]:
     """The run alone (w = 0), the hybrid and the scorer alone (w = 1) on the test split, from one beam
     search: {"gensid" | "hybrid" | scorer name: (metrics at eval.ks, ranked item ids [N, beam_size])}."""
-    run, test = hybrid.run, hybrid.run.splits.test
-    ranked = hybrid.rank_at(test, run.split_queries("test"), sorted({0.0, hybrid.weight, 1.0}), progress)
-    metrics = {w: metrics_from_ranks(rank_of_targets(r, test.targets), run.cfg.eval.ks) for w, r in ranked.items()}
-    return {name: (metrics[w], ranked[w])
-            for name, w in (("gensid", 0.0), ("hybrid", hybrid.weight), (hybrid.scorer_name, 1.0))}
+    scored = hybrid.evaluate("test", sorted({0.0, hybrid.weight, 1.0}), progress)
+    return {name: scored[w] for name, w in (("gensid", 0.0), ("hybrid", hybrid.weight), (hybrid.scorer_name, 1.0))}
