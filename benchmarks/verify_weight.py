@@ -19,13 +19,12 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from gensid.eval.evaluate import evaluation_batches
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.index.beam import encode_context, search_leaves, verify
 from gensid.pipeline import load_run
 from gensid.report.results import RESULTS, update_entry
-from gensid.train.batches import Batch
 
 
 @torch.no_grad()
@@ -38,9 +37,7 @@ def sweep(run_dir: str, weights: list[float], split: str) -> dict:
     item_vectors = F.normalize(items.item_vectors, dim=-1)
     ranked = {w: np.full((len(samples), e.beam_size), -1, dtype=np.int64) for w in weights}
     dense = np.zeros((len(samples), e.beam_size), dtype=np.int64)
-    for start in tqdm(range(0, len(samples), e.batch_size), desc=f"{split} beam search", leave=False):
-        rows = np.arange(start, min(start + e.batch_size, len(samples)))
-        batch = Batch.build(samples, rows, items, queries)
+    for rows, batch in evaluation_batches(samples, items, queries, e.batch_size, f"{split} beam search", True):
         memory, memory_mask, context = encode_context(model, batch.history_codes, batch.history_mask,
                                                       batch.history_text, batch.history_vectors, batch.query)
         leaves, scores = search_leaves(model, index, memory, memory_mask, e.beam_size)

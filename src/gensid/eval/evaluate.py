@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -13,6 +15,17 @@ from gensid.model.recommender import GenerativeRecommender
 from gensid.train.batches import Batch, ItemFeatures
 
 
+def evaluation_batches(samples: Samples, items: ItemFeatures, queries: torch.Tensor | None = None,
+                       batch_size: int = 256, desc: str = "beam search",
+                       progress: bool = False) -> Iterator[tuple[np.ndarray, Batch]]:
+    """Batches over every sample for ranking: (row ids into ``samples``, the batch), histories of
+    similar length together (less padding). Callers write results at ``rows``, which restores the order."""
+    order = np.argsort((samples.histories >= 0).sum(1), kind="stable")
+    for start in tqdm(range(0, len(samples), batch_size), desc=desc, disable=not progress, leave=False):
+        rows = order[start:start + batch_size]
+        yield rows, Batch.build(samples, rows, items, queries)
+
+
 @torch.no_grad()
 def recommend_items(model: GenerativeRecommender, index: SIDIndex, samples: Samples, items: ItemFeatures,
                     beam_size: int, batch_size: int = 256, progress: bool = False,
@@ -20,15 +33,10 @@ def recommend_items(model: GenerativeRecommender, index: SIDIndex, samples: Samp
     """Top ``beam_size`` item ids per sample [N, beam_size], best first (``queries`` [N, T]: search;
     ``verify_weight``: ``EvalConfig.verify_weight``)."""
     model.eval()
-    # batch histories of similar length together (less padding), then restore the order
-    order = np.argsort((samples.histories >= 0).sum(1), kind="stable")
     ranked = np.full((len(samples), beam_size), -1, dtype=np.int64)
-    for start in tqdm(range(0, len(samples), batch_size), desc="beam search", disable=not progress, leave=False):
-        rows = order[start:start + batch_size]
-        batch = Batch.build(samples, rows, items, queries)
+    for rows, batch in evaluation_batches(samples, items, queries, batch_size, progress=progress):
         result = constrained_beam_search(model, index, batch.history_codes, batch.history_mask, beam_size,
                                          batch.history_text, batch.history_vectors, items.item_vectors, batch.query,
                                          verify_weight)
         ranked[rows, : result.items.shape[1]] = result.items.numpy()
     return ranked
-

@@ -26,13 +26,12 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from gensid.data.splits import Samples
+from gensid.eval.evaluate import evaluation_batches
 from gensid.index.beam import BeamResult, constrained_beam_search
 from gensid.index.sid_index import SIDIndex
 from gensid.pipeline import Run
-from gensid.train.batches import Batch
 
 
 def generative_log_probs(index: SIDIndex, result: BeamResult) -> torch.Tensor:
@@ -72,9 +71,7 @@ def fused_rankings(run: Run, samples: Samples, queries: torch.Tensor | None,
     k = k or e.beam_size
     run.model.eval()
     ranked = {w: np.full((len(samples), k), -1, dtype=np.int64) for w in weights}
-    for start in tqdm(range(0, len(samples), e.batch_size), desc="hybrid ranking", disable=not progress, leave=False):
-        rows = np.arange(start, min(start + e.batch_size, len(samples)))
-        batch = Batch.build(samples, rows, run.items, queries)
+    for rows, batch in evaluation_batches(samples, run.items, queries, e.batch_size, "hybrid ranking", progress):
         beam = constrained_beam_search(run.model, run.index, batch.history_codes, batch.history_mask, e.beam_size,
                                        batch.history_text, batch.history_vectors, run.items.item_vectors,
                                        batch.query, e.verify_weight)
