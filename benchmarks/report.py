@@ -1,4 +1,4 @@
-"""Print the Markdown results tables of the README from ``benchmarks/results/*.json`` (and draw the
+"""Print the Markdown results tables of RESULTS.md from ``benchmarks/results/*.json`` (and draw the
 hybrids' popularity plots, ``benchmarks/results/hybrid_popularity_*.png``).
 
     python benchmarks/report.py
