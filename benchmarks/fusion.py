@@ -28,6 +28,7 @@ import torch
 
 from gensid.eval.analysis import hit_rate_by_bucket, popularity_buckets
 from gensid.fusion.hybrid import WEIGHTS, fit_hybrid, test_comparison
+from gensid.io import JsonlLog
 from gensid.pipeline import load_run, training_popularity
 from gensid.report.results import RESULTS, total_train_minutes, update_entry, upsert_row
 
@@ -49,7 +50,7 @@ def main() -> None:
     compared = test_comparison(hybrid, progress=True)
     seconds = time.perf_counter() - start
     if args.sasrec:  # SASRec's own training minutes (benchmarks/sasrec.py logs them per epoch)
-        log = [json.loads(line) for line in (Path(args.sasrec) / "log.jsonl").read_text().splitlines()]
+        log = JsonlLog(Path(args.sasrec) / "log.jsonl").read()
         scorer_minutes = max((e.get("minutes", 0.0) for e in log if e.get("event") == "epoch"), default=0.0)
 
     hit = "hit" if run.cfg.data.task == "search" else "recall"

@@ -50,3 +50,25 @@ def test_freezing_needs_an_index_that_learns(tmp_path):
     cfg = load_config("configs/ml100k.yaml", [*TINY, "train.freeze_index_epoch=1"])
     with pytest.raises(ConfigError, match="freeze_index_epoch needs train.strategy joint"):
         prepare(cfg, tmp_path, progress=False)
+
+
+def test_a_run_resumed_inside_the_freeze_epoch_logs_the_freeze_once(tmp_path, monkeypatch):
+    from gensid.train.trainer import Trainer
+
+    train_epoch = Trainer.train_epoch
+
+    def interrupted_in_epoch_2(self):
+        if self.epoch == 1 and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return train_epoch(self)
+
+    interrupted: list[bool] = []
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted_in_epoch_2)
+    cfg = load_config("configs/ml100k.yaml", [*TINY, *JOINT, "train.freeze_index_epoch=1"])
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path, progress=False)
+    train_run(cfg, tmp_path, progress=False)  # resumes at the start of epoch 2, the first frozen one
+    events = [json.loads(line)["event"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert "resume" in events
+    assert events.count("index_frozen") == 1

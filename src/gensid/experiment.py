@@ -31,7 +31,7 @@ from rich.console import Console
 
 from gensid.config import load_config
 from gensid.errors import ConfigError
-from gensid.io import write_json, write_text
+from gensid.io import JsonlLog, write_json, write_text
 from gensid.pipeline import train_run
 from gensid.report import plots
 from gensid.report.results import (
@@ -200,8 +200,7 @@ def _finished(plan: Plan) -> list[tuple[Variant, int, dict, list[dict]]]:
         run_dir = plan.run_dir(variant, seed)
         if (run_dir / "metrics.json").exists():
             metrics = json.loads((run_dir / "metrics.json").read_text())
-            log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line]
-            out.append((variant, seed, metrics, log))
+            out.append((variant, seed, metrics, JsonlLog(run_dir / "log.jsonl").read()))
     return out
 
 

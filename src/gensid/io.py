@@ -98,6 +98,12 @@ class JsonlLog:
         with open(self.path, "a") as fh:
             fh.write(json.dumps(event) + "\n")
 
+    def read(self) -> list[dict]:
+        """Every event written so far, oldest first ([] before the first)."""
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)

@@ -532,7 +532,8 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     def before_epoch(epochs_done: int) -> None:
         freeze = cfg.train.freeze_index_epoch
         if freeze and epochs_done >= freeze:
-            if main and epochs_done == freeze:
+            # a run resumed inside the freeze epoch has logged it already
+            if main and epochs_done == freeze and not any(e.get("event") == "index_frozen" for e in log.read()):
                 log.write(event="index_frozen", epoch=epochs_done)
             run.freeze_item_side()
         run.refresh_index()
