@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from gensid.baselines.sasrec import SASRec, SASRecConfig
 from gensid.config import load_config
 from gensid.fusion import Hybrid, fit_hybrid
-from gensid.fusion.hybrid import known_items_only
+from gensid.fusion.hybrid import known_items_only, load_sasrec
 from gensid.pipeline import load_run, train_run
 from gensid.serve import create_app
 
@@ -269,6 +269,21 @@ def test_a_sasrec_hybrid_gives_added_items_no_catalog_probability(trained, tmp_p
         assert log_probs.shape == (1, len(catalog)) and log_probs[0, -1] == float("-inf")
         alone = svc.hybrid.scorer.log_probs(svc.run.history_samples([[0]]).histories)
         assert torch.allclose(log_probs[:, :-1], alone)
+
+
+def test_a_sasrec_hybrid_moves_with_its_parts_and_loads_from_any_directory(trained, tmp_path, monkeypatch):
+    work = tmp_path / "before"
+    run = load_run(shutil.copytree(trained["two_stage"], work / "rec"))
+    (work / "sasrec").mkdir()
+    SASRec(len(run.dataset.catalog), SASRecConfig(hidden=16, layers=1, heads=2, inner=32, max_len=20)).save(
+        work / "sasrec" / "model.safetensors")
+    monkeypatch.chdir(work)
+    Hybrid(run, load_sasrec("sasrec", run), 0.7, "sasrec").save("hybrid")  # a relative --sasrec, as typed
+    shutil.move(work, tmp_path / "after")
+    monkeypatch.chdir(tmp_path)
+    loaded = Hybrid.load(tmp_path / "after" / "hybrid")
+    assert isinstance(loaded.scorer, SASRec) and loaded.weight == 0.7
+    assert loaded.run.run_dir.resolve() == (tmp_path / "after" / "rec").resolve()
 
 
 def test_known_items_only_drops_unknown_ids_and_repads():

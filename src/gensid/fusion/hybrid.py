@@ -36,7 +36,7 @@ class Hybrid:
     run: Run
     scorer: DenseDualEncoder | SASRec
     weight: float
-    scorer_source: str  # where the scorer came from (a SASRec folder, or how the dense encoder was trained)
+    scorer_source: str  # where the scorer came from: a SASRec folder, or how the dense encoder was trained
     valid_by_weight: dict[float, dict[str, float]] = field(default_factory=dict)
     _dense_items: torch.Tensor = field(default_factory=lambda: torch.zeros(0), repr=False)  # [N, dim], kept
 
@@ -88,9 +88,12 @@ class Hybrid:
             save_test_ranks(out_dir, test, rank_of_targets(test_ranked, test.targets), test_ranked.shape[1])
         if isinstance(self.scorer, DenseDualEncoder):
             self.scorer.save(out_dir / "dense.safetensors")
+        source = self.scorer_source  # a SASRec folder is kept relative to the hybrid's, as the run is
+        if isinstance(self.scorer, SASRec):
+            source = os.path.relpath(Path(source).resolve(), out_dir.resolve())
         write_json(out_dir / HYBRID_FILE, {
             "run_dir": os.path.relpath(self.run.run_dir.resolve(), out_dir.resolve()), "scorer": self.scorer_name,
-            "scorer_source": self.scorer_source, "weight": self.weight,
+            "scorer_source": source, "weight": self.weight,
             "valid_by_weight": {str(w): m for w, m in self.valid_by_weight.items()}, **extra})
         return out_dir / HYBRID_FILE
 
@@ -103,9 +106,13 @@ class Hybrid:
             raise InputError(f"{hybrid_dir}: no {HYBRID_FILE} (build one with gensid hybrid)")
         saved = json.loads((hybrid_dir / HYBRID_FILE).read_text())
         run = load_run(run_dir)
-        scorer = (DenseDualEncoder.load(hybrid_dir / "dense.safetensors") if saved["scorer"] == "dense"
-                  else load_sasrec(saved["scorer_source"], run))
-        return cls(run, scorer, saved["weight"], saved["scorer_source"],
+        source = saved["scorer_source"]
+        if saved["scorer"] == "dense":
+            scorer = DenseDualEncoder.load(hybrid_dir / "dense.safetensors")
+        else:
+            source = os.path.normpath(hybrid_dir / source)
+            scorer = load_sasrec(source, run)
+        return cls(run, scorer, saved["weight"], source,
                    {float(w): m for w, m in saved.get("valid_by_weight", {}).items()})
 
 
