@@ -5,15 +5,19 @@ Starts a real uvicorn server (``gensid serve``) over a copy of a trained run, se
 histories of known and freshly added items, and ``POST /items`` adding one new item
 each), SIGKILLs the server halfway, restarts it from the same run directory, sends the
 second half, then checks that every acknowledged item is still there with the same SID.
-Writes ``benchmarks/results/serve_load.json``.
+Given a hybrid folder (``gensid hybrid``), it load-tests the hybrid and then its run alone with
+the same request sequence, and reports the hybrid's throughput and latency against the run's.
+Writes ``benchmarks/results/serve_load.json`` (one entry per folder).
 
     python benchmarks/serve_load.py --run-dir runs/ml100k-small --requests 5000 --concurrency 32
+    python benchmarks/serve_load.py --run-dir experiments/hybrid/runs/<hybrid> --requests 2000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import shlex
@@ -31,7 +35,7 @@ import numpy as np
 
 from benchmarks.speed import machine
 from gensid.io import write_json
-from gensid.report.results import git_commit
+from gensid.report.results import git_commit, update_entry
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORDS = ["space", "river", "night", "city", "love", "war", "ghost", "detective", "island", "summer", "robot", "king"]
@@ -64,10 +68,10 @@ def start_server(run_dir: Path, port: int, timeout: float = 120) -> subprocess.P
 class Load:
     """Shared state of the workers: counters, latencies and the acknowledged items."""
 
-    def __init__(self, known: list[str], items_share: float, seed: int):
-        self.known, self.items_share = known, items_share
+    def __init__(self, known: list[str], text_fields: list[str], items_share: float, seed: int):
+        self.known, self.text_fields, self.items_share = known, text_fields, items_share
         self.rng = random.Random(seed)
-        self.latencies_ms: list[float] = []
+        self.latencies_ms: dict[str, list[float]] = {"/recommend": [], "/items": []}
         self.status: dict[int, int] = {}
         self.transport_errors = 0
         self.acknowledged: dict[str, list[int]] = {}  # item id -> SID returned with 201
@@ -77,8 +81,8 @@ class Load:
         if self.rng.random() < self.items_share:
             self.sent["items"] += 1
             item_id = f"load-{len(self.known)}-{self.rng.getrandbits(40):x}"
-            title = " ".join(self.rng.choices(WORDS, k=3)).title()
-            return "/items", {"items": [{"id": item_id, "fields": {"movie_title": title, "class": "Drama"}}]}
+            fields = {name: " ".join(self.rng.choices(WORDS, k=3)).title() for name in self.text_fields}
+            return "/items", {"items": [{"id": item_id, "fields": fields}]}
         self.sent["recommend"] += 1
         history = self.rng.choices(self.known, k=self.rng.randint(1, 10))
         return "/recommend", {"history": history, "k": 10}
@@ -93,7 +97,7 @@ class Load:
             except httpx.TransportError:
                 self.transport_errors += 1
                 continue
-            self.latencies_ms.append((time.perf_counter() - start) * 1000)
+            self.latencies_ms[path].append((time.perf_counter() - start) * 1000)
             self.status[response.status_code] = self.status.get(response.status_code, 0) + 1
             if path == "/items" and response.status_code == 201:
                 for item in response.json()["items"]:
@@ -117,28 +121,37 @@ def lost_items(port: int, acknowledged: dict[str, list[int]]) -> int:
                    if (r := client.get(f"/items/{item_id}")).status_code != 200 or r.json()["sid"] != sid)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", type=Path, required=True, help="a trained run (copied, never modified)")
-    parser.add_argument("--requests", type=int, default=5000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--items-share", type=float, default=0.1, help="share of POST /items requests")
-    parser.add_argument("--out", type=Path, default=RESULTS / "serve_load.json")
-    args = parser.parse_args(argv)
-    from gensid.pipeline import load_run
+def staged_copy(folder: Path, work: Path) -> Path:
+    """Copy a run (or a hybrid and its run) into ``work``; the folder to serve. The copy's hybrid.json
+    points at the copied run and at the original SASRec folder (read only)."""
+    from gensid.pipeline import HYBRID_FILE, hybrid_run_dir
 
-    known = list(load_run(args.run_dir).dataset.catalog.item_ids)
-    work = Path(tempfile.mkdtemp(prefix="gensid-load-")) / "run"
-    shutil.copytree(args.run_dir, work, ignore=shutil.ignore_patterns("catalog.sqlite*"))
+    run_dir = hybrid_run_dir(folder)
+    if run_dir is None:
+        return Path(shutil.copytree(folder, work / "run", ignore=shutil.ignore_patterns("catalog.sqlite*")))
+    shutil.copytree(run_dir, work / "run", ignore=shutil.ignore_patterns("catalog.sqlite*"))
+    hybrid = Path(shutil.copytree(folder, work / "hybrid"))
+    spec = json.loads((hybrid / HYBRID_FILE).read_text())
+    spec["run_dir"] = "../run"
+    if spec["scorer"] == "sasrec":
+        spec["scorer_source"] = str((folder / spec["scorer_source"]).resolve())
+    write_json(hybrid / HYBRID_FILE, spec)
+    return hybrid
+
+
+def load_test(folder: Path, known: list[str], text_fields: list[str], args: argparse.Namespace) -> dict:
+    """One load test of ``gensid serve`` on a copy of ``folder``, with a SIGKILL and restart halfway."""
+    work = Path(tempfile.mkdtemp(prefix="gensid-load-"))
+    served = staged_copy(folder, work)
     port = free_port()
-    load = Load(known, args.items_share, seed=0)
-    server = start_server(work, port)
+    load = Load(list(known), text_fields, args.items_share, seed=0)
+    server = start_server(served, port)
     try:
         first = asyncio.run(load.run(port, args.requests // 2, args.concurrency))
         server.send_signal(signal.SIGKILL)  # a crash, not a clean shutdown
         server.wait()
         start = time.perf_counter()
-        server = start_server(work, port)
+        server = start_server(served, port)
         restart_s = time.perf_counter() - start
         lost = lost_items(port, load.acknowledged)
         second = asyncio.run(load.run(port, args.requests - args.requests // 2, args.concurrency))
@@ -146,24 +159,52 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         server.kill()
         server.wait()
-        shutil.rmtree(work.parent)
-    latencies = np.asarray(load.latencies_ms)
-    answered = len(latencies)
-    result = {
-        "requests": args.requests, "concurrency": args.concurrency,
+        shutil.rmtree(work)
+    latencies = np.asarray([ms for per_path in load.latencies_ms.values() for ms in per_path])
+    by_endpoint = {path: {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+                   for path, ms in load.latencies_ms.items() if ms}
+    return {
+        "served": str(folder), "requests": args.requests, "concurrency": args.concurrency,
         "mix": {"recommend": load.sent["recommend"], "items": load.sent["items"]},
-        "throughput_rps": answered / (first + second),
+        "throughput_rps": len(latencies) / (first + second),
         "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
+        "by_endpoint": by_endpoint,
         "errors_5xx": sum(n for code, n in load.status.items() if code >= 500),
         "errors_4xx": sum(n for code, n in load.status.items() if 400 <= code < 500),
         "transport_errors": load.transport_errors, "status_counts": {str(k): v for k, v in sorted(load.status.items())},
         "items_added": len(load.acknowledged), "lost_items": lost, "lost_items_at_end": lost_at_end,
-        "restarted_mid_run": True, "restart_kind": "SIGKILL, then gensid serve on the same run directory",
-        "restart_seconds": restart_s, "run_dir": str(args.run_dir), "machine": machine(), "commit": git_commit(),
-        "command": shlex.join([os.path.relpath(sys.executable), *sys.argv]),
+        "restarted_mid_run": True, "restart_kind": "SIGKILL, then gensid serve on the same folder",
+        "restart_seconds": restart_s,
     }
-    print(result)
-    write_json(args.out, result)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", type=Path, required=True,
+                        help="a trained run or a hybrid folder (copied, never modified)")
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--items-share", type=float, default=0.1, help="share of POST /items requests")
+    parser.add_argument("--out", type=Path, default=RESULTS / "serve_load.json")
+    args = parser.parse_args(argv)
+    from gensid.pipeline import hybrid_run_dir, load_run
+
+    run_dir = hybrid_run_dir(args.run_dir) or args.run_dir
+    run = load_run(run_dir)
+    if run.cfg.data.task != "rec":
+        raise SystemExit(f"{run_dir}: a {run.cfg.data.task} run; this load test sends /recommend requests")
+    known, text_fields = list(run.dataset.catalog.item_ids), list(run.cfg.data.text_fields)
+    del run
+    result = load_test(args.run_dir, known, text_fields, args)
+    if run_dir != args.run_dir:  # a hybrid: its run alone, same requests, for the ratio
+        alone = load_test(run_dir, known, text_fields, args)
+        result = {"hybrid": result, "run_alone": alone,
+                  "hybrid_over_run": {"throughput": result["throughput_rps"] / alone["throughput_rps"],
+                                      "p50": result["p50_ms"] / alone["p50_ms"], "p99": result["p99_ms"] / alone["p99_ms"]}}
+    result |= {"machine": machine(), "commit": git_commit(),
+               "command": shlex.join([os.path.relpath(sys.executable), *sys.argv])}
+    print(json.dumps(result, indent=2))
+    update_entry(args.out, str(args.run_dir), result)
 
 
 if __name__ == "__main__":
