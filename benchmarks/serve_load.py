@@ -124,7 +124,7 @@ def lost_items(port: int, acknowledged: dict[str, list[int]]) -> int:
 def staged_copy(folder: Path, work: Path) -> Path:
     """Copy a run (or a hybrid and its run) into ``work``; the folder to serve. The copy's hybrid.json
     points at the copied run and at the original SASRec folder (read only)."""
-    from gensid.pipeline import HYBRID_FILE, hybrid_run_dir
+    from gensid.fusion.hybrid import HYBRID_FILE, hybrid_run_dir
 
     run_dir = hybrid_run_dir(folder)
     if run_dir is None:
@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items-share", type=float, default=0.1, help="share of POST /items requests")
     parser.add_argument("--out", type=Path, default=RESULTS / "serve_load.json")
     args = parser.parse_args(argv)
-    from gensid.pipeline import hybrid_run_dir, load_run
+    from gensid.fusion.hybrid import hybrid_run_dir
+    from gensid.pipeline import load_run
 
     run_dir = hybrid_run_dir(args.run_dir) or args.run_dir
     run = load_run(run_dir)

@@ -13,11 +13,12 @@ from typer.testing import CliRunner
 from conftest import shared_dataset
 from gensid.baselines.dense import DenseDualEncoder
 from gensid.cli import app
+from gensid.compare import compare_runs, load_test_ranks
 from gensid.config import load_config
 from gensid.errors import InputError, RunError
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.fusion import Hybrid, fused_rankings
-from gensid.pipeline import compare_runs, load_run, load_test_ranks, train_run
+from gensid.pipeline import load_run, train_run
 
 TINY = ["model.d_model=64", "model.encoder_layers=2", "model.decoder_layers=2", "model.d_ff=128",
         "train.batch_size=128", "train.warmup_steps=20", "train.lr=2e-3", "eval.max_users=200"]

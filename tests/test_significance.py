@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from gensid.compare import compare_runs
 from gensid.errors import InputError, RunError
 from gensid.eval.significance import across_pairs, compare_ranks, paired_test, per_user_metric
-from gensid.pipeline import compare_runs
 
 
 def test_per_user_metric_hand_case():

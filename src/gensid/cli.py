@@ -120,7 +120,8 @@ def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="interface t
     import torch
     import uvicorn
 
-    from gensid.pipeline import hybrid_run_dir, run_files
+    from gensid.fusion.hybrid import hybrid_run_dir
+    from gensid.pipeline import run_files
     from gensid.serve import create_app
 
     run_files(hybrid_run_dir(run_dir) or run_dir)  # a bad folder fails here, not inside the server's startup
@@ -222,8 +223,8 @@ def compare(control: str = typer.Argument(..., help="run directory; '{seed}' in 
                                                               "targets (5 buckets, head -> tail)"),
             out: Path = typer.Option(None, help="also write the result as JSON here")) -> None:
     """Paired per-user test of TREATMENT against CONTROL on the same test users (see eval.significance)."""
+    from gensid.compare import compare_runs
     from gensid.io import write_json
-    from gensid.pipeline import compare_runs
 
     seed_list = [s.strip() for s in seeds.split(",") if s.strip()]
     result = compare_runs(control, treatment, seed_list, [m.strip() for m in metrics.split(",") if m.strip()],

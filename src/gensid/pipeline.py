@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -38,7 +37,6 @@ from gensid.eval.analysis import (
 )
 from gensid.eval.evaluate import recommend_items
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
-from gensid.eval.significance import compare_ranks, parse_metric
 from gensid.index import SIDIndex
 from gensid.io import JsonlLog, load_tensors, save_tensors, seed_everything, write_json, write_text
 from gensid.model import GenerativeRecommender
@@ -400,88 +398,6 @@ def save_test_ranks(run_dir: str | Path, test: Samples, ranks: np.ndarray, depth
     write_text(Path(run_dir) / "test_ranks.json",
                json.dumps({"test_users": split_digest(test), "depth": depth, "ranks": ranks.tolist()},
                           separators=(",", ":")) + "\n")
-
-
-def load_test_ranks(run_dir: str | Path, progress: bool = False) -> tuple[np.ndarray, str, int]:
-    """(ranks [N], test-split digest, ranked-list depth) of a run's test users, from its
-    ``test_ranks.json``; a run without that file is loaded and ranked once, and the file written."""
-    path = Path(run_dir) / "test_ranks.json"
-    if not path.exists():
-        run = load_run(run_dir)
-        test = run.splits.test
-        save_test_ranks(run_dir, test, run.target_ranks(test, run.split_queries("test"), progress),
-                        run.cfg.eval.beam_size)
-    saved = json.loads(path.read_text())
-    return np.asarray(saved["ranks"], dtype=np.int64), saved["test_users"], saved["depth"]
-
-
-HYBRID_FILE = "hybrid.json"
-
-
-def hybrid_run_dir(folder: str | Path) -> Path | None:
-    """The run a hybrid folder (:mod:`gensid.fusion.hybrid`) mixes, or None if ``folder`` is no hybrid."""
-    path = Path(folder) / HYBRID_FILE
-    if not path.exists():
-        return None
-    try:
-        return Path(os.path.normpath(Path(folder) / json.loads(path.read_text())["run_dir"]))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise RunError(f"{path}: not a hybrid description ({exc!r})") from None
-
-
-def target_popularity_buckets(run_dirs: list[str], digest: str) -> np.ndarray:
-    """Item-popularity bucket (0 = head .. 4 = tail, as in the test analysis) of each test user's
-    target [N], from the data of the first of ``run_dirs`` that is a gensid run (has a config) or a
-    hybrid of one (:mod:`gensid.fusion.hybrid`)."""
-    for run_dir in run_dirs:
-        config_path = Path(hybrid_run_dir(run_dir) or run_dir) / "config.yaml"
-        if config_path.exists():
-            _, dataset, splits, _ = load_task(load_config(config_path), progress=False)
-            if split_digest(splits.test) != digest:
-                raise RunError(f"{config_path}: its data no longer gives the test users it was ranked on "
-                               "(the data files changed?)")
-            return popularity_buckets(training_popularity(splits, len(dataset.catalog)))[splits.test.targets]
-    raise InputError(f"{', '.join(run_dirs)}: a test by popularity needs the data of a gensid run "
-                     "(a run directory with config.yaml); these are all baselines")
-
-
-def compare_runs(control: str, treatment: str, seeds: list[str], metrics: list[str], resamples: int = 10_000,
-                 progress: bool = False, by_popularity: bool = False) -> dict:
-    """Paired per-user test (``eval.significance.compare_ranks``) of the run ``treatment`` against
-    ``control``; with ``seeds``, each side is a pattern whose ``{seed}`` names one run per seed
-    and the runs pair up seed by seed. Returns the inputs, the pairs and the test per metric;
-    with ``by_popularity`` also the test within each item-popularity bucket of the targets."""
-    if ("{seed}" in control + treatment) != bool(seeds):
-        raise InputError("use '{seed}' in the run directories together with seeds, or neither")
-    pairs = [(control.replace("{seed}", s), treatment.replace("{seed}", s)) for s in seeds or [""]]
-    ranks, digests, depths = {}, set(), {}
-    for run_dir in dict.fromkeys(d for pair in pairs for d in pair):
-        ranks[run_dir], digest, depths[run_dir] = load_test_ranks(run_dir, progress)
-        digests.add(digest)
-    if len(digests) != 1:
-        raise InputError(f"{control} and {treatment}: the runs are not evaluated on the same test users "
-                         "(different data or split)")
-    shallowest = min(depths, key=depths.get)
-    try:
-        for metric in metrics:
-            if parse_metric(metric)[1] > depths[shallowest]:
-                raise InputError(f"{metric}: {shallowest} ranks only its top {depths[shallowest]} items (a gensid "
-                                 f"run: eval.beam_size), so K can be at most {depths[shallowest]}")
-        tests = compare_ranks([ranks[c] for c, _ in pairs], [ranks[t] for _, t in pairs], metrics, resamples)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    result = {"control": control, "treatment": treatment, "seeds": seeds, "pairs": pairs,
-              "test_users": len(ranks[pairs[0][0]]), "resamples": resamples, "metrics": tests}
-    if by_popularity:
-        bucket = target_popularity_buckets(list(ranks), digests.pop())
-        result["by_popularity"] = []
-        for b in np.unique(bucket):
-            users = bucket == b
-            result["by_popularity"].append({
-                "bucket": int(b), "test_users": int(users.sum()),
-                "metrics": compare_ranks([ranks[c][users] for c, _ in pairs], [ranks[t][users] for _, t in pairs],
-                                         metrics, resamples)})
-    return result
 
 
 def validation_subset(samples: Samples, max_users: int, seed: int = 0) -> np.ndarray:

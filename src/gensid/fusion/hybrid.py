@@ -22,11 +22,25 @@ import torch
 from gensid.baselines.dense import DenseDualEncoder
 from gensid.baselines.sasrec import SASRec
 from gensid.data.splits import Samples
-from gensid.errors import InputError
+from gensid.errors import InputError, RunError
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.fusion.mixture import fused_rankings
 from gensid.io import write_json
-from gensid.pipeline import HYBRID_FILE, Run, hybrid_run_dir, load_run, save_test_ranks
+from gensid.pipeline import Run, load_run, save_test_ranks
+
+HYBRID_FILE = "hybrid.json"
+
+
+def hybrid_run_dir(folder: str | Path) -> Path | None:
+    """The run a hybrid folder (:mod:`gensid.fusion.hybrid`) mixes, or None if ``folder`` is no hybrid."""
+    path = Path(folder) / HYBRID_FILE
+    if not path.exists():
+        return None
+    try:
+        return Path(os.path.normpath(Path(folder) / json.loads(path.read_text())["run_dir"]))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise RunError(f"{path}: not a hybrid description ({exc!r})") from None
+
 
 WEIGHTS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 

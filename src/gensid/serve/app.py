@@ -21,7 +21,8 @@ from fastapi import FastAPI, HTTPException
 
 from gensid.data.catalog import render_text
 from gensid.fusion import Hybrid
-from gensid.pipeline import Run, hybrid_run_dir, load_run
+from gensid.fusion.hybrid import hybrid_run_dir
+from gensid.pipeline import Run, load_run
 from gensid.serve.batcher import MicroBatcher
 from gensid.serve.live import ItemAdder
 from gensid.serve.schemas import (
