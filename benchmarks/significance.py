@@ -22,8 +22,8 @@ import argparse
 import json
 import sys
 
+from gensid.compare import compare_runs
 from gensid.io import write_json
-from gensid.pipeline import compare_runs
 from gensid.report.results import RESULTS
 
 METRICS = ["hit@10", "ndcg@10"]
