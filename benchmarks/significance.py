@@ -62,17 +62,17 @@ LEARNED_INDEX = [
      "office-search/runs/two_stage-continued_4_bf16-s{seed}",
      "office-search/runs/two_stage-dgi_index_continued_4_bf16-s{seed}"),
 ]
-# gensid's rows against the baselines (control = the baseline); SASRec on Office has seeds 1-3,
-# on Beauty seeds 1 and 2 (40-50 minutes a run); BM25 and dense (frozen or fine-tuned text encoder) one run each
+# gensid's rows against the baselines (control = the baseline); SASRec has seeds 1-3 on both sets, each paired
+# with gensid's seed of the same number; BM25 and dense (frozen or fine-tuned text encoder) one run each
 BASELINES = [
     ("office-rec two-stage 14 epochs against SASRec", "baselines/runs/sasrec-office-s{seed}",
      "office-best/runs/two_stage-bf16-s{seed}"),
     ("office-rec DGI frozen after 3 against SASRec", "baselines/runs/sasrec-office-s{seed}",
      "office-warm/runs/dgi-warm_start_freeze_3_bf16-s{seed}"),
     ("beauty-rec two-stage 14 epochs against SASRec", "baselines/runs/sasrec-beauty-s{seed}",
-     "beauty-best/runs/two_stage-bf16-s{seed}", ["1", "2"]),
+     "beauty-best/runs/two_stage-bf16-s{seed}"),
     ("beauty-rec DGI hard residual against SASRec", "baselines/runs/sasrec-beauty-s{seed}",
-     "beauty-warm/runs/dgi-warm_start_freeze_1_hard_residual_lr_1e-6_bf16-s{seed}", ["1", "2"]),
+     "beauty-warm/runs/dgi-warm_start_freeze_1_hard_residual_lr_1e-6_bf16-s{seed}"),
     ("beauty-search two-stage 12 epochs against dense", "baselines/runs/dense-beauty-search-s0",
      "beauty-search/runs/two_stage-continued_4_bf16-s{seed}"),
     ("beauty-search DGI hard residual against dense", "baselines/runs/dense-beauty-search-s0",
@@ -96,8 +96,7 @@ BASELINES = [
 ]
 # hybrids (benchmarks/fusion.py, experiments/hybrid/runs/<experiment>-<run>+<scorer>) against each of their two parts,
 # and the DGI hybrid against the two-stage hybrid. A search hybrid's dense encoder is trained with the run's
-# seed, so it is compared with the dense baseline row (seed 0); the Beauty rec hybrids of seeds 1 and 3 mix in
-# SASRec seed 1, of seed 2 SASRec seed 2, so only seeds 1 and 2 pair with SASRec.
+# seed, so it is compared with the dense baseline row (seed 0); a rec hybrid mixes in the SASRec of its seed.
 _DGI = {"beauty-search": "beauty-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}",
         "office-search": "office-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}",
         "beauty-rec": "beauty-warm/runs/dgi-warm_start_freeze_1_hard_residual_lr_1e-6_bf16-s{seed}",
@@ -108,7 +107,7 @@ _TWO_STAGE = {"beauty-search": "beauty-search/runs/two_stage-continued_4_bf16-s{
               "office-rec": "office-warm/runs/two_stage-continued_bf16-s{seed}"}
 _SCORER = {"beauty-search": ("dense", "baselines/runs/dense-beauty-search-s0", SEEDS),
            "office-search": ("dense", "baselines/runs/dense-office-search-s0", SEEDS),
-           "beauty-rec": ("sasrec", "baselines/runs/sasrec-beauty-s{seed}", ["1", "2"]),
+           "beauty-rec": ("sasrec", "baselines/runs/sasrec-beauty-s{seed}", SEEDS),
            "office-rec": ("sasrec", "baselines/runs/sasrec-office-s{seed}", SEEDS)}
 
 
