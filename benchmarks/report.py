@@ -125,8 +125,9 @@ def main() -> None:
     if (RESULTS / "speed.json").exists():
         print(speed_table(RESULTS / "speed.json") + "\n")
     if (RESULTS / "fusion.json").exists():
-        print(hybrid_table(json.loads((RESULTS / "fusion.json").read_text())) + "\n")
-        hybrid_plots(json.loads((RESULTS / "fusion.json").read_text()))
+        hybrids = json.loads((RESULTS / "fusion.json").read_text())
+        print(hybrid_table(hybrids) + "\n")
+        hybrid_plots(hybrids)
     if (RESULTS / "search_latency.json").exists():
         print(search_latency_table(json.loads((RESULTS / "search_latency.json").read_text())))
 

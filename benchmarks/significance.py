@@ -108,10 +108,10 @@ _TWO_STAGE = {"beauty-search": "beauty-search/runs/two_stage-continued_4_bf16-s{
               "office-search": "office-search/runs/two_stage-continued_4_bf16-s{seed}",
               "beauty-rec": "beauty-warm/runs/two_stage-continued_3_bf16-s{seed}",
               "office-rec": "office-warm/runs/two_stage-continued_bf16-s{seed}"}
-_SCORER = {"beauty-search": ("dense", "baselines/runs/dense-beauty-search-s0", SEEDS),
-           "office-search": ("dense", "baselines/runs/dense-office-search-s0", SEEDS),
-           "beauty-rec": ("sasrec", "baselines/runs/sasrec-beauty-s{seed}", SEEDS),
-           "office-rec": ("sasrec", "baselines/runs/sasrec-office-s{seed}", SEEDS)}
+_SCORER = {"beauty-search": ("dense", "baselines/runs/dense-beauty-search-s0"),
+           "office-search": ("dense", "baselines/runs/dense-office-search-s0"),
+           "beauty-rec": ("sasrec", "baselines/runs/sasrec-beauty-s{seed}"),
+           "office-rec": ("sasrec", "baselines/runs/sasrec-office-s{seed}")}
 
 
 def _hybrid(run: str, scorer: str) -> str:
@@ -119,9 +119,9 @@ def _hybrid(run: str, scorer: str) -> str:
     return f"hybrid/runs/{experiment}-{name}+{scorer}"
 
 
-HYBRID = [row for task, (scorer, baseline, seeds) in _SCORER.items() for row in (
+HYBRID = [row for task, (scorer, baseline) in _SCORER.items() for row in (
     (f"{task} DGI + {scorer} against DGI", _DGI[task], _hybrid(_DGI[task], scorer)),
-    (f"{task} DGI + {scorer} against {scorer}", baseline, _hybrid(_DGI[task], scorer), seeds),
+    (f"{task} DGI + {scorer} against {scorer}", baseline, _hybrid(_DGI[task], scorer)),
     (f"{task} DGI + {scorer} against two-stage + {scorer}", _hybrid(_TWO_STAGE[task], scorer),
      _hybrid(_DGI[task], scorer)))]
 

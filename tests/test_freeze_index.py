@@ -56,6 +56,7 @@ def test_a_run_resumed_inside_the_freeze_epoch_logs_the_freeze_once(tmp_path, mo
     from gensid.train.trainer import Trainer
 
     train_epoch = Trainer.train_epoch
+    interrupted: list[bool] = []
 
     def interrupted_in_epoch_2(self):
         if self.epoch == 1 and not interrupted:
@@ -63,7 +64,6 @@ def test_a_run_resumed_inside_the_freeze_epoch_logs_the_freeze_once(tmp_path, mo
             raise KeyboardInterrupt
         return train_epoch(self)
 
-    interrupted: list[bool] = []
     monkeypatch.setattr(Trainer, "train_epoch", interrupted_in_epoch_2)
     cfg = load_config("configs/ml100k.yaml", [*TINY, *JOINT, "train.freeze_index_epoch=1"])
     with pytest.raises(KeyboardInterrupt):
