@@ -9,12 +9,15 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 import torch
+import yaml
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gensid.baselines.sasrec import SASRec, SASRecConfig
 from gensid.config import load_config
+from gensid.data.movielens import movielens_100k_dir
+from gensid.errors import RunError
 from gensid.fusion import Hybrid, fit_hybrid
 from gensid.fusion.hybrid import known_items_only, load_sasrec
 from gensid.pipeline import load_run, train_run
@@ -284,6 +287,27 @@ def test_a_sasrec_hybrid_moves_with_its_parts_and_loads_from_any_directory(train
     loaded = Hybrid.load(tmp_path / "after" / "hybrid")
     assert isinstance(loaded.scorer, SASRec) and loaded.weight == 0.7
     assert loaded.run.run_dir.resolve() == (tmp_path / "after" / "rec").resolve()
+
+
+def test_a_run_trained_on_a_relative_data_path_loads_from_any_directory(trained, tmp_path, monkeypatch):
+    """A run keeps ``data.source`` as typed, relative to where training ran (the project folder);
+    loading it from elsewhere finds the data from the folders above the run."""
+    project = tmp_path / "project"
+    shutil.copytree(movielens_100k_dir(), project / "data" / "ml-100k")
+    run_dir = shutil.copytree(trained["two_stage"], project / "runs" / "rec")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["data"].update(source="data/ml-100k", format="recbole")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(project)
+    run = load_run("runs/rec")
+    expected = run.rank(run.splits.test)
+    monkeypatch.chdir(tmp_path)
+    moved = load_run(project / "runs" / "rec")
+    assert moved.cfg.data.source == str(project / "data" / "ml-100k")
+    assert np.array_equal(moved.rank(moved.splits.test), expected)
+    shutil.move(project / "data", tmp_path / "elsewhere")
+    with pytest.raises(RunError, match="data.source 'data/ml-100k' is found neither"):
+        load_run(project / "runs" / "rec")
 
 
 def test_known_items_only_drops_unknown_ids_and_repads():

@@ -479,6 +479,22 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     return metrics
 
 
+def locate_data(source: str, run_dir: Path) -> str:
+    """A run's ``data.source`` as it can be opened from here. A relative path was given from
+    the directory training ran in (e.g. ``../shared/data/x`` from the repository root), so
+    if it is not found from the working directory it is looked up from each folder above the
+    run; ``RunError`` names the places tried."""
+    path = Path(source)
+    if source == "movielens-100k" or path.is_absolute() or path.exists():
+        return source
+    tried = [Path.cwd(), *run_dir.resolve().parents]
+    for base in tried[1:]:
+        if (base / path).exists():
+            return str(base / path)
+    raise RunError(f"{run_dir}: its data.source {source!r} is found neither from the working directory "
+                   f"({tried[0]}) nor from any folder above the run; run from the directory it was trained in")
+
+
 def run_files(run_dir: str | Path) -> tuple[Path, Path]:
     """``(config.yaml, model.safetensors)`` of a trained run; ``RunError`` if either is missing."""
     run_dir = Path(run_dir)
@@ -491,10 +507,12 @@ def run_files(run_dir: str | Path) -> tuple[Path, Path]:
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """A finished (or checkpointed) run, ready to rank items."""
+    """A finished (or checkpointed) run, ready to rank items, from any working directory."""
     run_dir = Path(run_dir)
     config, weights = run_files(run_dir)
-    run = prepare(load_config(config), run_dir, progress=False)
+    cfg = load_config(config)
+    cfg.data.source = locate_data(cfg.data.source, run_dir)
+    run = prepare(cfg, run_dir, progress=False)
     run.model.load_state_dict(load_tensors(weights)[0])
     run.model.eval()
     run.refresh_index()
