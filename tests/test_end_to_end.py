@@ -16,6 +16,7 @@ from gensid.cli import app
 from gensid.compare import compare_runs, load_test_ranks
 from gensid.config import load_config
 from gensid.errors import InputError, RunError
+from gensid.eval.analysis import isotropy
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.fusion import Hybrid, fused_rankings
 from gensid.pipeline import load_run, train_run
@@ -147,6 +148,8 @@ def test_experiment_runner_two_stage_against_dgi_on_movielens(tmp_path):
     assert len(epochs[0]["terms"]["item_encoder_grad_norm"]) > 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"]["recall@20"] > 0 and len(metrics["test_by_popularity"]) == 5
+    assert metrics["isotropy"]["item_vectors"] == pytest.approx(isotropy(run.items.item_vectors.numpy()))
+    assert 0 < metrics["isotropy"]["quantized"]["partition"] <= 1
     recs = run.recommend([0, 1, 2], k=10)
     assert len(recs) == len(set(recs)) == 10
 

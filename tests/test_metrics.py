@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from gensid.eval.analysis import isotropy
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 
 
@@ -30,3 +31,23 @@ def test_items_sharing_a_sid_are_not_deduplicated():
     ranked = np.array([[10, 11, 12]])
     assert rank_of_targets(ranked, np.array([11])).tolist() == [1]
     assert metrics_from_ranks(np.array([1]), [1])["recall@1"] == 0.0
+
+
+def test_isotropy_hand_cases():
+    # three directions at 0, 45 and 90 degrees: pair cosines 0, 1/sqrt 2, 1/sqrt 2 (lengths do not count)
+    assert isotropy(np.array([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]]))["mean_cosine"] == pytest.approx(math.sqrt(2) / 3)
+    # +-x and +-y: no shared direction, the spread even over both dimensions
+    cross = isotropy(np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]))
+    assert cross["mean_cosine"] == pytest.approx(-1 / 3) and cross["effective_dims"] == pytest.approx(2.0)
+    # one shared direction: every measure says so
+    same = isotropy(np.array([[1.0, 1.0]] * 5))
+    assert same["mean_cosine"] == pytest.approx(1.0) and same["effective_dims"] == 0.0
+    assert same["partition"] == pytest.approx(math.exp(-2))  # Z(-u) / Z(u) = 5 e^-1 / 5 e
+
+
+def test_isotropy_separates_a_spread_cloud_from_a_narrow_cone():
+    rng = np.random.default_rng(0)
+    spread = isotropy(rng.standard_normal((4000, 16)))
+    cone = isotropy(rng.standard_normal((4000, 16)) * 0.1 + np.eye(16)[0])
+    assert abs(spread["mean_cosine"]) < 0.01 and spread["partition"] > 0.9 and spread["effective_dims"] > 15
+    assert cone["mean_cosine"] > 0.8 and cone["partition"] < 0.5 and cone["effective_dims"] < spread["effective_dims"]

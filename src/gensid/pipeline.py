@@ -32,6 +32,7 @@ from gensid.errors import ConfigError, InputError, RunError
 from gensid.eval.analysis import (
     SIDMonitor,
     hit_rate_by_bucket,
+    isotropy,
     norm_vs_popularity,
     popularity_buckets,
 )
@@ -365,7 +366,8 @@ def training_popularity(splits: LeaveOneOut, num_items: int) -> np.ndarray:
 
 def test_analysis(run: Run, progress: bool = False) -> tuple[dict, np.ndarray]:
     """Test metrics, hit@10 by item-popularity bucket (head -> tail), SID statistics and, for
-    joint runs, the hubness check (item-vector norm against popularity); and the test ranks [N]
+    joint runs, the hubness check (item-vector norm against popularity) and the isotropy of the
+    item and quantized vectors; and the test ranks [N]
     (each user's target position, -1 = not in the beam)."""
     run.refresh_index()
     test = run.splits.test
@@ -381,6 +383,8 @@ def test_analysis(run: Run, progress: bool = False) -> tuple[dict, np.ndarray]:
                    "code_usage": code_usage(codes, run.index.sizes[:codes.shape[1]])}}
     if run.joint:
         out["hubness"] = norm_vs_popularity(run.items.item_vectors.numpy(), popularity, buckets)
+        out["isotropy"] = {"item_vectors": isotropy(run.items.item_vectors.numpy()),
+                           "quantized": isotropy(run.items.quantized.numpy())}
     return out, ranks
 
 

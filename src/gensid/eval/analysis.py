@@ -1,5 +1,5 @@
 """Mechanism analyses of learnable SIDs: drift, train/inference agreement, code usage,
-hubness and hit rate by item popularity. All work on plain arrays so they apply to any run."""
+hubness, isotropy and hit rate by item popularity. All work on plain arrays so they apply to any run."""
 
 from __future__ import annotations
 
@@ -88,3 +88,25 @@ def norm_vs_popularity(vectors: np.ndarray, popularity: np.ndarray, bucket_of_it
     rho = spearmanr(norms, popularity).statistic
     return {"spearman": float(rho),
             "mean_norm_by_bucket": [float(norms[bucket_of_item == b].mean()) for b in range(int(bucket_of_item.max()) + 1)]}
+
+
+def isotropy(vectors: np.ndarray) -> dict:
+    """How evenly item vectors [N, d] spread their directions (each L2-normalised to u_i):
+
+    - ``mean_cosine``: mean cosine over all pairs, ``(|sum u|^2 - N) / (N (N - 1))``; 0 when no
+      direction is shared, 1 when all items point the same way;
+    - ``partition``: ``min_c Z(c) / max_c Z(c)`` with ``Z(c) = sum_i exp(c . u_i)`` over the
+      eigenvectors c of ``U^T U`` and their negatives (Mu & Viswanath 2018); 1 = isotropic;
+    - ``effective_dims``: the participation ratio ``(sum l)^2 / sum l^2`` of the eigenvalues l of
+      the directions' covariance: how many dimensions carry the spread (d when all do equally).
+    """
+    u = np.asarray(vectors, dtype=np.float64)
+    u = u / np.linalg.norm(u, axis=1, keepdims=True).clip(min=1e-12)
+    n = len(u)
+    total = u.sum(0)
+    _, directions = np.linalg.eigh(u.T @ u)
+    z = np.exp(u @ np.concatenate([directions, -directions], 1)).sum(0)
+    spread = np.linalg.eigvalsh(np.cov(u, rowvar=False)).clip(min=0)
+    return {"mean_cosine": float((total @ total - n) / (n * (n - 1))),
+            "partition": float(z.min() / z.max()),
+            "effective_dims": float(spread.sum() ** 2 / (spread ** 2).sum()) if spread.any() else 0.0}
