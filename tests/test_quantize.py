@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gensid.config import QuantizerConfig
 from gensid.errors import ConfigError
@@ -105,6 +106,24 @@ def test_a_hard_residual_keeps_the_training_codes_the_index_codes_and_the_gradie
     out.level_vectors.pow(2).sum().backward()
     assert x.grad.abs().sum() > 0
     assert all(book.grad.abs().sum() > 0 for book in hard.codebooks)
+
+
+def test_an_item_on_its_own_centroid_gets_a_bounded_gradient_and_keeps_its_codes():
+    """Cosine geometry: an item that equals a level-1 centroid leaves a zero residual at level 2
+    (a singleton cluster, or a duplicate text). Its soft assignment must not blow up the
+    gradient (the default normalisation eps gave norms near 1e12 / 1e8 in training), and the
+    small-residual rescaling must not change any deterministic code."""
+    torch.manual_seed(0)
+    rq = ResidualQuantizer(8, [4, 4], geometry="cosine", assignment="gumbel_soft", hard_residual=True)
+    with torch.no_grad():
+        rq.codebooks[0][0] = F.normalize(rq.codebooks[0][0], dim=-1)
+    x = torch.cat([rq.codebooks[0][:1].detach(), torch.randn(5, 8)]).requires_grad_(True)
+    rq(x).level_vectors.pow(2).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.norm() < 1e3
+    # tiny residuals: the same argmax codes as an exact unit normalisation
+    residual = torch.randn(50, 8) * 1e-5
+    exact = (F.normalize(residual, dim=-1, eps=1e-12) @ F.normalize(rq.codebooks[1], dim=-1).T).argmax(-1)
+    assert torch.equal(rq.level_logits(1, residual).argmax(-1), exact)
 
 
 def test_rqvae_trains_and_rqkmeans_fits():

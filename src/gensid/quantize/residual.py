@@ -88,7 +88,12 @@ class ResidualQuantizer(nn.Module):
         """[N, D] -> [N, K] scores (higher is closer)."""
         book = self.codebook(level)
         if self.geometry == "cosine":
-            return self.log_gamma.exp() * F.normalize(residual, dim=-1) @ F.normalize(book, dim=-1).T
+            # an item that is its own centroid (a singleton cluster, or a duplicate text) leaves a
+            # zero residual, whose direction's gradient is 1 / eps: the default eps (1e-12) gave
+            # item-encoder gradient norms up to 2e8. Real residuals are > .05 here; a positive
+            # rescaling of a residual below RESIDUAL_EPS keeps its argmax code.
+            unit = F.normalize(residual, dim=-1, eps=RESIDUAL_EPS)
+            return self.log_gamma.exp() * unit @ F.normalize(book, dim=-1).T
         distance = residual.pow(2).sum(-1, keepdim=True) - 2 * residual @ book.T + book.pow(2).sum(-1)
         return -self.euclidean_scale * distance
 
@@ -163,6 +168,7 @@ class ResidualQuantizer(nn.Module):
 
 
 DECAYS = ("none", "sdud", "frqud")
+RESIDUAL_EPS = 1e-2  # the smallest residual norm that cosine scoring rescales to unit length
 
 
 def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 25, spherical: bool = False) -> np.ndarray:
