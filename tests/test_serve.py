@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gensid.baselines.sasrec import SASRec, SASRecConfig
+from gensid.compare import load_test_ranks, target_popularity_buckets
 from gensid.config import load_config
 from gensid.data.movielens import movielens_100k_dir
 from gensid.errors import RunError
@@ -305,6 +306,8 @@ def test_a_run_trained_on_a_relative_data_path_loads_from_any_directory(trained,
     moved = load_run(project / "runs" / "rec")
     assert moved.cfg.data.source == str(project / "data" / "ml-100k")
     assert np.array_equal(moved.rank(moved.splits.test), expected)
+    ranks, digest, _ = load_test_ranks(run_dir)  # gensid compare --by-popularity reads the data too
+    assert len(target_popularity_buckets([str(run_dir)], digest)) == len(ranks)
     shutil.move(project / "data", tmp_path / "elsewhere")
     with pytest.raises(RunError, match="data.source 'data/ml-100k' is found neither"):
         load_run(project / "runs" / "rec")

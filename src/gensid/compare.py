@@ -9,12 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
-from gensid.config import load_config
 from gensid.errors import InputError, RunError
 from gensid.eval.analysis import popularity_buckets
 from gensid.eval.significance import compare_ranks, parse_metric
 from gensid.fusion.hybrid import hybrid_run_dir
-from gensid.pipeline import load_run, load_task, save_test_ranks, split_digest, training_popularity
+from gensid.pipeline import (
+    load_run,
+    load_task,
+    run_config,
+    save_test_ranks,
+    split_digest,
+    training_popularity,
+)
 
 
 def load_test_ranks(run_dir: str | Path, progress: bool = False) -> tuple[np.ndarray, str, int]:
@@ -37,7 +43,7 @@ def target_popularity_buckets(run_dirs: list[str], digest: str) -> np.ndarray:
     for run_dir in run_dirs:
         config_path = Path(hybrid_run_dir(run_dir) or run_dir) / "config.yaml"
         if config_path.exists():
-            _, dataset, splits, _ = load_task(load_config(config_path), progress=False)
+            _, dataset, splits, _ = load_task(run_config(config_path.parent), progress=False)
             if split_digest(splits.test) != digest:
                 raise RunError(f"{config_path}: its data no longer gives the test users it was ranked on "
                                "(the data files changed?)")

@@ -499,6 +499,13 @@ def locate_data(source: str, run_dir: Path) -> str:
                    f"({tried[0]}) nor from any folder above the run; run from the directory it was trained in")
 
 
+def run_config(run_dir: Path) -> ExperimentConfig:
+    """A run's ``config.yaml``, its ``data.source`` made openable from here (:func:`locate_data`)."""
+    cfg = load_config(run_dir / "config.yaml")
+    cfg.data.source = locate_data(cfg.data.source, run_dir)
+    return cfg
+
+
 def run_files(run_dir: str | Path) -> tuple[Path, Path]:
     """``(config.yaml, model.safetensors)`` of a trained run; ``RunError`` if either is missing."""
     run_dir = Path(run_dir)
@@ -513,10 +520,8 @@ def run_files(run_dir: str | Path) -> tuple[Path, Path]:
 def load_run(run_dir: str | Path) -> Run:
     """A finished (or checkpointed) run, ready to rank items, from any working directory."""
     run_dir = Path(run_dir)
-    config, weights = run_files(run_dir)
-    cfg = load_config(config)
-    cfg.data.source = locate_data(cfg.data.source, run_dir)
-    run = prepare(cfg, run_dir, progress=False)
+    _, weights = run_files(run_dir)
+    run = prepare(run_config(run_dir), run_dir, progress=False)
     run.model.load_state_dict(load_tensors(weights)[0])
     run.model.eval()
     run.refresh_index()
