@@ -49,7 +49,7 @@ LEARNED_INDEX = [
     ("beauty-rec warm start, hard residual, codebooks 1e-6", "beauty-warm/runs/two_stage-continued_3_bf16-s{seed}",
      "beauty-warm/runs/dgi-warm_start_freeze_1_hard_residual_lr_1e-6_bf16-s{seed}"),
     ("beauty-search warm start, hard residual", "beauty-search/runs/two_stage-continued_4_bf16-s{seed}",
-     "beauty-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}"),
+     "beauty-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}", ["1", "2", "3", "4"]),
     ("office-search warm start, hard residual", "office-search/runs/two_stage-continued_4_bf16-s{seed}",
      "office-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}"),
     ("office-search DGI from scratch", "office-search/runs/two_stage-bf16_schedule_8-s{seed}",
