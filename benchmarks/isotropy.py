@@ -23,8 +23,10 @@ from pathlib import Path
 
 import torch
 
+from gensid.config import QuantizerConfig
 from gensid.eval.analysis import isotropy
 from gensid.pipeline import load_run
+from gensid.quantize.rqvae import RQVAE
 from gensid.report.results import RESULTS, update_entry
 
 MEASURES = ("mean_cosine", "partition", "effective_dims")
@@ -35,10 +37,13 @@ def row(name: str, test_r10: float | None, values: dict) -> str:
     return f"| {name} | {r10} | " + " | ".join(f"{values[m]:.3f}" for m in MEASURES) + " |"
 
 
-def pca_projection(x: torch.Tensor, dims: int) -> torch.Tensor:
-    """[N, D] -> [N, dims]: centred, onto the top principal directions (as ``RQVAE.init_encoder``)."""
-    centred = x.double() - x.double().mean(0)
-    return centred @ torch.linalg.svd(centred, full_matrices=False)[2][:dims].T
+@torch.no_grad()
+def linear_encoder_start(x: torch.Tensor, dims: int) -> torch.Tensor:
+    """[N, D] -> [N, dims]: what a linear item encoder of width ``dims`` first outputs
+    (``RQVAE.init_encoder``: the centred vectors' PCA projection)."""
+    tokenizer = RQVAE(x.shape[1], QuantizerConfig(method="rqvae", hidden_dims=[], latent_dim=dims))
+    tokenizer.init_encoder(x)
+    return tokenizer.encoder(x)
 
 
 def main() -> None:
@@ -66,7 +71,7 @@ def main() -> None:
         if texts not in text_done:  # the common starting points of the runs on these item texts
             text_done.add(texts)
             text = isotropy(run.text.numpy())
-            pca = isotropy(pca_projection(run.text, latent).numpy())
+            pca = isotropy(linear_encoder_start(run.text, latent).numpy())
             update_entry(path, texts, {"dataset": run.dataset.name, "text_vectors": text,
                                        f"text_pca_{latent}": pca, "command": command})
             lines.append(row(f"{data}: frozen text vectors", None, text))

@@ -41,11 +41,11 @@ def target_popularity_buckets(run_dirs: list[str], digest: str) -> np.ndarray:
     target [N], from the data of the first of ``run_dirs`` that is a gensid run (has a config) or a
     hybrid of one (:mod:`gensid.fusion.hybrid`)."""
     for run_dir in run_dirs:
-        config_path = Path(hybrid_run_dir(run_dir) or run_dir) / "config.yaml"
-        if config_path.exists():
-            _, dataset, splits, _ = load_task(run_config(config_path.parent), progress=False)
+        source = Path(hybrid_run_dir(run_dir) or run_dir)
+        if (source / "config.yaml").exists():
+            _, dataset, splits, _ = load_task(run_config(source), progress=False)
             if split_digest(splits.test) != digest:
-                raise RunError(f"{config_path}: its data no longer gives the test users it was ranked on "
+                raise RunError(f"{source / 'config.yaml'}: its data no longer gives the test users it was ranked on "
                                "(the data files changed?)")
             return popularity_buckets(training_popularity(splits, len(dataset.catalog)))[splits.test.targets]
     raise InputError(f"{', '.join(run_dirs)}: a test by popularity needs the data of a gensid run "

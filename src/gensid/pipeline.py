@@ -491,12 +491,11 @@ def locate_data(source: str, run_dir: Path) -> str:
     path = Path(source)
     if source == "movielens-100k" or path.is_absolute() or path.exists():
         return source
-    tried = [Path.cwd(), *run_dir.resolve().parents]
-    for base in tried[1:]:
+    for base in run_dir.resolve().parents:
         if (base / path).exists():
             return str(base / path)
     raise RunError(f"{run_dir}: its data.source {source!r} is found neither from the working directory "
-                   f"({tried[0]}) nor from any folder above the run; run from the directory it was trained in")
+                   f"({Path.cwd()}) nor from any folder above the run; run from the directory it was trained in")
 
 
 def run_config(run_dir: Path) -> ExperimentConfig:
