@@ -155,3 +155,44 @@ def test_verify_weight_fuses_the_cosine_into_the_beam_score():
     assert fused.items.tolist() == [[1, 2, 0]]
     assert fused.scores[0].tolist() == pytest.approx([-0.4, -0.5, -1.0])
     assert verify(index, leaves, scores, 3, context, vectors, weight=0.4).items.tolist() == [[1, 0, 2]]
+
+
+def brute_force_ranking(index, leaves, scores, k, context, vectors, weight):
+    """Every item of every beam leaf, sorted by the documented keys in float64."""
+    ranked = []
+    for row in range(len(leaves)):
+        c = context[row].double() / context[row].double().norm()
+        keyed = []
+        for leaf, score in zip(leaves[row].tolist(), scores[row].tolist(), strict=True):
+            for item in np.flatnonzero(index.leaf_of_item == leaf).tolist() if leaf >= 0 else []:
+                cos = 0.0 if vectors is None else float(vectors[item].double() @ c / vectors[item].double().norm())
+                keyed.append((-(score + weight * cos), -cos, item))
+        ranked.append([item for *_, item in sorted(keyed)[:k]])
+    return ranked
+
+
+@pytest.mark.parametrize("gather_limit", [0, 1 << 40], ids=["catalog_scored", "candidates_gathered"])
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+@pytest.mark.parametrize("with_vectors", [True, False])
+def test_verify_cuts_a_collapsed_index_without_changing_the_ranking(rng, monkeypatch, gather_limit, weight,
+                                                                    with_vectors):
+    # 90% of 400 items on two SIDs (a collapsed index), the rest spread; exact duplicates tie on cosine
+    monkeypatch.setattr("gensid.index.beam.GATHER_LIMIT", gather_limit)
+    codes = rng.integers(0, 8, size=(400, 2))
+    collapsed = rng.random(400) < 0.9
+    codes[collapsed] = rng.integers(0, 2, size=(int(collapsed.sum()), 1))
+    index = SIDIndex(codes, [8, 8])
+    assert index.max_leaf_size > 150
+    vectors = torch.from_numpy(rng.normal(size=(400, 16))).float()
+    vectors[1::7] = vectors[0]
+    context = torch.from_numpy(rng.normal(size=(5, 16))).float()
+    num_leaves = len(index.leaf_start) - 1
+    leaves = torch.from_numpy(np.stack([rng.choice(num_leaves, 6, replace=False) for _ in range(5)]))
+    leaves[:, 0] = int(index.leaf_of_item[np.flatnonzero(collapsed)[0]])  # every row expands a huge leaf
+    leaves[1, -1] = -1
+    scores = torch.from_numpy(-np.sort(rng.choice([0.5, 1.0, 1.5, 2.0], size=(5, 6)), axis=1)).float()
+    scores[1, -1] = float("-inf")
+    vectors_or_none = vectors if with_vectors else None
+    result = verify(index, leaves, scores, 10, context, vectors_or_none, weight)
+    assert result.items.tolist() == brute_force_ranking(index, leaves, scores, 10, context, vectors_or_none,
+                                                        weight if with_vectors else 0.0)

@@ -25,6 +25,8 @@ from gensid.index.sid_index import SIDIndex
 from gensid.model.decoding import IncrementalDecoder
 from gensid.model.recommender import GenerativeRecommender
 
+GATHER_LIMIT = 1 << 26  # floats (256 MB) of gathered candidate vectors in one verification
+
 
 @dataclass
 class BeamResult:
@@ -99,16 +101,20 @@ def verify(index: SIDIndex, leaves: torch.Tensor, scores: torch.Tensor, k: int,
     lower item id. The returned scores are the ranking's first key."""
     batch = leaves.shape[0]
     items, valid = index.items_of_leaves(leaves)  # [B, W, S]
-    items = items.view(batch, -1)
+    cosine = None if item_vectors is None else leaf_cosines(context, item_vectors, items)
+    if items.shape[-1] > k:
+        # Items of one leaf share its beam score, so only a leaf's first k by (cosine, item id)
+        # can reach the top k. Cutting leaves to k keeps a collapsed index (thousands of items
+        # on one SID) from expanding into B x W x S candidates.
+        items, valid, cosine = first_of_each_leaf(items, valid, cosine, k)
+    items = items.reshape(batch, -1)
     scores = scores.unsqueeze(-1).expand(-1, -1, valid.shape[-1]).masked_fill(~valid, float("-inf"))
     scores = scores.reshape(batch, -1)
     # stable sorts from the finest key to the coarsest: item id, verification cosine, beam score
     order = items.masked_fill(items < 0, torch.iinfo(torch.long).max).argsort(dim=1, stable=True)
     items, scores = items.gather(1, order), scores.gather(1, order)
-    if item_vectors is not None:
-        context = F.normalize(context, dim=-1)
-        candidates = F.normalize(item_vectors[items.clamp(min=0)], dim=-1)  # [B, W*S, d]
-        cosine = (candidates @ context.unsqueeze(-1)).squeeze(-1)
+    if cosine is not None:
+        cosine = cosine.reshape(batch, -1).gather(1, order)
         order = cosine.argsort(dim=1, descending=True, stable=True)
         items, scores, cosine = items.gather(1, order), scores.gather(1, order), cosine.gather(1, order)
         if weight:
@@ -116,3 +122,28 @@ def verify(index: SIDIndex, leaves: torch.Tensor, scores: torch.Tensor, k: int,
     order = scores.argsort(dim=1, descending=True, stable=True)[:, :k]
     items, scores = items.gather(1, order), scores.gather(1, order)
     return BeamResult(items.masked_fill(~torch.isfinite(scores), -1), scores)
+
+
+def leaf_cosines(context: torch.Tensor, item_vectors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Cosine of each row's context [B, d] with its candidate items [B, ...] (-1 = none, scored as
+    item 0) -> [B, ...]. The candidates' vectors are gathered ([B, candidates, d]) unless that copy
+    would exceed ``GATHER_LIMIT`` floats (a collapsed index pads every leaf to its largest); then the
+    whole catalog is scored once ([B, N]), the same cosines up to float rounding."""
+    context = F.normalize(context, dim=-1)
+    flat = items.reshape(items.shape[0], -1).clamp(min=0)
+    if flat.numel() * item_vectors.shape[1] > GATHER_LIMIT:
+        cosine = (context @ F.normalize(item_vectors, dim=-1).T).gather(1, flat)
+    else:
+        candidates = F.normalize(item_vectors[flat], dim=-1)  # [B, C, d]
+        cosine = (candidates @ context.unsqueeze(-1)).squeeze(-1)
+    return cosine.view(items.shape)
+
+
+def first_of_each_leaf(items: torch.Tensor, valid: torch.Tensor, cosine: torch.Tensor | None,
+                       k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Items [B, W, S] of each leaf (item-id order, -1 padded after the last), valid [B, W, S],
+    cosine [B, W, S] or None -> the first ``k`` of each leaf by cosine (descending), then item id."""
+    if cosine is None:  # already in item-id order
+        return items[..., :k], valid[..., :k], None
+    order = cosine.masked_fill(~valid, float("-inf")).argsort(dim=-1, descending=True, stable=True)[..., :k]
+    return items.gather(-1, order), valid.gather(-1, order), cosine.gather(-1, order)
