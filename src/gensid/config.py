@@ -69,6 +69,20 @@ class QuantizerConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """train.strategy parallel (RPG): long unordered SIDs from product quantization, all digits
+    predicted at once, every catalog item scored exactly."""
+
+    digits: int = 32  # digits per item; must divide the text vector's dimensions
+    codebook_size: int = 256  # codes per digit (a power of two)
+    opq: bool = True  # learn a rotation before product quantization (OPQ); false: plain PQ
+    whiten: bool = False  # PCA-whiten the text vectors first
+    temperature: float = 0.07  # digit logits = cos(head state, digit embedding) / temperature
+    embedding_dropout: float = 0.5  # on the history tokens
+    attention_dropout: float = 0.5
+
+
+@dataclass
 class ModelConfig:
     d_model: int = 128
     n_heads: int = 4
@@ -105,7 +119,9 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    strategy: str = "two_stage"  # two_stage (frozen SIDs) | joint (the index learns with the model)
+    # two_stage (frozen SIDs) | joint (the index learns with the model) | parallel (long unordered
+    # SIDs, every digit at once; see ParallelConfig)
+    strategy: str = "two_stage"
     epochs: int = 20
     batch_size: int = 256
     lr: float = 1e-3
@@ -150,6 +166,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     text: TextConfig = field(default_factory=TextConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: LossConfig = field(default_factory=LossConfig)

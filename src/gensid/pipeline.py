@@ -27,7 +27,7 @@ from gensid.baselines.popularity import MostPopular
 from gensid.config import ExperimentConfig, load_config
 from gensid.data import Dataset, LeaveOneOut, Samples, leave_one_out, load_dataset
 from gensid.data.search import load_search_log, product_search, time_split
-from gensid.data.splits import pack_samples
+from gensid.data.splits import pack_samples, sequence_windows
 from gensid.errors import ConfigError, InputError, RunError
 from gensid.eval.analysis import (
     SIDMonitor,
@@ -36,11 +36,12 @@ from gensid.eval.analysis import (
     norm_vs_popularity,
     popularity_buckets,
 )
-from gensid.eval.evaluate import recommend_items
+from gensid.eval.evaluate import rank_exact, recommend_items
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.index import SIDIndex
 from gensid.io import JsonlLog, load_tensors, save_tensors, seed_everything, write_json, write_text
 from gensid.model import GenerativeRecommender
+from gensid.model.parallel import ParallelSIDRecommender
 from gensid.quantize import (
     RQVAE,
     Assignment,
@@ -49,13 +50,19 @@ from gensid.quantize import (
     code_usage,
     fit_semantic_ids,
 )
+from gensid.quantize.product import ProductQuantizer, digit_stats
 from gensid.quantize.sids import collision_rate
 from gensid.report.results import git_commit, total_train_minutes
 from gensid.text import embed_split_texts, embed_texts
 from gensid.train import ItemFeatures, Trainer, distributed
-from gensid.train.objectives import JointObjective, NextTokenObjective, item_snapshot
+from gensid.train.objectives import (
+    JointObjective,
+    NextTokenObjective,
+    ParallelObjective,
+    item_snapshot,
+)
 
-STRATEGIES = ("two_stage", "joint")
+STRATEGIES = ("two_stage", "joint", "parallel")
 TASKS = ("rec", "search")
 
 
@@ -68,14 +75,18 @@ class Run:
     dataset: Dataset
     splits: LeaveOneOut
     text: torch.Tensor  # [N, T] frozen item text vectors
-    index: SIDIndex
+    index: SIDIndex | None  # the trie of valid SIDs (None for parallel SIDs: every item is scored)
     items: ItemFeatures
-    model: GenerativeRecommender
+    model: GenerativeRecommender | ParallelSIDRecommender
     queries: dict[str, torch.Tensor] | None = None  # search: query vectors [N_split, T] per split
 
     @property
     def joint(self) -> bool:
         return self.cfg.train.strategy == "joint"
+
+    @property
+    def parallel(self) -> bool:
+        return self.cfg.train.strategy == "parallel"
 
     def refresh_index(self) -> None:
         """Joint runs: rebuild items and the SID index from the model's deterministic assignment.
@@ -106,7 +117,9 @@ class Run:
         return self.queries[split] if self.queries is not None else None
 
     def quantizer_codes(self) -> np.ndarray:
-        """[N, levels] the quantizer's codes (without the disambiguation code)."""
+        """[N, levels] the quantizer's codes (without the disambiguation code; parallel: [N, digits])."""
+        if self.parallel:
+            return self.items.codes.numpy()
         return self.index.codes[:, : len(self.cfg.quantizer.codebook_sizes)]
 
     def history_samples(self, histories: list[list[int]]) -> Samples:
@@ -118,9 +131,13 @@ class Run:
     def rank(self, samples: Samples, queries: torch.Tensor | None = None, beam_size: int | None = None,
              batch_size: int | None = None, progress: bool = False) -> np.ndarray:
         """[N, beam_size] top item ids per sample, best first (-1 pads), by the run's eval settings
-        (``eval.beam_size``, ``eval.batch_size``, ``eval.verify_weight``) unless given;
+        (``eval.beam_size``, ``eval.batch_size``, ``eval.verify_weight``) unless given (parallel
+        runs score every item exactly and return the top ``beam_size``);
         ``queries`` [N, T]: the search runs' query vectors."""
         e = self.cfg.eval
+        if self.parallel:
+            return rank_exact(self.model, samples, self.items, beam_size or e.beam_size, batch_size or e.batch_size,
+                              progress)
         return recommend_items(self.model, self.index, samples, self.items, beam_size or e.beam_size,
                                batch_size or e.batch_size, progress, queries, e.verify_weight)
 
@@ -179,6 +196,21 @@ def tokenizer_and_sids(cfg: ExperimentConfig, text: torch.Tensor, run_dir: Path,
     return tokenizer, sids
 
 
+def product_codes(cfg: ExperimentConfig, text: torch.Tensor, run_dir: Path) -> np.ndarray:
+    """Parallel runs: the items' digits [N, m] from the product quantizer (``index/pq.safetensors``),
+    fitted once per run on the text vectors."""
+    path, sids_path = run_dir / "index" / "pq.safetensors", run_dir / "index" / "sids.safetensors"
+    if path.exists() and sids_path.exists():
+        return load_tensors(sids_path)[0]["codes"].numpy()
+    p = cfg.parallel
+    quantizer = ProductQuantizer.fit(text.numpy(), p.digits, p.codebook_size, p.opq, p.whiten)
+    codes = quantizer.encode(text.numpy())
+    quantizer.save(path)
+    write_json(run_dir / "index" / "sid_stats.json", digit_stats(codes, p.codebook_size))
+    save_tensors(sids_path, {"codes": torch.from_numpy(codes)}, {"sizes": [p.codebook_size] * p.digits})
+    return codes
+
+
 def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     """Load data and text vectors, fit (or reload) the tokenizer, build an untrained model.
 
@@ -199,6 +231,8 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     if cfg.eval.beam_size < max(cfg.eval.ks):
         raise ConfigError(f"eval.beam_size {cfg.eval.beam_size} must be >= the largest K {max(cfg.eval.ks)} "
                           "(a beam returns at most beam_size items)")
+    if cfg.train.strategy == "parallel" and cfg.data.task != "rec":
+        raise ConfigError("train.strategy parallel: only data.task rec so far (no query token)")
     if cfg.eval.verify_weight < 0 or (cfg.eval.verify_weight and cfg.train.strategy != "joint"):
         raise ConfigError(f"eval.verify_weight {cfg.eval.verify_weight}: expected >= 0, and > 0 only with "
                           "train.strategy joint (two-stage models have no context and item vectors)")
@@ -213,8 +247,15 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     if len(text) != len(dataset.catalog):
         raise RunError(f"{run_dir / 'index'}: vectors of {len(text)} items, but the catalog has "
                        f"{len(dataset.catalog)}; use a new run directory")
-    tokenizer, sids = tokenizer_and_sids(cfg, text, run_dir, progress)
     uses_text = cfg.model.history_input.endswith("+text")
+    if cfg.train.strategy == "parallel":
+        codes = product_codes(cfg, text, run_dir)
+        p = cfg.parallel
+        model = ParallelSIDRecommender(p.digits, p.codebook_size, cfg.model, p, cfg.data.max_history,
+                                       text.shape[1] if uses_text else None)
+        items = ItemFeatures(torch.from_numpy(codes), text if uses_text else None)
+        return Run(cfg, run_dir, dataset, splits, text, None, items, model, queries)
+    tokenizer, sids = tokenizer_and_sids(cfg, text, run_dir, progress)
     text_dim = text.shape[1] if uses_text else None
     query_dim = queries["train"].shape[1] if queries is not None else None
     if cfg.train.strategy == "joint":
@@ -377,10 +418,13 @@ def test_analysis(run: Run, progress: bool = False) -> tuple[dict, np.ndarray]:
     buckets = popularity_buckets(popularity)
     codes = run.quantizer_codes()
     out = {"test": metrics_from_ranks(ranks, run.cfg.eval.ks),
-           "test_by_popularity": hit_rate_by_bucket(ranked, test.targets, buckets),
-           "sid": {"sizes": run.index.sizes, "collision_rate": collision_rate(codes),
-                   "max_leaf_size": run.index.max_leaf_size,
-                   "code_usage": code_usage(codes, run.index.sizes[:codes.shape[1]])}}
+           "test_by_popularity": hit_rate_by_bucket(ranked, test.targets, buckets)}
+    if run.parallel:
+        out["sid"] = digit_stats(codes, run.cfg.parallel.codebook_size)
+    else:
+        out["sid"] = {"sizes": run.index.sizes, "collision_rate": collision_rate(codes),
+                      "max_leaf_size": run.index.max_leaf_size,
+                      "code_usage": code_usage(codes, run.index.sizes[:codes.shape[1]])}
     if run.joint:
         out["hubness"] = norm_vs_popularity(run.items.item_vectors.numpy(), popularity, buckets)
         out["isotropy"] = {"item_vectors": isotropy(run.items.item_vectors.numpy()),
@@ -426,7 +470,8 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     run = prepare(cfg, run_dir, progress)
     if main:
         log.write(event="prepared", users=len(run.dataset.interactions), items=len(run.dataset.catalog),
-                  train_samples=len(run.splits.train), sid_sizes=run.index.sizes,
+                  train_samples=len(run.splits.train), sid_sizes=run.index.sizes if run.index is not None
+                  else [cfg.parallel.codebook_size] * cfg.parallel.digits,
                   world_size=distributed.rank_and_size()[1])
     started = {}
     if (run_dir / "init_from.json").exists():  # a warm start, or a run on a learned index
@@ -443,9 +488,13 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
         run.refresh_index()
         return run.evaluate(valid_subset, valid_queries)
 
+    train = run.splits.train
     if run.joint:
         objective = JointObjective(cfg, run.text)
         observe = SIDMonitor(run.text, run.quantizer_codes(), run_dir / "index" / "codes_last_epoch.safetensors")
+    elif run.parallel:  # every history position is a prediction: windows, not one sample per prefix
+        objective, observe = ParallelObjective(), None
+        train = sequence_windows(run.dataset.interactions, cfg.data.max_history)
     else:
         objective, observe = NextTokenObjective(cfg), None
 
@@ -458,7 +507,7 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
             run.freeze_item_side()
         run.refresh_index()
 
-    trainer = Trainer(run.model, cfg.train, run.splits.train, run.items, run_dir, validate, objective, observe,
+    trainer = Trainer(run.model, cfg.train, train, run.items, run_dir, validate, objective, observe,
                       progress=progress, queries=run.split_queries("train"), before_epoch=before_epoch)
     summary = trainer.fit()
     if not main:

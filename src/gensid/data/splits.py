@@ -62,3 +62,20 @@ def leave_one_out(interactions: Interactions, max_history: int = 20) -> LeaveOne
             valid.append((user, seq[: n - 2], seq[n - 2]))
             test.append((user, seq[: n - 1], seq[n - 1]))
     return LeaveOneOut(*(pack_samples(rows, max_history) for rows in (train, valid, test)))
+
+
+def sequence_windows(interactions: Interactions, max_history: int = 20) -> Samples:
+    """The training part of each user's sequence (what :func:`leave_one_out` trains on, ``seq[:-2]``)
+    cut from its end into windows of ``max_history + 1`` items: history = all but the window's last
+    item, target = its last. A model that predicts at every history position (causal) then sees
+    every training target exactly once, as the one-sample-per-prefix split does, with one
+    encoder pass per window instead of one per target."""
+    rows = []
+    for user, seq in enumerate(interactions.sequences):
+        train = seq[:-2] if len(seq) >= 3 else seq
+        end = len(train)
+        while end >= 2:
+            start = max(0, end - max_history - 1)
+            rows.append((user, train[start:end - 1], train[end - 1]))
+            end = start + 1 if start > 0 else 0
+    return pack_samples(rows, max_history)

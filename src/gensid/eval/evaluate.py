@@ -1,4 +1,5 @@
-"""Rank items with a generative recommender: batched constrained beam search -> item ids."""
+"""Rank items: batched constrained beam search (autoregressive SIDs) or exact full-catalog
+scoring (parallel SIDs) -> item ids."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tqdm.auto import tqdm
 from gensid.data.splits import Samples
 from gensid.index.beam import constrained_beam_search
 from gensid.index.sid_index import SIDIndex
+from gensid.model.parallel import ParallelSIDRecommender, top_items
 from gensid.model.recommender import GenerativeRecommender
 from gensid.train.batches import Batch, ItemFeatures
 
@@ -39,4 +41,17 @@ def recommend_items(model: GenerativeRecommender, index: SIDIndex, samples: Samp
                                          batch.history_text, batch.history_vectors, items.item_vectors, batch.query,
                                          verify_weight)
         ranked[rows, : result.items.shape[1]] = result.items.numpy()
+    return ranked
+
+
+@torch.no_grad()
+def rank_exact(model: ParallelSIDRecommender, samples: Samples, items: ItemFeatures, k: int,
+               batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """Top ``k`` item ids per sample [N, k], best first, every catalog item scored exactly."""
+    model.eval()
+    ranked = np.full((len(samples), k), -1, dtype=np.int64)
+    for rows, batch in evaluation_batches(samples, items, batch_size=batch_size, desc="full ranking",
+                                          progress=progress):
+        log_probs = model.user_log_probs(batch.history_codes, batch.history_mask, batch.history_text)
+        ranked[rows] = top_items(log_probs, items.codes, k)[1].numpy()
     return ranked

@@ -70,4 +70,4 @@ def wrap(model: nn.Module, objective) -> nn.Module:
     if rank_and_size()[1] == 1:
         return step
     # joint models leave some parameters out of some steps (e.g. unused heads or embeddings)
-    return nn.parallel.DistributedDataParallel(step, find_unused_parameters=model.tokenizer is not None)
+    return nn.parallel.DistributedDataParallel(step, find_unused_parameters=getattr(model, "tokenizer", None) is not None)

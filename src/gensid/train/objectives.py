@@ -1,6 +1,8 @@
 """What a training step optimises: one objective per strategy.
 
 - :class:`NextTokenObjective` (two-stage): SIDs are fixed; next-code cross-entropy.
+- :class:`ParallelObjective` (parallel): fixed long SIDs; the multi-token loss at every history
+  position of a training window (each position predicts all digits of the item after it).
 - :class:`JointObjective` (ste / DGI / DIGER): every step re-tokenizes the batch's items
   with the model's tokenizer under the configured assignment; the hard codes are the
   targets, the assignment's vectors are the decoder's teacher-forcing inputs (and the
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from gensid.config import ExperimentConfig
+from gensid.model.parallel import ParallelSIDRecommender
 from gensid.model.recommender import GenerativeRecommender
 from gensid.quantize.sids import SemanticIDs
 from gensid.train.batches import Batch, ItemFeatures
@@ -35,6 +38,21 @@ class NextTokenObjective:
         return {"next_token": loss, "total": loss}
 
     def param_groups(self, model: GenerativeRecommender) -> list[dict]:
+        return [{"params": list(model.parameters())}]
+
+
+class ParallelObjective:
+    """Needs window samples (:func:`gensid.data.splits.sequence_windows`): every history position
+    is a prediction, so a target must not also appear as a later sample's target."""
+
+    def __call__(self, model: ParallelSIDRecommender, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
+        hidden = model.encode(batch.history_codes, batch.history_mask, batch.history_text)  # [B, H, d]
+        # position t predicts the item after it: the next history item, or the target after the last
+        next_codes = torch.cat([batch.history_codes[:, 1:], batch.target_codes[:, None]], 1)  # [B, H, m]
+        loss = model.loss(hidden[batch.history_mask], next_codes[batch.history_mask])
+        return {"next_digits": loss, "total": loss}
+
+    def param_groups(self, model: ParallelSIDRecommender) -> list[dict]:
         return [{"params": list(model.parameters())}]
 
 

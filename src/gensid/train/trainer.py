@@ -26,10 +26,10 @@ from gensid.io import JsonlLog, load_tensors, save_tensors
 from gensid.model.recommender import GenerativeRecommender
 from gensid.train import distributed
 from gensid.train.batches import Batch, ItemFeatures
-from gensid.train.objectives import JointObjective, NextTokenObjective
+from gensid.train.objectives import JointObjective, NextTokenObjective, ParallelObjective
 from gensid.train.schedule import warmup_linear
 
-Objective = NextTokenObjective | JointObjective
+Objective = NextTokenObjective | JointObjective | ParallelObjective
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -162,7 +162,8 @@ class Trainer:
         grad_norms: list[float] = []
         count = 0
         # the learnable item side, if any (an RQ-KMeans tokenizer without ItemAdapter has none)
-        item_encoder = self.model.tokenizer.encoder if self.model.tokenizer is not None else None
+        tokenizer = getattr(self.model, "tokenizer", None)
+        item_encoder = tokenizer.encoder if tokenizer is not None else None
         if item_encoder is not None and next(item_encoder.parameters(), None) is None:
             item_encoder = None
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", disable=not self.progress,

@@ -1,0 +1,157 @@
+"""The parallel-SID recommender (RPG, Hou et al., KDD 2025): long unordered SIDs, every digit at once.
+
+Shapes: B users, H history slots, m digits per item, K codes per digit, d = ``d_model``,
+N catalog items.
+
+- A history item becomes one token: the mean of its m digit embeddings (optionally plus a
+  projection of its frozen text vector) plus the embedding of its position, counted from the
+  oldest real item (as SASRec), so a prefix means the same inside a training window and as a
+  whole history at ranking time.
+- A causal, pre-LayerNorm Transformer reads the history; the hidden state at position t
+  predicts the item after it, so one window trains every position at once.
+- One residual head per digit (``h + silu(W_j h + b_j)``, W_j zero at the start) turns the
+  hidden state into m states; digit j's logits are ``cos(state_j, E_j) / temperature`` against
+  the same digit embeddings the input uses [m, K, d].
+- An item's score is the sum of its digits' log-probabilities. That is exact for every
+  item of the catalog at once: a gather and a sum over the [B, m, K] table
+  (:func:`score_items`), no beam search, no search error.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gensid.config import ModelConfig, ParallelConfig
+from gensid.errors import ConfigError
+
+HISTORY_INPUTS = ("codes", "codes+text")
+
+
+class CausalBlock(nn.Module):
+    """Pre-LayerNorm self-attention under a given mask, then a GELU feed-forward; each residual."""
+
+    def __init__(self, d: int, heads: int, d_ff: int, dropout: float, attention_dropout: float):
+        super().__init__()
+        self.heads, self.attention_dropout = heads, attention_dropout
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.ff = nn.Sequential(nn.Linear(d, d_ff), nn.GELU(), nn.Linear(d_ff, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [B, H, d], mask [B, 1, H, H] bool (True = may attend) -> [B, H, d]."""
+        b, h, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, h, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.attention_dropout if self.training else 0.0)
+        x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, h, d)))
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class ParallelSIDRecommender(nn.Module):
+    def __init__(self, digits: int, codebook_size: int, cfg: ModelConfig, parallel: ParallelConfig,
+                 max_history: int, text_dim: int | None = None):
+        super().__init__()
+        if cfg.history_input not in HISTORY_INPUTS:
+            raise ConfigError(f"model.history_input {cfg.history_input!r}: the parallel model takes one of "
+                              f"{HISTORY_INPUTS}")
+        if cfg.history_input == "codes+text" and text_dim is None:
+            raise ConfigError("model.history_input codes+text needs item text vectors")
+        if cfg.d_model % cfg.n_heads:
+            raise ConfigError(f"model.d_model {cfg.d_model} must be a multiple of model.n_heads {cfg.n_heads}")
+        d = cfg.d_model
+        self.digits, self.codebook_size, self.temperature = digits, codebook_size, parallel.temperature
+        self.cfg = cfg
+        self.digit_embeddings = nn.Embedding(digits * codebook_size, d)  # digit j's codes: rows j*K .. j*K+K-1
+        self.register_buffer("offsets", torch.arange(digits) * codebook_size, persistent=False)
+        self.text_proj = nn.Linear(text_dim, d) if cfg.history_input == "codes+text" else None
+        self.positions = nn.Embedding(max_history, d)
+        self.embedding_dropout = nn.Dropout(parallel.embedding_dropout)
+        self.blocks = nn.ModuleList(CausalBlock(d, cfg.n_heads, cfg.d_ff, cfg.dropout, parallel.attention_dropout)
+                                    for _ in range(cfg.encoder_layers))
+        self.norm = nn.LayerNorm(d)
+        self.apply(_gpt2_init)
+        # the digit heads start as the identity (RPG's zero-initialised residual blocks)
+        self.head_weight = nn.Parameter(torch.zeros(d, digits, d))  # [d_in, m, d_out]
+        self.head_bias = nn.Parameter(torch.zeros(digits, d))
+
+    def embed_items(self, codes: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        """codes [..., m] (text [..., T]) -> item tokens [..., d]: the mean of the digit embeddings."""
+        tokens = self.digit_embeddings(codes + self.offsets).mean(-2)
+        if self.text_proj is not None:
+            tokens = tokens + self.text_proj(text)
+        return tokens
+
+    def encode(self, history_codes: torch.Tensor, history_mask: torch.Tensor,
+               history_text: torch.Tensor | None = None) -> torch.Tensor:
+        """history_codes [B, H, m] (any value where masked), history_mask [B, H] True = real item
+        (left-padded: real items are the last ones), history_text [B, H, T] -> hidden [B, H, d];
+        position t has seen the items up to t."""
+        h = history_mask.shape[1]
+        position = (history_mask.long().cumsum(1) - 1).clamp(min=0)
+        x = self.embedding_dropout(self.embed_items(history_codes.clamp(min=0), history_text)
+                                   + self.positions(position))
+        causal = torch.ones(h, h, dtype=torch.bool, device=x.device).tril()
+        # a padding slot attends to itself only (never empty, so no NaN); real slots skip padding
+        mask = causal & (history_mask[:, None, :] | torch.eye(h, dtype=torch.bool, device=x.device))
+        mask = mask.unsqueeze(1)  # [B, 1, H, H]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)
+
+    def digit_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[*, d] -> [*, m, K]: ``cos(head_j(h), E_j) / temperature`` for every digit j."""
+        d = hidden.shape[-1]
+        # all m heads in one matmul: [*, d] x [d, m*d] (the heads' weights side by side)
+        heads = (hidden @ self.head_weight.reshape(d, -1)).unflatten(-1, (self.digits, d))  # [*, m, d]
+        states = F.normalize(hidden.unsqueeze(-2) + F.silu(heads + self.head_bias), dim=-1)
+        # the temperature goes into the small [m, K, d] table, not the [*, m, K] logits
+        table = F.normalize(self.digit_embeddings.weight.view(self.digits, self.codebook_size, d), dim=-1)
+        return torch.einsum("...md,mkd->...mk", states, table / self.temperature)
+
+    def loss(self, hidden: torch.Tensor, target_codes: torch.Tensor) -> torch.Tensor:
+        """hidden [R, d], target_codes [R, m] -> the multi-token loss: mean over digits of the
+        cross-entropy of each digit (RPG's)."""
+        logits = self.digit_logits(hidden).float()  # [R, m, K]
+        return F.cross_entropy(logits.reshape(-1, self.codebook_size), target_codes.reshape(-1))
+
+    def user_log_probs(self, history_codes: torch.Tensor, history_mask: torch.Tensor,
+                       history_text: torch.Tensor | None = None) -> torch.Tensor:
+        """The next item's digit distributions [B, m, K] (log-probabilities) after each history."""
+        hidden = self.encode(history_codes, history_mask, history_text)[:, -1]  # left-padded: the newest item
+        return self.digit_logits(hidden).float().log_softmax(-1)
+
+
+def _gpt2_init(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear):
+            nn.init.zeros_(module.bias)
+
+
+def score_items(log_probs: torch.Tensor, item_codes: torch.Tensor) -> torch.Tensor:
+    """[B, m, K] x [N, m] -> [B, N]: each item's sum of its digits' log-probabilities.
+
+    One ``embedding_bag`` over the [m*K, B] table: N*m gathers of a B-vector, no [B, N, m] tensor."""
+    b, m, k = log_probs.shape
+    table = log_probs.reshape(b, m * k).T.contiguous()  # [m*K, B]
+    rows = item_codes + torch.arange(m, device=item_codes.device) * k  # [N, m] rows of the table
+    return F.embedding_bag(rows, table, mode="sum").T  # [B, N]
+
+
+def top_items(log_probs: torch.Tensor, item_codes: torch.Tensor, k: int, chunk: int = 65_536
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-``k`` of the whole catalog: scores and item ids [B, k], best first.
+
+    Items are scored ``chunk`` at a time and merged, so memory stays [B, chunk + k] for any N."""
+    best_scores = log_probs.new_full((log_probs.shape[0], 0), float("-inf"))
+    best_ids = torch.zeros(log_probs.shape[0], 0, dtype=torch.long)
+    for start in range(0, len(item_codes), chunk):
+        scores = torch.cat([best_scores, score_items(log_probs, item_codes[start:start + chunk])], 1)
+        ids = torch.cat([best_ids, torch.arange(start, start + min(chunk, len(item_codes) - start))
+                         .expand(len(scores), -1)], 1)
+        best_scores, where = scores.topk(min(k, scores.shape[1]), dim=1)
+        best_ids = ids.gather(1, where)
+    return best_scores, best_ids

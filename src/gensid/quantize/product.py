@@ -1,0 +1,77 @@
+"""Long, unordered semantic IDs by (optimized) product quantization, as RPG builds them.
+
+The text vector [T] is (optionally PCA-whitened, then) rotated by OPQ and cut into ``digits``
+sub-vectors; each sub-vector's nearest of ``codebook_size`` centroids is one digit. The
+digits are unordered: no digit refines another, so a model can predict all of them at once.
+
+Everything is one faiss index (``PCAW{T},OPQ{m},PQ{m}x{bits}``), fitted once and stored
+serialized (a uint8 tensor in safetensors, no pickle), so a new item's digits come from the
+same frozen quantizer at serving time (:meth:`ProductQuantizer.encode`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from gensid.errors import ConfigError, RunError
+from gensid.io import load_tensors, save_tensors
+from gensid.quantize.sids import code_usage, collision_rate
+
+
+class ProductQuantizer:
+    """``fit(vectors [N, T])`` once, then ``encode(vectors [n, T]) -> digits [n, m]`` int64."""
+
+    def __init__(self, index: faiss.Index, digits: int, codebook_size: int):
+        self.index, self.digits, self.codebook_size = index, digits, codebook_size
+
+    @classmethod
+    def fit(cls, vectors: np.ndarray, digits: int, codebook_size: int = 256, opq: bool = True,
+            whiten: bool = False) -> ProductQuantizer:
+        """Train on ``vectors`` [N, T] float32. ``digits`` must divide T (each digit quantizes
+        T / digits dimensions); ``codebook_size`` is a power of two (faiss stores digits as bits)."""
+        dim = vectors.shape[1]
+        bits = int(math.log2(codebook_size))
+        if 2**bits != codebook_size:
+            raise ConfigError(f"parallel.codebook_size {codebook_size}: expected a power of two, e.g. 256")
+        if dim % digits:
+            raise ConfigError(f"parallel.digits {digits}: must divide the text vector's {dim} dimensions")
+        steps = ([f"PCAW{dim}"] if whiten else []) + ([f"OPQ{digits}"] if opq else []) + [f"PQ{digits}x{bits}"]
+        index = faiss.index_factory(dim, ",".join(steps))
+        index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+        return cls(index, digits, codebook_size)
+
+    def encode(self, vectors: np.ndarray | torch.Tensor) -> np.ndarray:
+        """vectors [n, T] -> digits [n, m] int64 in [0, codebook_size)."""
+        x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+        packed = self.index.sa_encode(x)  # [n, ceil(m * bits / 8)] uint8
+        if self.codebook_size == 256:
+            return packed.astype(np.int64)
+        bits = int(math.log2(self.codebook_size))
+        unpacked = np.unpackbits(packed, axis=1, bitorder="little")[:, : self.digits * bits]
+        weights = 1 << np.arange(bits)
+        return (unpacked.reshape(len(x), self.digits, bits) * weights).sum(-1).astype(np.int64)
+
+    def save(self, path: str | Path) -> None:
+        blob = torch.from_numpy(faiss.serialize_index(self.index))
+        save_tensors(path, {"faiss_index": blob}, {"digits": self.digits, "codebook_size": self.codebook_size})
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProductQuantizer:
+        tensors, meta = load_tensors(path)
+        if "faiss_index" not in tensors:
+            raise RunError(f"{path}: not a product quantizer (no faiss_index tensor)")
+        index = faiss.deserialize_index(tensors["faiss_index"].numpy())
+        return cls(index, int(meta["digits"]), int(meta["codebook_size"]))
+
+
+def digit_stats(codes: np.ndarray, codebook_size: int) -> dict:
+    """Collisions (items sharing all digits) and per-digit code usage of ``codes`` [N, m]."""
+    usage = code_usage(codes, [codebook_size] * codes.shape[1])
+    return {"digits": codes.shape[1], "codebook_size": codebook_size, "collision_rate": collision_rate(codes),
+            "mean_perplexity": float(np.mean([u["perplexity"] for u in usage])),
+            "min_used": int(min(u["used"] for u in usage)), "levels": usage}

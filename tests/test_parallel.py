@@ -1,0 +1,134 @@
+"""The parallel-SID method (RPG): product-quantized digits, the causal model, its loss and exact
+full-catalog scoring."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_ml100k
+from gensid.config import ModelConfig, ParallelConfig, load_config
+from gensid.data.catalog import Interactions
+from gensid.data.splits import leave_one_out, sequence_windows
+from gensid.errors import ConfigError
+from gensid.model.parallel import ParallelSIDRecommender, score_items, top_items
+from gensid.pipeline import load_run, train_run
+from gensid.quantize.product import ProductQuantizer
+
+M, K = 4, 16
+
+
+def small_model(history_input: str = "codes", text_dim: int | None = None) -> ParallelSIDRecommender:
+    cfg = ModelConfig(d_model=32, n_heads=4, encoder_layers=2, d_ff=64, dropout=0.0, history_input=history_input)
+    return ParallelSIDRecommender(M, K, cfg, ParallelConfig(embedding_dropout=0.0, attention_dropout=0.0),
+                                  max_history=6, text_dim=text_dim).eval()
+
+
+def test_exact_scores_equal_brute_force_per_item(rng):
+    log_probs = torch.randn(3, M, K).log_softmax(-1)
+    codes = torch.from_numpy(rng.integers(0, K, (50, M)))
+    brute = torch.stack([torch.stack([sum(log_probs[b, j, codes[i, j]] for j in range(M)) for i in range(50)])
+                         for b in range(3)])
+    assert torch.allclose(score_items(log_probs, codes), brute, atol=1e-5)
+
+
+def test_chunked_top_k_equals_ranking_every_item(rng):
+    log_probs = torch.randn(5, M, K).log_softmax(-1)
+    codes = torch.from_numpy(rng.integers(0, K, (300, M)))
+    scores, ids = top_items(log_probs, codes, k=20, chunk=37)  # 9 chunks, the last one short
+    full = score_items(log_probs, codes)
+    expected_scores, expected_ids = full.topk(20, dim=1)
+    assert torch.allclose(scores, expected_scores)
+    assert torch.equal(full.gather(1, ids), scores)  # the ids carry their scores (ties may swap ids)
+    assert (ids >= 0).all() and (ids < 300).all()
+
+
+def test_multi_token_loss_reaches_every_head_and_digit_table():
+    torch.manual_seed(0)
+    model = small_model().train()
+    codes = torch.randint(0, K, (8, 6, M))
+    mask = torch.ones(8, 6, dtype=torch.bool)
+    mask[:4, :3] = False
+    hidden = model.encode(codes, mask)
+    model.loss(hidden[mask], torch.randint(0, K, (int(mask.sum()), M))).backward()
+    head_grads = model.head_weight.grad.abs().sum(dim=(0, 2))  # [m]: one sum per digit head
+    assert (head_grads > 0).all()
+    assert (model.head_bias.grad.abs().sum(1) > 0).all()
+    table_grads = model.digit_embeddings.weight.grad.view(M, K, -1).abs().sum(-1)
+    assert (table_grads > 0).all()  # every code's row: input embedding or output logit
+
+
+def test_causal_and_independent_of_left_padding():
+    torch.manual_seed(0)
+    model = small_model()
+    codes = torch.randint(0, K, (1, 6, M))
+    full = torch.ones(1, 6, dtype=torch.bool)
+    hidden = model.encode(codes, full)
+    changed = codes.clone()
+    changed[0, 5] = (changed[0, 5] + 1) % K  # a later item must not change earlier positions
+    assert torch.allclose(model.encode(changed, full)[0, :5], hidden[0, :5], atol=1e-6)
+    # the same 3-item history, left-padded by 3 slots of any content, gives the same last state
+    padded, mask = torch.randint(0, K, (1, 6, M)), torch.tensor([[False] * 3 + [True] * 3])
+    padded[0, 3:] = codes[0, :3]
+    alone = model.encode(codes[:, :3], full[:, :3])[0, -1]
+    assert torch.allclose(model.encode(padded, mask)[0, -1], alone, atol=1e-5)
+
+
+def test_text_input_changes_the_item_tokens():
+    model = small_model("codes+text", text_dim=12)
+    codes, text = torch.randint(0, K, (2, 3, M)), torch.randn(2, 3, 12)
+    assert not torch.allclose(model.embed_items(codes, text), model.embed_items(codes, torch.zeros_like(text)))
+    with pytest.raises(ConfigError, match="history_input"):
+        small_model("quantized")
+
+
+def test_windows_cover_every_training_target_once():
+    sequences = [np.arange(n) + 100 * u for u, n in enumerate([2, 3, 5, 9, 30, 47])]
+    interactions = Interactions([str(u) for u in range(len(sequences))], sequences)
+    windows = sequence_windows(interactions, max_history=4)
+    prefixes = leave_one_out(interactions, max_history=4).train
+    # every target a window's positions predict: the history items after the first, then the target
+    predicted = []
+    for hist, target in zip(windows.histories, windows.targets, strict=True):
+        real = hist[hist >= 0]
+        predicted += [*real[1:], target]
+    assert sorted(predicted) == sorted(prefixes.targets.tolist())
+    assert ((windows.histories >= 0).sum(1) >= 1).all()
+
+
+def test_product_quantizer_round_trip_and_errors(tmp_path, rng):
+    vectors = rng.standard_normal((600, 16)).astype(np.float32)
+    quantizer = ProductQuantizer.fit(vectors, digits=4, codebook_size=16, opq=False)
+    codes = quantizer.encode(vectors)
+    assert codes.shape == (600, 4) and codes.dtype == np.int64
+    assert codes.min() >= 0 and codes.max() < 16 and len(np.unique(codes[:, 0])) > 8
+    quantizer.save(tmp_path / "pq.safetensors")
+    assert np.array_equal(ProductQuantizer.load(tmp_path / "pq.safetensors").encode(vectors), codes)
+    # the 4-bit digits are the nearest centroid of each 4-dimensional slice
+    centroids = __import__("faiss").vector_to_array(quantizer.index.pq.centroids).reshape(4, 16, 4)
+    nearest = np.stack([((vectors[:, None, 4 * j:4 * j + 4] - centroids[j][None]) ** 2).sum(-1).argmin(1)
+                        for j in range(4)], 1)
+    assert (nearest == codes).mean() > 0.99
+    with pytest.raises(ConfigError, match="divide"):
+        ProductQuantizer.fit(vectors, digits=5)
+    with pytest.raises(ConfigError, match="power of two"):
+        ProductQuantizer.fit(vectors, digits=4, codebook_size=12)
+
+
+@pytest.mark.slow
+def test_parallel_run_on_movielens(tmp_path):
+    overrides = [o for o in tiny_ml100k(epochs=2) if not o.startswith(("quantizer", "model.decoder"))]
+    cfg = load_config("configs/ml100k.yaml", [*overrides, "data.max_users=200", "train.strategy=parallel",
+                                              "parallel.digits=8", "parallel.codebook_size=16",
+                                              "parallel.opq=false", "model.history_input=codes"])
+    metrics = train_run(cfg, tmp_path, progress=False)
+    assert metrics["epochs"] == 2 and metrics["sid"]["digits"] == 8
+    ranks = json.loads((tmp_path / "test_ranks.json").read_text())
+    assert len(ranks["ranks"]) == len(load_run(tmp_path).splits.test)
+    run = load_run(tmp_path)
+    recs = run.recommend([0, 1, 2], k=10)
+    assert len(set(recs)) == 10 and all(0 <= i < len(run.dataset.catalog) for i in recs)
+    # ranking by the run equals ranking every item by its exact score
+    batch_ranked = run.rank(run.splits.test.head(16))
+    assert (batch_ranked >= 0).all() and len(np.unique(batch_ranked[0])) == batch_ranked.shape[1]
