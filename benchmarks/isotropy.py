@@ -1,6 +1,6 @@
 """Isotropy of the learned item space (DGI's analysis in DESIGN.md), for finished joint runs.
 
-    python benchmarks/isotropy.py experiments/office-ablation/runs/*/
+    python benchmarks/isotropy.py research/experiments/office-ablation/runs/*/
 
 For each joint run folder with weights: the isotropy (``gensid.eval.analysis.isotropy``: mean
 pairwise cosine, partition ratio, effective dimensions) of its item vectors (``z_base``, the space
@@ -9,7 +9,7 @@ and, once per data set, of the frozen text vectors every item encoder reads and 
 PCA projection to the latent size (where a linear encoder starts: ``RQVAE.init_encoder``). Runs trained
 since the analysis was added carry the same numbers in ``metrics.json``; this script computes
 them for older runs from their weights. Two-stage runs have no learned space and are skipped.
-Writes ``benchmarks/results/isotropy.json`` (one entry per run folder, one per data set's text
+Writes ``<results-dir>/isotropy.json`` (default ``research/results``) (one entry per run folder, one per data set's text
 vectors) and prints a Markdown table.
 """
 
@@ -27,7 +27,9 @@ from gensid.config import QuantizerConfig
 from gensid.eval.analysis import isotropy
 from gensid.pipeline import load_run
 from gensid.quantize.rqvae import RQVAE
-from gensid.report.results import RESULTS, update_entry
+from gensid.report.results import update_entry
+
+RESULTS = Path(__file__).resolve().parents[1] / "research" / "results"  # the default of --results-dir
 
 MEASURES = ("mean_cosine", "partition", "effective_dims")
 
@@ -50,10 +52,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="folder of isotropy.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    path = RESULTS / "isotropy.json"
+    path = args.results_dir / "isotropy.json"
     lines, text_done = [], set()
     for run_dir in sorted(args.run_dirs):
         run_dir = run_dir.rstrip("/")

@@ -1,11 +1,13 @@
-"""Print the Markdown results tables of RESULTS.md from ``benchmarks/results/*.json`` (and draw the
-hybrids' popularity plots, ``benchmarks/results/hybrid_popularity_*.png``).
+"""Print the Markdown results tables of research/RESULTS.md from ``research/results/*.json`` (and draw
+the hybrids' popularity plots, ``research/results/hybrid_popularity_*.png``); ``--results-dir``
+reads (and draws into) another folder.
 
     python benchmarks/report.py
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from statistics import mean
@@ -13,7 +15,7 @@ from statistics import mean
 from gensid.report import plots
 from gensid.report.results import epochs_cell, mean_std
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "research" / "results"  # the default of --results-dir
 REC_COLUMNS = {"recall@5": "R@5", "recall@10": "R@10", "ndcg@5": "N@5", "ndcg@10": "N@10"}
 SEARCH_COLUMNS = {"hit@1": "H@1", "hit@5": "H@5", "hit@10": "H@10", "hit@20": "H@20", "ndcg@5": "N@5",
                   "ndcg@10": "N@10", "ndcg@20": "N@20"}
@@ -96,10 +98,10 @@ def hybrid_table(entries: dict) -> str:
     return "\n".join(lines)
 
 
-def hybrid_plots(entries: dict) -> list[Path]:
+def hybrid_plots(entries: dict, results: Path = RESULTS) -> list[Path]:
     """One bar chart per data set and task: hit@10 by item-popularity bucket of the DGI run alone,
     its scorer alone, the DGI hybrid and the two-stage hybrid (means over seeds), written to
-    ``benchmarks/results/hybrid_popularity_<dataset>-<task>.png``."""
+    ``<results>/hybrid_popularity_<dataset>-<task>.png``."""
     by_task: dict[tuple[str, str], dict[str, list[list[float]]]] = {}
     for e in entries.values():
         scorer = next(name for name in e["test"] if name not in ("gensid", "hybrid"))
@@ -115,21 +117,24 @@ def hybrid_plots(entries: dict) -> list[Path]:
         order = sorted(series, key=lambda label: ("alone" not in label, label.startswith("two_stage"), label))
         values = {label: [mean(col) for col in zip(*series[label], strict=True)] for label in order}
         paths.append(plots.buckets(values, "test hit@10", f"{dataset} {task}: hybrids by item popularity",
-                                   RESULTS / f"hybrid_popularity_{dataset}-{task}.png"))
+                                   results / f"hybrid_popularity_{dataset}-{task}.png"))
     return paths
 
 
 def main() -> None:
-    for path in sorted([*RESULTS.glob("*-rec.json"), *RESULTS.glob("*-search.json")]):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="folder of the results JSON")
+    results = parser.parse_args().results_dir
+    for path in sorted([*results.glob("*-rec.json"), *results.glob("*-search.json")]):
         print(quality_table(path) + "\n")
-    if (RESULTS / "speed.json").exists():
-        print(speed_table(RESULTS / "speed.json") + "\n")
-    if (RESULTS / "fusion.json").exists():
-        hybrids = json.loads((RESULTS / "fusion.json").read_text())
+    if (results / "speed.json").exists():
+        print(speed_table(results / "speed.json") + "\n")
+    if (results / "fusion.json").exists():
+        hybrids = json.loads((results / "fusion.json").read_text())
         print(hybrid_table(hybrids) + "\n")
-        hybrid_plots(hybrids)
-    if (RESULTS / "search_latency.json").exists():
-        print(search_latency_table(json.loads((RESULTS / "search_latency.json").read_text())))
+        hybrid_plots(hybrids, results)
+    if (results / "search_latency.json").exists():
+        print(search_latency_table(json.loads((results / "search_latency.json").read_text())))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/sasrec.py --data ../shared/data/amazon-beauty --dataset beauty
 
 Writes a ``valid`` and a ``test`` row (method ``sasrec``) to
-``benchmarks/results/<dataset>-rec.json``; the training log, the best weights and the per-user
-test ranks (``test_ranks.json``, for ``gensid compare``) go to
-``experiments/baselines/runs/sasrec-<dataset>-s<seed>/``.
+``<results-dir>/<dataset>-rec.json`` (default ``research/results``); the training log, the best
+weights and the per-user test ranks (``test_ranks.json``, for ``gensid compare``) go to
+``--run-dir`` (default ``research/experiments/baselines/runs/sasrec-<dataset>-s<seed>/``).
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
     p.add_argument("--patience", type=int, default=defaults.patience)
     p.add_argument("--variant", default=None, help="results 'variant' (default: from the sizes)")
-    p.add_argument("--run-dir", default=None, help="default experiments/baselines/runs/sasrec-<dataset>-s<seed>")
+    p.add_argument("--run-dir", default=None,
+                   help="default research/experiments/baselines/runs/sasrec-<dataset>-s<seed>")
+    p.add_argument("--results-dir", type=Path, default=ROOT / "research" / "results", help="folder of the results JSON")
     p.add_argument("--no-write", action="store_true", help="do not write the results rows")
     args = p.parse_args()
 
@@ -73,7 +75,8 @@ def main() -> None:
                        max_minutes=args.max_minutes, seed=args.seed)
     variant = args.variant or (f"ce, hidden {cfg.hidden}, {cfg.layers} layers, {cfg.heads} heads, "
                                f"max_len {cfg.max_len}")
-    run_dir = Path(args.run_dir or ROOT / "experiments" / "baselines" / "runs" / f"sasrec-{args.dataset}-s{cfg.seed}")
+    run_dir = Path(args.run_dir or ROOT / "research" / "experiments" / "baselines" / "runs"
+                   / f"sasrec-{args.dataset}-s{cfg.seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(run_dir / "log.jsonl")
 
@@ -107,7 +110,7 @@ def main() -> None:
                 "command": command, "best_epoch": result.best_epoch,
                 # RecBole's full-sort protocol (history items removed), for comparison only.
                 "metrics_exclude_history": excluded,
-            })
+            }, args.results_dir)
     if not args.no_write:
         print(f"wrote {path}")
 

@@ -11,7 +11,7 @@ TIGER's disambiguation code). For each size, in one run:
   C++ allocations are invisible to tracemalloc) over random unit vectors of the same
   catalog size, median latency of a top-20 search at batch 1 and 64.
 
-One thread for both. Writes ``benchmarks/results/scale.json`` and ``scale.png``.
+One thread for both. Writes ``--out`` (default ``research/results/scale.json``) and ``scale.png`` beside it.
 
     python benchmarks/scale.py --sizes 10000 100000 1000000
 """
@@ -28,19 +28,23 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
-import faiss
-import numpy as np
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(ROOT))
 
-from benchmarks.speed import machine
-from gensid.config import ModelConfig
-from gensid.index import SIDIndex, constrained_beam_search
-from gensid.io import write_json
-from gensid.model import GenerativeRecommender
-from gensid.quantize import SemanticIDs
-from gensid.report.results import git_commit
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.speed import machine  # noqa: E402
+from gensid.config import ModelConfig  # noqa: E402
+from gensid.index import SIDIndex, constrained_beam_search  # noqa: E402
+from gensid.io import write_json  # noqa: E402
+from gensid.model import GenerativeRecommender  # noqa: E402
+from gensid.quantize import SemanticIDs  # noqa: E402
+from gensid.report.results import git_commit  # noqa: E402
+
+RESULTS = ROOT / "research" / "results"
 LEVELS, CODES, DIM, HISTORY, BEAM = 3, 256, 128, 20, 20
 
 

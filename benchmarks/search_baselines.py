@@ -7,8 +7,9 @@ recorded as the row ``dense (finetuned_text)``.
 
 Builds the product-search splits (query = the target's category path, history = the
 previous <= 10 items), ranks the full catalog with each baseline and writes test and
-validation rows into ``benchmarks/results/<dataset>-search.json``, and each baseline's per-user
-test ranks (for ``gensid compare``) into ``experiments/baselines/runs/<method>-<dataset>-search-s<seed>/``.
+validation rows into ``<results-dir>/<dataset>-search.json`` (default ``research/results``), and each
+baseline's per-user test ranks (for ``gensid compare``) into
+``<runs>/<method>-<dataset>-search-s<seed>/`` (default ``research/experiments/baselines/runs``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from gensid.report.results import upsert_row
 from gensid.text import embed_split_texts, embed_texts
 
 KS = [1, 5, 10, 20]
+RESEARCH = Path(__file__).resolve().parents[1] / "research"  # the defaults of --results-dir and --runs
 
 
 def main() -> None:
@@ -47,7 +49,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["bm25", "dense"], choices=["bm25", "dense"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="dense dual encoder initialisation and batch order")
-    parser.add_argument("--runs", default="experiments/baselines/runs", help="folder of the test-rank run folders")
+    parser.add_argument("--runs", type=Path, default=RESEARCH / "experiments" / "baselines" / "runs",
+                        help="folder of the test-rank run folders")
+    parser.add_argument("--results-dir", type=Path, default=RESEARCH / "results", help="folder of the results JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -100,7 +104,7 @@ def main() -> None:
                 run_dir = Path(args.runs) / f"{name}-{args.dataset}-search-s{args.seed}"
                 run_dir.mkdir(parents=True, exist_ok=True)
                 save_test_ranks(run_dir, samples.as_samples(), ranks, max(KS))
-            upsert_row(args.dataset, "search", row)
+            upsert_row(args.dataset, "search", row, args.results_dir)
             print(f"{split} {method}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                                    if k.startswith(("hit", "ndcg@5", "ndcg@10", "ndcg@20"))))
 

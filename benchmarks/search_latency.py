@@ -17,7 +17,7 @@ dense dual encoder over the same catalog:
 Stages of the two systems are interleaved per search, so load on the machine hits both
 alike. Weights are random (speed does not depend on training); the codes come from the
 tokenizer's k-means initialisation, so the trie has the real catalog's shape. Writes
-``benchmarks/results/search_latency.json``.
+``--out`` (default ``research/results/search_latency.json``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import json
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -59,7 +60,8 @@ def main() -> None:
     parser.add_argument("--searches", type=int, default=300, help="batch-1 searches timed")
     parser.add_argument("--throughput-searches", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="benchmarks/results/search_latency.json")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "research" / "results"
+                                             / "search_latency.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)

@@ -7,10 +7,10 @@ each), SIGKILLs the server halfway, restarts it from the same run directory, sen
 second half, then checks that every acknowledged item is still there with the same SID.
 Given a hybrid folder (``gensid hybrid``), it load-tests the hybrid and then its run alone with
 the same request sequence, and reports the hybrid's throughput and latency against the run's.
-Writes ``benchmarks/results/serve_load.json`` (one entry per folder).
+Writes ``--out`` (default ``research/results/serve_load.json``; one entry per folder).
 
     python benchmarks/serve_load.py --run-dir runs/ml100k-small --requests 5000 --concurrency 32
-    python benchmarks/serve_load.py --run-dir experiments/hybrid/runs/<hybrid> --requests 2000
+    python benchmarks/serve_load.py --run-dir research/experiments/hybrid/runs/<hybrid> --requests 2000
 """
 
 from __future__ import annotations
@@ -30,14 +30,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-import numpy as np
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(ROOT))
 
-from benchmarks.speed import machine
-from gensid.io import write_json
-from gensid.report.results import git_commit, update_entry
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.speed import machine  # noqa: E402
+from gensid.io import write_json  # noqa: E402
+from gensid.report.results import git_commit, update_entry  # noqa: E402
+
+RESULTS = ROOT / "research" / "results"
 WORDS = ["space", "river", "night", "city", "love", "war", "ghost", "detective", "island", "summer", "robot", "king"]
 
 

@@ -10,10 +10,12 @@ its mean and a randomization p-value; and a t-test of the per-seed differences
 (head -> tail; five tests per comparison, so expect one p < .05 in four comparisons by chance).
 A side without ``{seed}`` is one run paired with every seed of the other (a baseline trained
 once). The runs' ``test_ranks.json`` are in the repository (the baselines' in
-``experiments/baselines/``, written by ``benchmarks/sasrec.py`` and
+``research/experiments/baselines/``, written by ``benchmarks/sasrec.py`` and
 ``benchmarks/search_baselines.py``), so this reproduces without the weights; a run without that
-file is ranked again from its weights. Writes ``benchmarks/results/significance.json`` and prints
-two Markdown tables (all users; by popularity bucket).
+file is ranked again from its weights. Writes ``<results-dir>/significance.json`` (default
+``research/results``) and prints two Markdown tables (all users; by popularity bucket). Run folders
+are named from ``--experiments`` (default ``research/experiments``, from the repository root), as
+the file records them.
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from gensid.compare import compare_runs
 from gensid.io import write_json
-from gensid.report.results import RESULTS
+
+RESULTS = Path(__file__).resolve().parents[1] / "research" / "results"  # the default of --results-dir
 
 METRICS = ["hit@10", "ndcg@10"]
 SEEDS = ["1", "2", "3"]
 # the learned index against the same training on fixed SIDs: (name, control, treatment[, seeds]),
-# run folders under experiments/; both rows warm-start from the same bf16 source of a seed
+# run folders under --experiments; both rows warm-start from the same bf16 source of a seed
 LEARNED_INDEX = [
     ("office-rec warm start, index frozen after 2", "office-warm/runs/two_stage-continued_bf16-s{seed}",
      "office-warm/runs/dgi-warm_start_freeze_2_bf16-s{seed}"),
@@ -110,7 +114,7 @@ BASELINES = [
     ("office-search DGI hard residual against BM25", "baselines/runs/bm25-office-search-s0",
      "office-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}"),
 ]
-# hybrids (benchmarks/fusion.py, experiments/hybrid/runs/<experiment>-<run>+<scorer>) against each of their two parts,
+# hybrids (benchmarks/fusion.py, research/experiments/hybrid/runs/<experiment>-<run>+<scorer>) against each of their two parts,
 # and the DGI hybrid against the two-stage hybrid. A search hybrid's dense encoder is trained with the run's
 # seed, so it is compared with the dense baseline row (seed 0); a rec hybrid mixes in the SASRec of its seed.
 _DGI = {"beauty-search": "beauty-search/runs/dgi-warm_start_freeze_2_hard_residual_bf16-s{seed}",
@@ -168,15 +172,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run the comparisons whose name starts with this")
     parser.add_argument("--resamples", type=int, default=10_000)
+    parser.add_argument("--experiments", default="research/experiments", help="folder of the experiments' run folders")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="folder of the results JSON")
     args = parser.parse_args()
     results = {}
     for name, control, treatment, *seeds in LEARNED_INDEX + BASELINES + HYBRID:
         if name.startswith(args.only):
             print(f"{name} ...", file=sys.stderr)
-            results[name] = compare_runs(f"experiments/{control}", f"experiments/{treatment}",
+            results[name] = compare_runs(f"{args.experiments}/{control}", f"{args.experiments}/{treatment}",
                                          seeds[0] if seeds else SEEDS, METRICS, args.resamples, progress=True,
                                          by_popularity=True)
-    out = RESULTS / "significance.json"
+    out = args.results_dir / "significance.json"
     saved = json.loads(out.read_text())["comparisons"] if out.exists() else {}
     saved.update(results)  # --only refreshes its rows and keeps the others
     order = [name for name, *_ in LEARNED_INDEX + BASELINES + HYBRID if name in saved]

@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "else movielens-100k")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", action="store_true", help="print torch.profiler tables of gensid first")
-    p.add_argument("--out", default=str(ROOT / "results" / "speed.json"))
+    p.add_argument("--out", default=str(ROOT.parent / "research" / "results" / "speed.json"))
     p.add_argument("--note", default="", help="free text appended to the notes")
     args = p.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up in a nohup log

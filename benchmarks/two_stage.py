@@ -3,7 +3,7 @@
     python benchmarks/two_stage.py configs/beauty.yaml --dataset beauty [--set train.seed=1]
 
 Writes rows for ``two_stage`` and ``most_popular`` (valid and test) into
-``benchmarks/results/<dataset>-rec.json``. The run directory is resumable.
+``<results-dir>/<dataset>-rec.json`` (default ``research/results``). The run directory is resumable.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gensid.config import load_config
+from gensid.pipeline import train_run
+from gensid.report.results import run_rows, upsert_rows
 
-from gensid.config import load_config  # noqa: E402
-from gensid.pipeline import train_run  # noqa: E402
-from gensid.report.results import RESULTS, run_rows, upsert_rows  # noqa: E402
+RESULTS = Path(__file__).resolve().parents[1] / "research" / "results"  # the default of --results-dir
 
 
 def main() -> None:
@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--variant", default="", help="free text describing the configuration")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="folder of the results JSON")
     args = parser.parse_args()
 
     cfg = load_config(args.config, args.overrides)
@@ -40,7 +41,7 @@ def main() -> None:
     popular = [{"method": "most_popular", "variant": "training interaction counts", "split": split, "seed": 0,
                 "metrics": metrics["most_popular"][split], "train_minutes": 0.0, "command": command}
                for split in ("valid", "test")]
-    upsert_rows(RESULTS / f"{args.dataset}-rec.json",
+    upsert_rows(args.results_dir / f"{args.dataset}-rec.json",
                 run_rows("two_stage", variant, cfg.train.seed, metrics, run_dir, command) + popular)
     t = metrics["test"]
     print(f"{args.dataset} two_stage test: R@5 {t['recall@5']:.4f} R@10 {t['recall@10']:.4f} "

@@ -1,12 +1,12 @@
 """Choose ``eval.verify_weight`` of a trained joint run on its validation split (never on test).
 
-    python benchmarks/verify_weight.py experiments/office-search/runs/<run> --weights 0 0.5 1 2 4 8
+    python benchmarks/verify_weight.py research/experiments/office-search/runs/<run> --weights 0 0.5 1 2 4 8
 
 Geometric verification ranks the beam's items by ``log-probability + w * cosine(context, item)``
 (``gensid.index.beam.verify``). The beam search runs once per batch and every weight re-ranks the
 same candidates, so the sweep costs one evaluation. For reference it also ranks the whole catalog
 by the cosine alone (the context vector as a dense retriever): what the fused score can add.
-Writes ``benchmarks/results/verify_weight.json`` (one entry per run folder).
+Writes ``<results-dir>/verify_weight.json`` (default ``research/results``; one entry per run folder).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import argparse
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +25,9 @@ from gensid.eval.evaluate import evaluation_batches
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.index.beam import encode_context, search_leaves, verify
 from gensid.pipeline import load_run
-from gensid.report.results import RESULTS, update_entry
+from gensid.report.results import update_entry
+
+RESULTS = Path(__file__).resolve().parents[1] / "research" / "results"  # the default of --results-dir
 
 
 @torch.no_grad()
@@ -58,6 +61,7 @@ def main() -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--weights", type=float, nargs="+", default=[0, 0.5, 1, 2, 4, 8])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="folder of the results JSON")
     args = parser.parse_args()
     if any(w < 0 for w in args.weights):
         raise SystemExit(f"--weights {args.weights}: weights must be >= 0")
@@ -66,7 +70,7 @@ def main() -> None:
     out = sweep(args.run_dir, sorted(set(args.weights)), "valid")
     out["seconds"] = round(time.perf_counter() - start, 1)
     out["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    path = update_entry(RESULTS / "verify_weight.json", out["run_dir"], out)
+    path = update_entry(args.results_dir / "verify_weight.json", out["run_dir"], out)
     hit = "hit@10" if "hit@10" in out["context_cosine_alone"] else "recall@10"
     for w, m in out["by_weight"].items():
         print(f"w {w:>5}: {hit} {m[hit]:.4f}  ndcg@10 {m['ndcg@10']:.4f}")

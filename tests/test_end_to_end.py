@@ -21,6 +21,7 @@ from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.fusion import Hybrid, fused_rankings
 from gensid.pipeline import load_run, train_run
 
+ML100K = Path(__file__).resolve().parents[1] / "configs" / "ml100k.yaml"
 TINY = ["model.d_model=64", "model.encoder_layers=2", "model.decoder_layers=2", "model.d_ff=128",
         "train.batch_size=128", "train.warmup_steps=20", "train.lr=2e-3", "eval.max_users=200"]
 
@@ -114,14 +115,11 @@ def test_experiment_runner_two_stage_against_dgi_on_movielens(tmp_path):
     common = ["data.max_users=100", "train.epochs=2", "train.eval_every=1", *TINY]
     plan = {"name": "tiny", "dataset": "ml100k-tiny", "results_file": str(tmp_path / "results.json"),
             "output": str(tmp_path / "exp"),
-            "variants": [{"method": "two_stage", "config": "ml100k.yaml", "set": common},
-                         {"method": "dgi", "variant": "full", "config": "ml100k.yaml", "set": common + DGI}]}
-    path = Path("configs") / f"_test_experiment_{tmp_path.name}.yaml"
+            "variants": [{"method": "two_stage", "config": str(ML100K), "set": common},
+                         {"method": "dgi", "variant": "full", "config": str(ML100K), "set": common + DGI}]}
+    path = tmp_path / "plan.yaml"  # not in the repository: the config by its absolute path
     path.write_text(yaml.safe_dump(plan))
-    try:
-        result = CliRunner().invoke(app, ["experiment", str(path)])
-    finally:
-        path.unlink()
+    result = CliRunner().invoke(app, ["experiment", str(path)])
     assert result.exit_code == 0, result.output
     table = (tmp_path / "exp" / "table.md").read_text()
     assert "| two_stage | 1 |" in table and "| dgi (full) | 1 |" in table

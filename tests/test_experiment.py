@@ -12,6 +12,9 @@ from gensid.errors import ConfigError
 from gensid.experiment import load_plan, run_experiment, write_report
 from gensid.report.results import git_commit, run_rows, upsert_rows
 
+# plans are written into tmp_path (never into the repository) and name the config by absolute path
+ML100K = str(Path(__file__).resolve().parents[1] / "configs" / "ml100k.yaml")
+
 
 def finished_run(run_dir: Path, recall: float) -> None:
     run_dir.mkdir(parents=True)
@@ -42,22 +45,19 @@ def test_seeds_run_here_join_the_seeds_in_the_results_file(tmp_path):
     other_seed = {**old, "seed": 4, "command": f"gensid experiment {other_path} --only two_stage --seed 4"}
     results.write_text(json.dumps([{**old, "seed": 0}, {**old, "seed": 1, "metrics": {"recall@10": 0.7}}, dgi,
                                    bm25, bm25_tuned, continued, bf16]))
-    plan_path = Path("configs") / f"_test_plan_{tmp_path.name}.yaml"
+    plan_path = tmp_path / "plan.yaml"
     plan_path.write_text(yaml.safe_dump({
         "name": "merge", "dataset": "tiny", "results_file": str(results), "output": str(tmp_path / "out"),
         "columns": ["recall@10"],
-        "variants": [{"method": "two_stage", "config": "ml100k.yaml", "seeds": [1, 2], "from_results": True},
-                     {"method": "dgi", "variant": "full", "config": "ml100k.yaml", "seeds": [0, 1]},
+        "variants": [{"method": "two_stage", "config": ML100K, "seeds": [1, 2], "from_results": True},
+                     {"method": "dgi", "variant": "full", "config": ML100K, "seeds": [0, 1]},
                      {"method": "sasrec", "from_results": True}, {"method": "bm25", "from_results": True},
                      {"method": "bm25", "variant": "tuned", "from_results": True}]}))
-    try:
-        plan = load_plan(plan_path)
-        with pytest.raises(ConfigError, match="no variant labelled 'dgi'.*'dgi \\(full\\)'"):
-            run_experiment(plan_path, only="dgi")
-        with pytest.raises(ConfigError, match="no dgi \\(full\\) run with seed 2; seeds: \\[0, 1\\]"):
-            run_experiment(plan_path, only="dgi (full)", seed=2)
-    finally:
-        plan_path.unlink()
+    plan = load_plan(plan_path)
+    with pytest.raises(ConfigError, match="no variant labelled 'dgi'.*'dgi \\(full\\)'"):
+        run_experiment(plan_path, only="dgi")
+    with pytest.raises(ConfigError, match="no dgi \\(full\\) run with seed 2; seeds: \\[0, 1\\]"):
+        run_experiment(plan_path, only="dgi (full)", seed=2)
     # seed-major: every variant's first seed before anyone's second
     assert [(v.method, seed) for v, seed in plan.jobs()] == [("dgi", 0), ("two_stage", 1), ("dgi", 1),
                                                              ("two_stage", 2)]
@@ -86,26 +86,45 @@ def test_seeds_run_here_join_the_seeds_in_the_results_file(tmp_path):
 
 
 def test_plan_level_overrides_go_before_the_variants_and_are_checked_at_load(tmp_path):
-    plan_path = Path("configs") / f"_test_plan_{tmp_path.name}.yaml"
+    plan_path = tmp_path / "plan.yaml"
     body = {"name": "office", "dataset": "tiny", "output": str(tmp_path / "out"),
+            "results_file": str(tmp_path / "results.json"),
             "set": ["train.epochs=3", "data.max_history=7"],
-            "variants": [{"method": "dgi", "config": "ml100k.yaml",
+            "variants": [{"method": "dgi", "config": ML100K,
                           "set": ["train.epochs=5", "train.init_from=runs/source-s{seed}"]}]}
-    try:
-        plan_path.write_text(yaml.safe_dump(body))
-        plan = load_plan(plan_path)
-        overrides = plan.overrides(plan.variants[0], seed=2)
-        # {seed}: each seed warm-starts from its own source run
-        assert overrides == ["train.epochs=3", "data.max_history=7", "train.epochs=5",
-                             "train.init_from=runs/source-s2", "train.seed=2"]
-        cfg = load_config(Path("configs/ml100k.yaml"), overrides)
-        assert (cfg.train.epochs, cfg.data.max_history, cfg.train.seed) == (5, 7, 2)
-        assert cfg.train.init_from == "runs/source-s2"
-        plan_path.write_text(yaml.safe_dump({**body, "set": ["train.no_such_field=1"]}))
-        with pytest.raises(ConfigError, match="no_such_field"):
-            load_plan(plan_path)
-    finally:
-        plan_path.unlink()
+    plan_path.write_text(yaml.safe_dump(body))
+    plan = load_plan(plan_path)
+    overrides = plan.overrides(plan.variants[0], seed=2)
+    # {seed}: each seed warm-starts from its own source run
+    assert overrides == ["train.epochs=3", "data.max_history=7", "train.epochs=5",
+                         "train.init_from=runs/source-s2", "train.seed=2"]
+    cfg = load_config(ML100K, overrides)
+    assert (cfg.train.epochs, cfg.data.max_history, cfg.train.seed) == (5, 7, 2)
+    assert cfg.train.init_from == "runs/source-s2"
+    plan_path.write_text(yaml.safe_dump({**body, "set": ["train.no_such_field=1"]}))
+    with pytest.raises(ConfigError, match="no_such_field"):
+        load_plan(plan_path)
+
+
+@pytest.mark.parametrize("field", ["output", "results_file"])
+def test_a_plan_names_its_output_and_results_file(tmp_path, field):
+    """The library has no default folder for the research record: a plan without one is refused."""
+    body = {"name": "p", "dataset": "tiny", "output": str(tmp_path / "out"),
+            "results_file": str(tmp_path / "results.json"), "variants": [{"method": "dgi", "config": ML100K}]}
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text(yaml.safe_dump({k: v for k, v in body.items() if k != field}))
+    with pytest.raises(ConfigError, match=f"plan.yaml: missing field '{field}'"):
+        load_plan(plan_path)
+
+
+def test_the_committed_plans_load():
+    """Every plan of the research record loads: its configs resolve from research/plans/."""
+    plans = sorted((Path(__file__).resolve().parents[1] / "research" / "plans").glob("*.yaml"))
+    assert plans
+    for path in plans:
+        plan = load_plan(path)
+        assert plan.output.parts[:2] == ("research", "experiments") and plan.results_file.parts[:2] == (
+            "research", "results")
 
 
 def test_a_results_row_names_the_commit_its_run_started_on(tmp_path):

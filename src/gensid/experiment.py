@@ -1,10 +1,11 @@
-"""``gensid experiment configs/<name>.yaml``: run a list of variants, then tabulate and plot them.
+"""``gensid experiment PLAN.yaml``: run a list of variants, then tabulate and plot them.
 
-An experiment file names a dataset, a results file and variants; each variant is an
-experiment config (``configs/*.yaml``) plus ``--set``-style overrides, run for one or
-more seeds into ``<output>/runs/<method>-<variant>-s<seed>/``; a plan-level ``set`` goes
-before every variant's (e.g. the Beauty configs pointed at another data set); ``{seed}`` in an
-override is replaced by the run's seed. Runs are resumable, and a
+An experiment plan names a dataset, a results file (``results_file``) and a folder for its runs
+and report (``output``), both required and, like every path in a config, relative to the working
+directory; and variants: each an experiment config (``config``, relative to the plan file) plus
+``--set``-style overrides, run for one or more seeds into ``<output>/runs/<method>-<variant>-s<seed>/``;
+a plan-level ``set`` goes before every variant's (e.g. the Beauty configs pointed at another data
+set); ``{seed}`` in an override is replaced by the run's seed. Runs are resumable, and a
 run that finished (``metrics.json``) or whose test row is already in the results file is
 not run again, so an interrupted experiment picks up where it stopped. Jobs go seed by
 seed (every variant's seed 0 first); ``--shard i/n`` lets n processes split them (one per
@@ -136,6 +137,10 @@ def load_plan(path: str | Path) -> Plan:
     for key in ("name", "dataset", "variants"):
         if key not in raw:
             raise ConfigError(f"{path}: missing field {key!r}")
+    # no default folder: where the record lives is the plan's to say, not the library's
+    for key, what in (("output", "the folder of its runs and report"), ("results_file", "the results JSON")):
+        if not raw.get(key):
+            raise ConfigError(f"{path}: missing field {key!r} ({what}, a path from the working directory)")
     common = list(raw.get("set", []))  # the plan-level overrides
     seeds = list(raw.get("seeds", [0]))
     if not seeds:
@@ -156,10 +161,8 @@ def load_plan(path: str | Path) -> Plan:
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{path}: two variants share a method and variant name")
-    return Plan(path, raw["name"], raw["dataset"],
-                Path(raw.get("results_file", f"benchmarks/results/{raw['dataset']}-rec.json")),
-                Path(raw.get("output", f"experiments/{raw['name']}")), seeds, variants,
-                list(raw.get("columns", REC_COLUMNS)), common)
+    return Plan(path, raw["name"], raw["dataset"], Path(raw["results_file"]), Path(raw["output"]), seeds,
+                variants, list(raw.get("columns", REC_COLUMNS)), common)
 
 
 def run_experiment(path: str | Path, shard: tuple[int, int] = (0, 1), report_only: bool = False,

@@ -1,7 +1,7 @@
 """Mix the generative retriever's probabilities with a full-catalog scorer's.
 
 Generative retrieval ranks popular items well and the long tail badly: an item that is
-rarely a training target gets little probability on its SID (RESULTS.md, "By item
+rarely a training target gets little probability on its SID (research/RESULTS.md, "By item
 popularity"). A scorer over the whole catalog, the dense dual encoder in search or SASRec
 in recommendation, is the other way round. Mixing the two distributions
 

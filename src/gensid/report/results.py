@@ -1,5 +1,6 @@
-"""The results files of DESIGN.md (``benchmarks/results/<dataset>-<task>.json``): a JSON list of
-rows ``{method, variant, split, seed, metrics, train_minutes, command, commit}``."""
+"""The results files of DESIGN.md (``<dataset>-<task>.json`` in a results folder the caller names,
+e.g. the research record's ``research/results/``): a JSON list of rows
+``{method, variant, split, seed, metrics, train_minutes, command, commit}``."""
 
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ from pathlib import Path
 from statistics import mean, stdev
 
 from gensid.io import write_json
-
-RESULTS = Path("benchmarks") / "results"
 
 
 def git_commit() -> str:
@@ -107,5 +106,6 @@ def run_rows(method: str, variant: str, seed: int, metrics: dict, run_dir: str |
     return rows
 
 
-def upsert_row(dataset: str, task: str, row: dict, results_dir: str | Path = RESULTS) -> Path:
+def upsert_row(dataset: str, task: str, row: dict, results_dir: str | Path) -> Path:
+    """Add ``row`` to ``<results_dir>/<dataset>-<task>.json`` (:func:`upsert_rows`)."""
     return upsert_rows(Path(results_dir) / f"{dataset}-{task}.json", [row])
