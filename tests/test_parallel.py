@@ -12,9 +12,11 @@ from gensid.config import ModelConfig, ParallelConfig, load_config
 from gensid.data.catalog import Interactions
 from gensid.data.splits import leave_one_out, sequence_windows
 from gensid.errors import ConfigError
+from gensid.fusion.mixture import fused_rankings
 from gensid.model.parallel import ParallelSIDRecommender, score_items, top_items
 from gensid.pipeline import load_run, train_run
 from gensid.quantize.product import ProductQuantizer
+from gensid.train.batches import Batch
 
 M, K = 4, 16
 
@@ -129,6 +131,16 @@ def test_parallel_run_on_movielens(tmp_path):
     run = load_run(tmp_path)
     recs = run.recommend([0, 1, 2], k=10)
     assert len(set(recs)) == 10 and all(0 <= i < len(run.dataset.catalog) for i in recs)
-    # ranking by the run equals ranking every item by its exact score
-    batch_ranked = run.rank(run.splits.test.head(16))
-    assert (batch_ranked >= 0).all() and len(np.unique(batch_ranked[0])) == batch_ranked.shape[1]
+    test = run.splits.test.head(16)
+    ranked = run.rank(test)
+    assert (ranked >= 0).all() and len(np.unique(ranked[0])) == ranked.shape[1]
+    # the hybrid's mixture: weight 0 is the run's own ranking, weight 1 the other scorer's
+    n = len(run.dataset.catalog)
+    favourite = torch.full((n,), -20.0).index_fill(0, torch.arange(10), 0.0).log_softmax(-1)
+    mixed = fused_rankings(run, test, None, lambda rows: favourite.expand(len(rows), -1), [0.0, 1.0])
+    batch = Batch.build(test, slice(None), run.items)
+    exact = score_items(run.model.user_log_probs(batch.history_codes, batch.history_mask), run.items.codes)
+    # the same scores in the same order (items whose scores tie within rounding may swap)
+    assert torch.allclose(exact.gather(1, torch.from_numpy(mixed[0.0])), exact.gather(1, torch.from_numpy(ranked)),
+                          atol=1e-4)
+    assert set(mixed[1.0][0, :10].tolist()) == set(range(10))

@@ -11,7 +11,8 @@ keeps each where it is confident, and needs no training beyond choosing ``w``:
 
 - p_gen(item) = P(SID | context) / (items that carry the SID): the beam's probability of
   the item's SID, shared evenly by its items; 0 outside the beam (items the beam never
-  reached have too little generative probability to matter);
+  reached have too little generative probability to matter). A parallel-SID run scores every
+  item exactly: p_gen is the softmax of the items' scores over the whole catalog;
 - p_catalog(item): a softmax over every item (the dense encoder's cosine / its InfoNCE
   temperature, SASRec's logits).
 
@@ -31,6 +32,7 @@ from gensid.data.splits import Samples
 from gensid.eval.evaluate import evaluation_batches
 from gensid.index.beam import BeamResult, constrained_beam_search
 from gensid.index.sid_index import SIDIndex
+from gensid.model.parallel import score_items
 from gensid.pipeline import Run
 
 
@@ -72,12 +74,16 @@ def fused_rankings(run: Run, samples: Samples, queries: torch.Tensor | None,
     run.model.eval()
     ranked = {w: np.full((len(samples), k), -1, dtype=np.int64) for w in weights}
     for rows, batch in evaluation_batches(samples, run.items, queries, e.batch_size, "hybrid ranking", progress):
-        beam = constrained_beam_search(run.model, run.index, batch.history_codes, batch.history_mask, e.beam_size,
-                                       batch.history_text, batch.history_vectors, run.items.item_vectors,
-                                       batch.query, e.verify_weight)
-        gen = generative_log_probs(run.index, beam)
+        if run.parallel:  # every item's exact score: the generative distribution over the whole catalog
+            log_probs = run.model.user_log_probs(batch.history_codes, batch.history_mask, batch.history_text)
+            gen, gen_items = score_items(log_probs, run.items.codes).log_softmax(-1).sort(1, descending=True)
+        else:
+            beam = constrained_beam_search(run.model, run.index, batch.history_codes, batch.history_mask,
+                                           e.beam_size, batch.history_text, batch.history_vectors,
+                                           run.items.item_vectors, batch.query, e.verify_weight)
+            gen, gen_items = generative_log_probs(run.index, beam), beam.items
         catalog = catalog_log_probs(rows)
         for w in weights:
-            items, scores = mix(beam.items, gen, catalog, w, k)
+            items, scores = mix(gen_items, gen, catalog, w, k)
             ranked[w][rows, : items.shape[1]] = items.masked_fill(~torch.isfinite(scores), -1).numpy()
     return ranked
