@@ -53,7 +53,7 @@ def test_multi_token_loss_reaches_every_head_and_digit_table():
     mask = torch.ones(8, 6, dtype=torch.bool)
     mask[:4, :3] = False
     hidden = model.encode(codes, mask)
-    model.loss(hidden[mask], torch.randint(0, K, (int(mask.sum()), M))).backward()
+    model.loss(model.digit_logits(hidden[mask]), torch.randint(0, K, (int(mask.sum()), M))).backward()
     head_grads = model.head_weight.grad.abs().sum(dim=(0, 2))  # [m]: one sum per digit head
     assert (head_grads > 0).all()
     assert (model.head_bias.grad.abs().sum(1) > 0).all()
@@ -144,3 +144,16 @@ def test_parallel_run_on_movielens(tmp_path):
     assert torch.allclose(exact.gather(1, torch.from_numpy(mixed[0.0])), exact.gather(1, torch.from_numpy(ranked)),
                           atol=1e-4)
     assert set(mixed[1.0][0, :10].tolist()) == set(range(10))
+
+
+def test_item_softmax_over_every_item_is_the_cross_entropy_of_the_ranking_scores(rng):
+    torch.manual_seed(0)
+    model = small_model().train()
+    codes = torch.from_numpy(rng.integers(0, K, (40, M)))  # the catalog's digits
+    targets = torch.tensor([3, 17, 17, 39])
+    logits = model.digit_logits(torch.randn(4, 32))  # [R, m, K]
+    loss = model.item_loss(logits, targets, codes[targets], torch.arange(40), codes)
+    full = model.item_logits(logits, codes)  # [R, N], the ranking score / m
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(full, targets), atol=1e-5)
+    loss.backward()
+    assert model.digit_embeddings.weight.grad.abs().sum() > 0 and model.head_bias.grad.abs().sum() > 0

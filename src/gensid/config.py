@@ -80,6 +80,11 @@ class ParallelConfig:
     temperature: float = 0.07  # digit logits = cos(head state, digit embedding) / temperature
     embedding_dropout: float = 0.5  # on the history tokens
     attention_dropout: float = 0.5
+    # > 0: add a softmax over items (weight item_loss) whose logit is the mean of the item's digit
+    # logits, the score that ranks; the target against this many uniformly drawn catalog items
+    # (all items when it reaches the catalog size). 0: RPG's digit-wise loss alone
+    item_negatives: int = 0
+    item_loss: float = 1.0
 
 
 @dataclass

@@ -493,7 +493,7 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
         objective = JointObjective(cfg, run.text)
         observe = SIDMonitor(run.text, run.quantizer_codes(), run_dir / "index" / "codes_last_epoch.safetensors")
     elif run.parallel:  # every history position is a prediction: windows, not one sample per prefix
-        objective, observe = ParallelObjective(), None
+        objective, observe = ParallelObjective(cfg, run.items.codes), None
         train = sequence_windows(run.dataset.interactions, cfg.data.max_history)
     else:
         objective, observe = NextTokenObjective(cfg), None

@@ -111,11 +111,26 @@ class ParallelSIDRecommender(nn.Module):
         table = F.normalize(self.digit_embeddings.weight.view(self.digits, self.codebook_size, d), dim=-1)
         return torch.einsum("...md,mkd->...mk", states, table / self.temperature)
 
-    def loss(self, hidden: torch.Tensor, target_codes: torch.Tensor) -> torch.Tensor:
-        """hidden [R, d], target_codes [R, m] -> the multi-token loss: mean over digits of the
-        cross-entropy of each digit (RPG's)."""
-        logits = self.digit_logits(hidden).float()  # [R, m, K]
-        return F.cross_entropy(logits.reshape(-1, self.codebook_size), target_codes.reshape(-1))
+    def loss(self, logits: torch.Tensor, target_codes: torch.Tensor) -> torch.Tensor:
+        """digit logits [R, m, K], target_codes [R, m] -> the multi-token loss: mean over digits of
+        the cross-entropy of each digit (RPG's)."""
+        return F.cross_entropy(logits.float().reshape(-1, self.codebook_size), target_codes.reshape(-1))
+
+    def item_loss(self, logits: torch.Tensor, targets: torch.Tensor, target_codes: torch.Tensor,
+                  negatives: torch.Tensor, negative_codes: torch.Tensor) -> torch.Tensor:
+        """Softmax over items of :meth:`item_logits`: each row's target [R] (codes [R, m]) against
+        shared negative items [S] (codes [S, m]); a negative that is the row's target is skipped."""
+        logits = logits.float()
+        positive = logits.gather(2, target_codes.unsqueeze(-1)).squeeze(-1).mean(-1, keepdim=True)  # [R, 1]
+        negative = self.item_logits(logits, negative_codes)  # [R, S]
+        negative = negative.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+        scores = torch.cat([positive, negative], 1)
+        return F.cross_entropy(scores, scores.new_zeros(len(scores), dtype=torch.long))
+
+    def item_logits(self, digit_logits: torch.Tensor, item_codes: torch.Tensor) -> torch.Tensor:
+        """digit_logits [R, m, K] x item_codes [N, m] -> [R, N]: the mean of each item's digit
+        logits (the ranking score up to a per-row constant, on the scale of one digit's logits)."""
+        return score_items(digit_logits, item_codes) / self.digits
 
     def user_log_probs(self, history_codes: torch.Tensor, history_mask: torch.Tensor,
                        history_text: torch.Tensor | None = None) -> torch.Tensor:

@@ -43,14 +43,28 @@ class NextTokenObjective:
 
 class ParallelObjective:
     """Needs window samples (:func:`gensid.data.splits.sequence_windows`): every history position
-    is a prediction, so a target must not also appear as a later sample's target."""
+    is a prediction, so a target must not also appear as a later sample's target. With
+    ``parallel.item_negatives`` the item-level softmax (``item_codes`` [N, m]: every item's
+    digits, the negatives' source) is added at weight ``parallel.item_loss``."""
+
+    def __init__(self, cfg: ExperimentConfig, item_codes: torch.Tensor):
+        self.negatives, self.weight, self.item_codes = cfg.parallel.item_negatives, cfg.parallel.item_loss, item_codes
 
     def __call__(self, model: ParallelSIDRecommender, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
         hidden = model.encode(batch.history_codes, batch.history_mask, batch.history_text)  # [B, H, d]
+        real = batch.history_mask
         # position t predicts the item after it: the next history item, or the target after the last
-        next_codes = torch.cat([batch.history_codes[:, 1:], batch.target_codes[:, None]], 1)  # [B, H, m]
-        loss = model.loss(hidden[batch.history_mask], next_codes[batch.history_mask])
-        return {"next_digits": loss, "total": loss}
+        next_items = torch.cat([batch.history_items[:, 1:], batch.targets[:, None]], 1)[real]  # [R]
+        next_codes = torch.cat([batch.history_codes[:, 1:], batch.target_codes[:, None]], 1)[real]  # [R, m]
+        logits = model.digit_logits(hidden[real])  # [R, m, K]
+        terms = {"next_digits": model.loss(logits, next_codes)}
+        if self.negatives:
+            n = len(self.item_codes)
+            negatives = torch.randperm(n)[: self.negatives] if self.negatives < n else torch.arange(n)
+            terms["item_softmax"] = model.item_loss(logits, next_items, next_codes, negatives,
+                                                    self.item_codes[negatives])
+        terms["total"] = terms["next_digits"] + self.weight * terms.get("item_softmax", 0.0)
+        return terms
 
     def param_groups(self, model: ParallelSIDRecommender) -> list[dict]:
         return [{"params": list(model.parameters())}]
