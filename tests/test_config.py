@@ -1,12 +1,63 @@
 import re
 import sys
+from pathlib import Path
+from typing import get_args
 
 import pytest
+import yaml
 
 from gensid.cli import main
-from gensid.config import ExperimentConfig, load_config
+from gensid.config import (
+    DecoderInput,
+    ExperimentConfig,
+    HistoryInput,
+    load_config,
+    reference_markdown,
+)
 from gensid.errors import ConfigError
-from gensid.pipeline import prepare
+from gensid.experiment import load_plan
+
+# ExperimentConfig().to_dict() of the dataclass loader this one replaced: names, defaults, layout
+OLD_DEFAULTS = {
+    "name": "default",
+    "data": {"source": "movielens-100k", "format": "auto", "task": "rec", "query_field": "categories",
+             "max_history": 20, "text_fields": ["title", "brand", "categories"], "max_users": 0},
+    "text": {"model": "all-MiniLM-L6-v2", "batch_size": 128},
+    "quantizer": {"method": "rqkmeans", "codebook_sizes": [256, 256, 256], "geometry": "euclidean",
+                  "euclidean_scale": 1.0, "latent_dim": 64, "disambiguation": False, "hidden_dims": [256, 128],
+                  "epochs": 200, "lr": 0.001, "beta": 0.25, "batch_size": 1024, "assignment": "argmax",
+                  "decay": "none", "frqud_ratio": 2.0, "tau_start": 1.0, "tau_end": 0.1, "dril_temperature": 2.0,
+                  "hard_residual": False, "item_adapter": False, "sids_from": ""},
+    "parallel": {"digits": 32, "codebook_size": 256, "opq": True, "whiten": False, "temperature": 0.07,
+                 "embedding_dropout": 0.5, "attention_dropout": 0.5},
+    "model": {"d_model": 128, "n_heads": 4, "encoder_layers": 4, "decoder_layers": 4, "d_ff": 512, "dropout": 0.1,
+              "history_input": "codes", "logits": "dot", "tie_heads": False, "decoder_input": None,
+              "embedding_init_std": 0.02},
+    "train": {"strategy": "two_stage", "epochs": 20, "batch_size": 256, "lr": 0.001, "quantizer_lr": 0.001,
+              "weight_decay": 0.01, "warmup_steps": 200, "label_smoothing": 0.0, "seed": 0, "max_minutes": 0.0,
+              "stop_epoch": 0, "init_from": "", "freeze_index_epoch": 0, "bf16": False, "threads": 0,
+              "eval_every": 1, "patience": 0},
+    "loss": {"next_token": 1.0, "global_cosine": 0.0, "codebook": 0.0, "rqvae_reconstruction": 0.0, "infonce": 0.0,
+             "infonce_temperature": 0.05, "diversity": 0.0, "sdud": 1.0},
+    "eval": {"beam_size": 20, "ks": [1, 5, 10, 20], "batch_size": 256, "max_users": 0, "verify_weight": 0.0},
+}
+
+
+def _types(value):
+    """The value with every leaf replaced by its type (1 and 1.0 compare equal, int and float do not)."""
+    if isinstance(value, dict):
+        return {k: _types(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_types(v) for v in value]
+    return type(value)
+
+
+def test_the_defaults_and_their_layout_are_unchanged():
+    defaults = ExperimentConfig().to_dict()
+    assert defaults == OLD_DEFAULTS and _types(defaults) == _types(OLD_DEFAULTS)
+    assert list(defaults) == list(OLD_DEFAULTS)
+    assert all(list(defaults[s]) == list(OLD_DEFAULTS[s]) for s in OLD_DEFAULTS if isinstance(OLD_DEFAULTS[s], dict))
+    assert yaml.safe_load(ExperimentConfig().to_yaml()) == OLD_DEFAULTS
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -17,6 +68,9 @@ def test_defaults_and_overrides(tmp_path):
     assert cfg.train.epochs == 3 and cfg.quantizer.codebook_sizes == [8, 8]
     assert cfg.model.logits == "cosine" and cfg.eval.ks == [1, 10]
     assert load_config(None).to_dict() == ExperimentConfig().to_dict()
+    # YAML 1.1 reads 1e-3 as a string: accepted where a number is expected, and an int is a float there
+    cfg = load_config(None, ["train.quantizer_lr=1e-5", "train.max_minutes=58"])
+    assert cfg.train.quantizer_lr == 1e-5 and cfg.train.max_minutes == 58.0 and isinstance(cfg.train.max_minutes, float)
 
 
 def test_round_trip_through_yaml(tmp_path):
@@ -26,30 +80,155 @@ def test_round_trip_through_yaml(tmp_path):
     assert load_config(path) == cfg
 
 
+def test_values_are_checked_when_assigned():
+    cfg = load_config(None)
+    cfg.data.source = "elsewhere"  # pipeline.run_config does this
+    assert cfg.data.source == "elsewhere"
+    with pytest.raises(ValueError, match="strategy"):
+        cfg.train.strategy = "joint_typo"
+
+
 @pytest.mark.parametrize(
-    ("text", "override", "message"),
+    ("text", "message"),
     [
-        ("train:\n  lr_typo: 1\n", None, "train: unknown field(s) ['lr_typo']"),
-        ("train:\n  epochs: many\n", None, "train.epochs: expected int"),
-        ("", "train.epochs", "expected KEY=VALUE"),
-        ("quantizer:\n  codebook_sizes: 8\n", None, "quantizer.codebook_sizes: expected a list"),
-        ("train: [1, 2]\n", None, "train: expected a mapping"),
+        ("train:\n  lr_typo: 1\n", "train.lr_typo: unknown field (did you mean 'lr'?); expected one of strategy, "),
+        ("trian:\n  lr: 1\n", "trian: unknown section (did you mean 'train'?); expected one of name, data, "),
+        ("train:\n  epochs: many\n", "train.epochs: expected an integer, got 'many'"),
+        ("train:\n  epochs: 2.5\n", "train.epochs: expected an integer, got 2.5"),
+        ("train:\n  bf16: 1\n", "train.bf16: expected true or false, got 1"),
+        ("quantizer:\n  codebook_sizes: 8\n", "quantizer.codebook_sizes: expected a list"),
+        ("quantizer:\n  codebook_sizes: [8, 0]\n", "quantizer.codebook_sizes[1]: expected a value >= 1, got 0"),
+        ("train: [1, 2]\n", "train: expected a mapping of fields (a section), got [1, 2]"),
+        ("quantizer:\n  method: rqvea\n",
+         "quantizer.method: 'rqvea' is not allowed (did you mean 'rqvae'?); expected one of rqkmeans, rqvae"),
+        ("train:\n  strategy: paralel\n",
+         "train.strategy: 'paralel' is not allowed (did you mean 'parallel'?); expected one of two_stage, joint, "
+         "parallel"),
     ],
 )
-def test_bad_config_names_the_field(tmp_path, text, override, message):
+def test_a_bad_config_names_the_file_and_the_key(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(path, [override] if override else [])
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_bad_override_is_blamed_on_the_override(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("train:\n  epochs: 3\n")
+    for overrides, message in [
+        (["train.nope=1"], "--set train.nope=1: train.nope: unknown field; expected one of"),
+        (["quantizer.method=foo"], "--set quantizer.method=foo: quantizer.method: 'foo' is not allowed; "
+                                   "expected one of rqkmeans, rqvae"),
+        (["train.epochs"], "--set train.epochs: expected KEY=VALUE"),
+        (["eval.ks=[1, 2"], "--set eval.ks=[1, 2: eval.ks: the value is not valid YAML"),
+        (["train.epochs=3", "train.epochs.x=1"], "--set train.epochs.x=1: train.epochs: not a section"),
+        (["eval.beam_size=10"], "--set eval.beam_size=10: eval.beam_size: 10 must be >= the largest K 20"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            load_config(path, overrides)
+        assert str(caught.value).startswith(message), str(caught.value)
+    with pytest.raises(ConfigError, match=re.escape("--set train.nope=1: train.nope: unknown field")):
+        load_config(None, ["train.nope=1"])
 
 
 def test_missing_file_and_invalid_yaml(tmp_path):
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'nope.yaml'}: config file not found")):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed\n")
-    with pytest.raises(ConfigError, match="invalid YAML"):
+    with pytest.raises(ConfigError, match=re.escape(f"{bad}: line 2, column 1: invalid YAML (expected ',' or ']'")):
         load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping of sections"):
+        load_config(bad)
+
+
+RULES = [  # (overrides of the defaults, the key at fault, part of the message)
+    (["train.freeze_index_epoch=2"], "train.freeze_index_epoch", "needs train.strategy joint"),
+    (["quantizer.item_adapter=true"], "quantizer.item_adapter", "needs train.strategy joint and quantizer.method rqkmeans"),
+    (["train.strategy=joint", "quantizer.item_adapter=true", "quantizer.method=rqvae"], "quantizer.item_adapter",
+     "not joint and rqvae"),
+    (["train.strategy=joint", "quantizer.sids_from=runs/x"], "quantizer.sids_from", "needs train.strategy two_stage"),
+    (["train.init_from=runs/y", "quantizer.sids_from=runs/x"], "quantizer.sids_from", "no train.init_from"),
+    (["eval.beam_size=10", "eval.ks=[1, 10, 20]"], "eval.beam_size", "10 must be >= the largest K 20"),
+    (["eval.verify_weight=1.0"], "eval.verify_weight", "> 0 only with train.strategy joint"),
+    (["train.strategy=joint", "eval.verify_weight=-1.0"], "eval.verify_weight", "expected a value >= 0"),
+    (["data.format=search_log"], "data.format", "search_log needs data.task search"),
+    (["train.strategy=parallel", "data.task=search"], "train.strategy", "only data.task rec"),
+    (["train.strategy=parallel", "model.history_input=code_tokens"], "model.history_input", "the parallel model"),
+    (["model.history_input=quantized+text"], "model.history_input", "needs train.strategy joint"),
+    (["model.tie_heads=true"], "model.tie_heads", "needs train.strategy joint"),
+    (["model.decoder_input=codebook"], "model.decoder_input", "needs train.strategy joint"),
+    (["data.task=search", "model.history_input=code_tokens"], "model.history_input", "query token"),
+    (["train.strategy=joint", "quantizer.method=rqvae", "model.tie_heads=true", "quantizer.latent_dim=64"],
+     "model.tie_heads", "quantizer.latent_dim (64) must equal model.d_model (128)"),
+    (["model.d_model=30"], "model.d_model", "30 must be a multiple of model.n_heads (4)"),
+    (["parallel.codebook_size=12"], "parallel.codebook_size", "12 is not a power of two"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key", "message"), RULES)
+def test_rules_across_sections_fail_at_load(overrides, key, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, overrides)
+    text = str(caught.value)
+    assert text.startswith("--set ") and f": {key}: " in text and message in text, text
+
+
+def test_a_rule_blames_the_latest_change_of_the_keys_it_involves(tmp_path):
+    path = tmp_path / "joint.yaml"
+    path.write_text("train:\n  strategy: joint\n  freeze_index_epoch: 2\n")
+    assert load_config(path).train.freeze_index_epoch == 2
+    with pytest.raises(ConfigError, match=re.escape("--set train.strategy=two_stage: train.freeze_index_epoch: 2 "
+                                                    "needs train.strategy joint, not two_stage")):
+        load_config(path, ["train.strategy=two_stage"])
+    path.write_text("train:\n  freeze_index_epoch: 2\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: train.freeze_index_epoch: 2 needs")):
+        load_config(path)
+
+
+def test_extends_deep_merges_a_base_config(tmp_path):
+    (tmp_path / "presets").mkdir()
+    base = tmp_path / "presets" / "base.yaml"
+    base.write_text("name: base\ntrain:\n  epochs: 3\n  lr: 1e-3\nquantizer:\n  codebook_sizes: [8, 8, 8]\n"
+                    "eval:\n  ks: [1, 5]\n  beam_size: 5\n")
+    child = tmp_path / "presets" / "child.yaml"
+    child.write_text("extends: base.yaml\nname: child\ntrain:\n  epochs: 5\nquantizer:\n  codebook_sizes: [16, 16]\n")
+    grandchild = tmp_path / "run.yaml"  # relative to its own folder, not the working directory
+    grandchild.write_text("extends: presets/child.yaml\ntrain:\n  seed: 4\n")
+    cfg = load_config(grandchild, ["train.lr=2e-3"])
+    assert cfg.name == "child" and (cfg.train.epochs, cfg.train.seed, cfg.train.lr) == (5, 4, 2e-3)
+    assert cfg.quantizer.codebook_sizes == [16, 16]  # lists are replaced, not merged
+    assert cfg.eval.ks == [1, 5] and cfg.eval.beam_size == 5
+    assert "extends" not in cfg.to_dict() and load_config(base).train.epochs == 3
+    # an error in the base names the base
+    base.write_text("train:\n  epohcs: 3\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{base}: train.epohcs: unknown field (did you mean 'epochs'?)")):
+        load_config(grandchild)
+    # ... unless a later file set the same key
+    child.write_text("extends: base.yaml\ntrain:\n  epohcs: 4\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{child}: train.epohcs: unknown field")):
+        load_config(grandchild)
+
+
+def test_extends_errors(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("extends: b.yaml\n")
+    b.write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{b}: extends: a cycle: {a} -> {b} -> {tmp_path / 'a.yaml'}")):
+        load_config(a)
+    a.write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="extends: a cycle"):
+        load_config(a)
+    a.write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{a}: extends: {tmp_path / 'missing.yaml'}: config file not found")):
+        load_config(a)
+    a.write_text("extends: [b.yaml]\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{a}: extends: expected a config file name")):
+        load_config(a)
 
 
 def test_the_command_reports_bad_input_in_one_line_without_a_traceback(monkeypatch, capsys):
@@ -58,12 +237,73 @@ def test_the_command_reports_bad_input_in_one_line_without_a_traceback(monkeypat
         main()
     assert stopped.value.code == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: configs/ml100k.yaml: train: unknown field(s) ['nope']")
+    assert err.startswith("error: --set train.nope=1: train.nope: unknown field; expected one of strategy, epochs")
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_a_beam_smaller_than_the_largest_k_is_refused_before_training(tmp_path):
-    cfg = load_config("configs/ml100k.yaml", ["eval.beam_size=10", "eval.ks=[1, 10, 20]"])
-    with pytest.raises(ConfigError, match=re.escape("eval.beam_size 10 must be >= the largest K 20")):
-        prepare(cfg, tmp_path, progress=False)
-    assert not any(tmp_path.iterdir())  # nothing written
+def _configs_and_plans() -> tuple[list[Path], list[Path]]:
+    files = sorted([*Path("configs").glob("*.yaml"), *Path("research/plans").glob("*.yaml")])
+    files = [f for f in files if not f.name.startswith("_test_")]  # other tests' temporary plans
+    plans = [f for f in files if "variants" in (yaml.safe_load(f.read_text()) or {})]
+    return [f for f in files if f not in plans], plans
+
+
+def test_every_single_run_config_loads():
+    configs, _ = _configs_and_plans()
+    assert Path("configs/ml100k.yaml") in configs
+    for path in configs:
+        assert load_config(path).name, path
+
+
+def test_every_plan_variant_loads_with_each_seed():
+    _, plans = _configs_and_plans()
+    assert plans
+    for path in plans:
+        plan = load_plan(path)
+        for variant, seed in plan.jobs():
+            cfg = load_config(plan.path.parent / variant.config, plan.overrides(variant, seed))
+            assert cfg.train.seed == seed
+
+
+def test_a_bad_plan_variant_names_the_plan_and_the_variant(tmp_path):
+    plan_path = Path("configs") / f"_test_plan_{tmp_path.name}.yaml"
+    plan_path.write_text(yaml.safe_dump({"name": "p", "dataset": "tiny", "variants": [
+        {"method": "dgi", "config": "ml100k.yaml", "set": ["quantizer.assignment=gumbel"]}]}))
+    try:
+        with pytest.raises(ConfigError, match=re.escape(
+                f"{plan_path}: variants[0] (dgi), seed 0: --set quantizer.assignment=gumbel: quantizer.assignment: "
+                "'gumbel' is not allowed (did you mean 'gumbel_soft'?)")):
+            load_plan(plan_path)
+    finally:
+        plan_path.unlink()
+
+
+def test_every_committed_run_config_loads_unchanged():
+    runs = sorted([*Path("experiments").glob("**/config.yaml"), *Path("research").glob("**/config.yaml")])
+    for path in runs:
+        saved = yaml.safe_load(path.read_text())
+        loaded = load_config(path).to_dict()
+        # every saved value as saved (runs older than a section, e.g. parallel, get its defaults)
+        assert {s: {k: loaded[s][k] for k in v} if isinstance(v, dict) else loaded[s] for s, v in saved.items()} \
+            == saved, path
+
+
+def test_the_choices_match_the_modules_that_consume_them():
+    from gensid.model import parallel, recommender
+    from gensid.quantize import assign, residual
+
+    assert get_args(HistoryInput) == recommender.HISTORY_INPUTS
+    assert tuple(c for c in get_args(DecoderInput) if c is not None) == recommender.DECODER_INPUTS
+    assert set(parallel.HISTORY_INPUTS) <= set(get_args(HistoryInput))
+    config_fields = ExperimentConfig.model_fields["quantizer"].annotation.model_fields
+    assert get_args(config_fields["assignment"].annotation) == assign.ASSIGNMENTS
+    assert get_args(config_fields["decay"].annotation) == residual.DECAYS
+
+
+def test_the_config_reference_is_current():
+    """docs/config.md is generated: python -m gensid.config docs/config.md"""
+    text = reference_markdown()
+    for section in ("data", "quantizer", "parallel", "model", "train", "loss", "eval"):
+        assert f"## `{section}`" in text
+    assert "| `assignment` | one of `argmax`, `ste`, `gumbel_soft`, `dril` | `argmax` |" in text
+    assert Path("docs/config.md").read_text() == text, "stale: run python -m gensid.config docs/config.md"

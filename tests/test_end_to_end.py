@@ -98,7 +98,7 @@ def test_movielens_through_the_cli(tmp_path):
     rec = runner.invoke(app, ["recommend", str(run_dir), "--history", ids, "--k", "5"])
     assert rec.exit_code == 0 and len(rec.output.strip().splitlines()) == 5
     bad = runner.invoke(app, ["recommend", str(run_dir), "--history", "no-such-item"])
-    assert bad.exit_code != 0 and "unknown item id 'no-such-item'" in bad.output
+    assert bad.exit_code == 1 and "unknown item id 'no-such-item'" in str(bad.exception)
 
     other = runner.invoke(app, ["train", "configs/ml100k.yaml", "--run-dir", str(run_dir), "--set", "train.lr=0.5"])
     assert other.exit_code != 0 and "holds a different config" in str(other.exception)

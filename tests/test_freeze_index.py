@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_ml100k
 from gensid.config import load_config
 from gensid.errors import ConfigError
-from gensid.pipeline import load_run, prepare, train_run
+from gensid.pipeline import load_run, train_run
 
 TINY = tiny_ml100k(epochs=3)
 # DGI on an RQ-VAE item encoder, with a learning rate that moves codes in one epoch
@@ -46,10 +46,9 @@ def test_the_index_learns_until_the_freeze_epoch_and_then_stays(tmp_path, precis
     assert np.array_equal(run.index.codes, codes.numpy())
 
 
-def test_freezing_needs_an_index_that_learns(tmp_path):
-    cfg = load_config("configs/ml100k.yaml", [*TINY, "train.freeze_index_epoch=1"])
-    with pytest.raises(ConfigError, match="freeze_index_epoch needs train.strategy joint"):
-        prepare(cfg, tmp_path, progress=False)
+def test_freezing_needs_an_index_that_learns():
+    with pytest.raises(ConfigError, match="train.freeze_index_epoch: 1 needs train.strategy joint"):
+        load_config("configs/ml100k.yaml", [*TINY, "train.freeze_index_epoch=1"])
 
 
 def test_a_run_resumed_inside_the_freeze_epoch_logs_the_freeze_once(tmp_path, monkeypatch):

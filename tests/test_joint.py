@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gensid.config import ExperimentConfig, LossConfig, ModelConfig, QuantizerConfig
+from gensid.config import ExperimentConfig, LossConfig, ModelConfig, QuantizerConfig, TrainConfig
 from gensid.data.catalog import Interactions
 from gensid.data.splits import leave_one_out
 from gensid.errors import ConfigError
@@ -32,7 +32,8 @@ def joint_setup(assignment="gumbel_soft", tie_heads=False, logits="cosine", hist
                        history_input=history_input, logits=logits, tie_heads=tie_heads,
                        decoder_input=decoder_input)
     model = GenerativeRecommender(SIZES, mcfg, max_history=5, tokenizer=tokenizer)
-    cfg = ExperimentConfig(quantizer=qcfg, model=mcfg, loss=loss or LossConfig(next_token=1.0, sdud=0.0))
+    cfg = ExperimentConfig(quantizer=qcfg, model=mcfg, loss=loss or LossConfig(next_token=1.0, sdud=0.0),
+                           train=TrainConfig(strategy="joint"))
     rng = np.random.default_rng(seed)
     split = leave_one_out(Interactions([str(i) for i in range(12)],
                                        [rng.integers(0, 40, 6) for _ in range(12)]), max_history=5)

@@ -85,25 +85,37 @@ def evaluate(run_dir: Path, split: str = typer.Option("test", help="valid or tes
     from gensid.pipeline import evaluate_split, load_run
 
     if split not in ("valid", "test"):
-        raise typer.BadParameter(f"split {split!r}: expected valid or test")
+        raise InputError(f"--split {split!r}: expected valid or test")
     run = load_run(run_dir)
     console.print(_table(f"{run.dataset.name} {split}",
                          {f"{run.cfg.train.strategy} (gensid)": evaluate_split(run, split, progress=True)}))
 
 
+def history_ids(history: str) -> list[str]:
+    """The external item ids of ``--history`` ("50,172,9"); ``InputError`` for an empty list or id."""
+    ids = [i.strip() for i in history.split(",")]
+    if ids == [""]:
+        raise InputError(f"--history {history!r}: give at least one item id, e.g. --history 50,172")
+    if "" in ids:
+        raise InputError(f"--history {history!r}: item {ids.index('') + 1} is empty; give comma-separated "
+                         "item ids, e.g. --history 50,172")
+    return ids
+
+
 @app.command()
 def recommend(run_dir: Path, history: str = typer.Option(..., help="comma-separated item ids, oldest first"),
-              k: int = typer.Option(10, min=1)) -> None:
+              k: int = typer.Option(10, help="how many items (at least 1)")) -> None:
     """Top-k items for a history of (external) item ids."""
     from gensid.pipeline import load_run
 
+    if k < 1:
+        raise InputError(f"--k {k}: expected at least 1")
+    ids = history_ids(history)
     run = load_run(run_dir)
     try:
-        items = [run.dataset.catalog.index_of(i.strip()) for i in history.split(",") if i.strip()]
+        items = [run.dataset.catalog.index_of(i) for i in ids]
     except KeyError as exc:
-        raise typer.BadParameter(str(exc.args[0]), param_hint="--history") from None
-    if not items:
-        raise typer.BadParameter("give at least one item id", param_hint="--history")
+        raise InputError(f"--history: {exc.args[0]} (not in the run's catalog)") from None
     for rank, item in enumerate(run.recommend(items, k), 1):
         console.print(f"{rank:>3}. [{run.dataset.catalog.item_ids[item]}] {run.dataset.catalog.title(item)}")
 
@@ -147,7 +159,7 @@ def hybrid(run_dir: Path, out: Path = typer.Option(..., help="folder for the hyb
     try:
         chosen = [float(w) for w in weights.split(",") if w.strip()] or None
     except ValueError:
-        raise typer.BadParameter(f"{weights!r}: give numbers, e.g. 0,0.2,0.5", param_hint="--weights") from None
+        raise InputError(f"--weights {weights!r}: give numbers, e.g. 0,0.2,0.5") from None
     if out.exists() and any(out.iterdir()):  # a run directory or an earlier hybrid: never overwrite
         raise InputError(f"{out}: exists and is not empty; give a new folder for the hybrid")
     torch.set_num_threads(threads)
@@ -207,7 +219,7 @@ def experiment(plan: Path = typer.Argument(..., help="experiment file in configs
         index, count = (int(x) for x in shard.split("/"))
         assert 0 <= index < count
     except (ValueError, AssertionError):
-        raise typer.BadParameter(f"{shard!r}: expected i/n with 0 <= i < n, e.g. 0/2", param_hint="--shard") from None
+        raise InputError(f"--shard {shard!r}: expected i/n with 0 <= i < n, e.g. 0/2") from None
     out = run_experiment(plan, (index, count), report_only, only=only, seed=seed)
     console.print((out / "table.md").read_text())
     console.print(f"report in {out}")

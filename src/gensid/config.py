@@ -1,275 +1,712 @@
-"""Experiment configuration: nested dataclasses loaded from YAML, overridable by ``--set``.
+"""Experiment configuration: pydantic models loaded from YAML, overridable by ``--set``.
 
-One YAML per experiment lives in ``configs/``; every run writes its resolved
-config next to its outputs as ``config.yaml``.
+One YAML per experiment lives in ``configs/``; every run writes its resolved config next to its
+outputs as ``config.yaml``. A config may start from another (``extends: base.yaml``, relative to
+the file; deep-merged, the child wins). Everything is checked when the config is loaded: unknown
+keys, types, choices, and the rules that tie sections together (:data:`RULES`); a problem raises
+:class:`~gensid.errors.ConfigError` whose one-line message reads
+``<file or --set KEY=VALUE>: <dotted.key>: <what is wrong>``.
+
+``python -m gensid.config docs/config.md`` writes the reference of every field (docs/config.md).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+import difflib
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from gensid.errors import ConfigError
 
+# the choices of every choice field (the modules that consume them check the same sets)
+DataFormat = Literal["auto", "letter", "recbole", "csv", "search_log"]
+Task = Literal["rec", "search"]
+QuantizerMethod = Literal["rqkmeans", "rqvae"]
+Geometry = Literal["euclidean", "cosine"]
+AssignmentName = Literal["argmax", "ste", "gumbel_soft", "dril"]
+Decay = Literal["none", "sdud", "frqud"]
+HistoryInput = Literal["codes", "codes+text", "quantized", "quantized+text", "code_tokens"]
+Logits = Literal["dot", "cosine"]
+DecoderInput = Literal["embedding", "codebook", "embedding+codebook", None]
+Strategy = Literal["two_stage", "joint", "parallel"]
 
-@dataclass
-class DataConfig:
-    source: str = "movielens-100k"  # "movielens-100k" or a path to a data folder / file
-    format: str = "auto"  # auto | letter | recbole | csv | search_log (user, timestamp, query, item)
-    task: str = "rec"  # rec (next item from the history) | search (query + history -> item)
-    query_field: str = "categories"  # search on purchase data: the item field whose text is the query
-    max_history: int = 20
-    text_fields: list[str] = field(default_factory=lambda: ["title", "brand", "categories"])
-    max_users: int = 0  # >0: keep only the first N users (quick runs and tests)
-
-
-@dataclass
-class TextConfig:
-    model: str = "all-MiniLM-L6-v2"
-    batch_size: int = 128
-
-
-@dataclass
-class QuantizerConfig:
-    method: str = "rqkmeans"  # rqkmeans | rqvae
-    codebook_sizes: list[int] = field(default_factory=lambda: [256, 256, 256])
-    geometry: str = "euclidean"  # euclidean | cosine
-    # euclidean: scores are -scale * squared distance; the codes stay, soft assignments sharpen
-    euclidean_scale: float = 1.0
-    latent_dim: int = 64  # rqvae only: size of the quantized latent
-    # joint: append TIGER's disambiguation code, recomputed from the current assignment at
-    # every index refresh (two-stage SIDs always have it)
-    disambiguation: bool = False
-    hidden_dims: list[int] = field(default_factory=lambda: [256, 128])  # rqvae encoder MLP
-    epochs: int = 200  # rqvae only
-    lr: float = 1e-3
-    beta: float = 0.25  # commitment weight
-    batch_size: int = 1024
-    # joint training (train.strategy=joint): how items are assigned codes while the index learns
-    assignment: str = "argmax"  # argmax | ste | gumbel_soft (DGI) | dril (DIGER)
-    decay: str = "none"  # dril uncertainty decay: none | sdud | frqud
-    frqud_ratio: float = 2.0  # frqud: noise only on codes used more than ratio / K
-    tau_start: float = 1.0  # gumbel_soft temperature, annealed exponentially ...
-    tau_end: float = 0.1  # ... to this by the end of training
-    dril_temperature: float = 2.0
-    # joint: the next level's residual subtracts the deterministic code's codebook row instead of
-    # the assignment's (soft / noisy) vector, so the training targets are the index's codes
-    hard_residual: bool = False
-    # joint with rqkmeans: a zero-initialised residual linear map on the item text vectors
-    # (quantize.rqvae.ItemAdapter), so the losses can move the items themselves and not only the
-    # codebooks (rqkmeans has no encoder; rqvae's encoder already learns)
-    item_adapter: bool = False
-    # two-stage: the tokenizer and SIDs of a finished joint run (its final, learned index) instead
-    # of fitting them on the text vectors; the decoder then trains from scratch on that index
-    sids_from: str = ""
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+TASKS: tuple[str, ...] = get_args(Task)
+PARALLEL_HISTORY_INPUTS = ("codes", "codes+text")
 
 
-@dataclass
-class ParallelConfig:
+def _yaml_float(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string: a numeric string is a float here."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+Float = Annotated[float, BeforeValidator(_yaml_float)]
+Count = Annotated[int, Field(ge=1)]  # a list item that must be positive
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, types are strict (no ``"3"`` for 3, no 1 for
+    true), values are checked again when assigned (``cfg.data.source = ...``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+
+
+class DataConfig(Section):
+    """Where the interactions and item texts come from, and how they become samples."""
+
+    source: str = Field("movielens-100k", description="`movielens-100k` or a path to a data folder / file")
+    format: DataFormat = Field("auto", description="`search_log`: a log of (user, timestamp, query, item); "
+                                                   "`auto` tells letter, recbole and csv apart by the files")
+    task: Task = Field("rec", description="`rec`: the next item from the history; "
+                                          "`search`: query + history -> item")
+    query_field: str = Field("categories", description="search on purchase data: the item field whose text "
+                                                       "is the query")
+    max_history: int = Field(20, ge=1, description="the newest items of a history the model sees")
+    text_fields: list[str] = Field(default_factory=lambda: ["title", "brand", "categories"],
+                                   description="item fields joined into the item text that is embedded")
+    max_users: int = Field(0, ge=0, description=">0: keep only the first N users (quick runs and tests)")
+
+
+class TextConfig(Section):
+    """The sentence encoder that turns item (and query) texts into vectors."""
+
+    model: str = Field("all-MiniLM-L6-v2", description="`all-MiniLM-L6-v2` (shipped as a wheel) or a local "
+                                                       "sentence-transformers folder, e.g. from "
+                                                       "`gensid finetune-text`")
+    batch_size: int = Field(128, ge=1, description="texts per encoder call")
+
+
+class QuantizerConfig(Section):
+    """The tokenizer: item text vectors -> semantic IDs (a residual quantizer, and how joint
+    training assigns codes while the index learns)."""
+
+    method: QuantizerMethod = Field("rqkmeans", description="`rqkmeans`: residual k-means on the text "
+                                                            "vectors; `rqvae`: an MLP encoder before it")
+    codebook_sizes: list[Count] = Field(default_factory=lambda: [256, 256, 256], min_length=1,
+                                        description="codes per level, coarse to fine")
+    geometry: Geometry = Field("euclidean", description="`cosine`: L2-normalised inputs and codebooks")
+    euclidean_scale: Float = Field(1.0, gt=0, description="euclidean: scores are -scale * squared distance; "
+                                                          "the codes stay, soft assignments sharpen")
+    latent_dim: int = Field(64, ge=1, description="rqvae only: size of the quantized latent")
+    disambiguation: bool = Field(False, description="joint: append TIGER's disambiguation code, recomputed "
+                                                    "from the current assignment at every index refresh "
+                                                    "(two-stage SIDs always have it)")
+    hidden_dims: list[Count] = Field(default_factory=lambda: [256, 128],
+                                     description="rqvae encoder MLP (`[]`: one linear layer)")
+    epochs: int = Field(200, ge=0, description="rqvae only: reconstruction pretraining epochs")
+    lr: Float = Field(1e-3, ge=0, description="rqvae pretraining learning rate")
+    beta: Float = Field(0.25, ge=0, description="commitment weight")
+    batch_size: int = Field(1024, ge=1, description="rqvae pretraining batch size")
+    assignment: AssignmentName = Field("argmax", description="joint training (train.strategy joint): how "
+                                                             "items are assigned codes while the index learns; "
+                                                             "`gumbel_soft` is DGI's, `dril` DIGER's")
+    decay: Decay = Field("none", description="dril uncertainty decay")
+    frqud_ratio: Float = Field(2.0, gt=0, description="frqud: noise only on codes used more than ratio / K")
+    tau_start: Float = Field(1.0, gt=0, description="gumbel_soft temperature, annealed exponentially ...")
+    tau_end: Float = Field(0.1, gt=0, description="... to this by the end of training")
+    dril_temperature: Float = Field(2.0, gt=0, description="dril's Gumbel-Softmax temperature")
+    hard_residual: bool = Field(False, description="joint: the next level's residual subtracts the "
+                                                   "deterministic code's codebook row instead of the "
+                                                   "assignment's (soft / noisy) vector, so the training "
+                                                   "targets are the index's codes")
+    item_adapter: bool = Field(False, description="joint with rqkmeans: a zero-initialised residual linear "
+                                                  "map on the item text vectors, so the losses can move the "
+                                                  "items themselves and not only the codebooks (rqkmeans has "
+                                                  "no encoder; rqvae's encoder already learns)")
+    sids_from: str = Field("", description="two-stage: the tokenizer and SIDs of a finished joint run (its "
+                                           "final, learned index) instead of fitting them on the text "
+                                           "vectors; the decoder then trains from scratch on that index")
+
+
+class ParallelConfig(Section):
     """train.strategy parallel (RPG): long unordered SIDs from product quantization, all digits
     predicted at once, every catalog item scored exactly."""
 
-    digits: int = 32  # digits per item; must divide the text vector's dimensions
-    codebook_size: int = 256  # codes per digit (a power of two)
-    opq: bool = True  # learn a rotation before product quantization (OPQ); false: plain PQ
-    whiten: bool = False  # PCA-whiten the text vectors first
-    temperature: float = 0.07  # digit logits = cos(head state, digit embedding) / temperature
-    embedding_dropout: float = 0.5  # on the history tokens
-    attention_dropout: float = 0.5
-    # > 0: add a softmax over items (weight item_loss) whose logit is the mean of the item's digit
-    # logits, the score that ranks; the target against this many uniformly drawn catalog items
-    # (all items when it reaches the catalog size). 0: RPG's digit-wise loss alone
-    item_negatives: int = 0
-    item_loss: float = 1.0
+    digits: int = Field(32, ge=1, description="digits per item; must divide the text vector's dimensions")
+    codebook_size: int = Field(256, ge=2, description="codes per digit (a power of two)")
+    opq: bool = Field(True, description="learn a rotation before product quantization (OPQ); false: plain PQ")
+    whiten: bool = Field(False, description="PCA-whiten the text vectors first")
+    temperature: Float = Field(0.07, gt=0, description="digit logits = cos(head state, digit embedding) / "
+                                                       "temperature")
+    embedding_dropout: Float = Field(0.5, ge=0, lt=1, description="on the history tokens")
+    attention_dropout: Float = Field(0.5, ge=0, lt=1, description="on the attention weights")
+    item_negatives: int = Field(0, ge=0, description="> 0: add a softmax over items (weight `item_loss`) "
+                                "whose logit is the mean of the item's digit logits, the score that ranks: "
+                                "the target against this many uniformly drawn catalog items (all items when "
+                                "it reaches the catalog size); 0: RPG's digit-wise loss alone")
+    item_loss: Float = Field(1.0, ge=0, description="weight of the item-level softmax")
+
+    @model_validator(mode="after")
+    def _power_of_two(self) -> ParallelConfig:
+        if self.codebook_size & (self.codebook_size - 1):
+            raise Problem("codebook_size", f"{self.codebook_size} is not a power of two, e.g. 256")
+        return self
 
 
-@dataclass
-class ModelConfig:
-    d_model: int = 128
-    n_heads: int = 4
-    encoder_layers: int = 4
-    decoder_layers: int = 4
-    d_ff: int = 512
-    dropout: float = 0.1
-    # one token per history item: codes | codes+text | quantized | quantized+text (the item's
-    # quantized vector, joint only); or code_tokens (one token per code, TIGER's input)
-    history_input: str = "codes"
-    logits: str = "dot"  # dot | cosine (scaled cosine with a learnable gamma)
-    tie_heads: bool = False  # joint only: the head of level m *is* codebook m (DGI)
-    # the decoder's input for a code: embedding (a learned per-code vector; the only choice for
-    # two-stage), codebook (joint, DGI: the codebook vector, during training the assignment's
-    # soft / straight-through vector) or embedding+codebook (joint: both, summed). None: the
-    # strategy's own (two-stage embedding, joint codebook)
-    decoder_input: str | None = None
-    embedding_init_std: float = 0.02  # code embeddings ~ N(0, std); 0 keeps torch's N(0, 1)
+class ModelConfig(Section):
+    """The generative recommender (a Transformer encoder over the history, a decoder over codes)."""
+
+    d_model: int = Field(128, ge=1, description="Transformer width")
+    n_heads: int = Field(4, ge=1, description="attention heads (must divide d_model)")
+    encoder_layers: int = Field(4, ge=1, description="history encoder layers (parallel: the only stack)")
+    decoder_layers: int = Field(4, ge=1, description="code decoder layers")
+    d_ff: int = Field(512, ge=1, description="feed-forward width")
+    dropout: Float = Field(0.1, ge=0, lt=1, description="dropout in the Transformer layers")
+    history_input: HistoryInput = Field("codes", description="one token per history item: `codes`, "
+                                                             "`codes+text`, `quantized`, `quantized+text` "
+                                                             "(the item's quantized vector, joint only); or "
+                                                             "`code_tokens` (one token per code, TIGER's input)")
+    logits: Logits = Field("dot", description="`cosine`: scaled cosine with a learnable gamma")
+    tie_heads: bool = Field(False, description="joint only: the head of level m *is* codebook m (DGI)")
+    decoder_input: DecoderInput = Field(None, description="the decoder's input for a code: `embedding` (a "
+                                                          "learned per-code vector; the only choice for "
+                                                          "two-stage), `codebook` (joint, DGI: the codebook "
+                                                          "vector, during training the assignment's soft / "
+                                                          "straight-through vector) or `embedding+codebook` "
+                                                          "(joint: both, summed); null: the strategy's own "
+                                                          "(two-stage embedding, joint codebook)")
+    embedding_init_std: Float = Field(0.02, ge=0, description="code embeddings ~ N(0, std); 0 keeps torch's "
+                                                              "N(0, 1)")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise Problem("d_model", f"{self.d_model} must be a multiple of model.n_heads ({self.n_heads})",
+                          "n_heads")
+        return self
 
 
-@dataclass
-class LossConfig:
+class LossConfig(Section):
     """Weights of the loss terms (joint strategy; two-stage uses next-token only)."""
 
-    next_token: float = 1.0
-    global_cosine: float = 0.0  # DGI: 1 - cos(z_base, sum_j z~_j)
-    codebook: float = 0.0  # per-level codebook + beta * commitment
-    rqvae_reconstruction: float = 0.0  # DIGER: MSE of the RQ-VAE decoder's text reconstruction
-    infonce: float = 0.0  # in-batch InfoNCE between context vector and target item vector
-    infonce_temperature: float = 0.05
-    diversity: float = 0.0  # 1 - normalised entropy of the batch's mean code distribution
-    sdud: float = 1.0  # SDUD's sigma objective (only with quantizer.decay=sdud)
+    next_token: Float = Field(1.0, ge=0, description="cross-entropy of the target's codes")
+    global_cosine: Float = Field(0.0, ge=0, description="DGI: 1 - cos(z_base, sum_j z~_j)")
+    codebook: Float = Field(0.0, ge=0, description="per-level codebook + beta * commitment")
+    rqvae_reconstruction: Float = Field(0.0, ge=0, description="DIGER: MSE of the RQ-VAE decoder's text "
+                                                               "reconstruction")
+    infonce: Float = Field(0.0, ge=0, description="in-batch InfoNCE between context vector and target item "
+                                                  "vector")
+    infonce_temperature: Float = Field(0.05, gt=0, description="InfoNCE's softmax temperature")
+    diversity: Float = Field(0.0, ge=0, description="1 - normalised entropy of the batch's mean code "
+                                                    "distribution")
+    sdud: Float = Field(1.0, ge=0, description="SDUD's sigma objective (only with quantizer.decay sdud)")
 
 
-@dataclass
-class TrainConfig:
-    # two_stage (frozen SIDs) | joint (the index learns with the model) | parallel (long unordered
-    # SIDs, every digit at once; see ParallelConfig)
-    strategy: str = "two_stage"
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-3
-    quantizer_lr: float = 1e-3  # joint: item encoder + quantizer learning rate
-    weight_decay: float = 0.01
-    warmup_steps: int = 200
-    label_smoothing: float = 0.0
-    seed: int = 0
-    max_minutes: float = 0.0  # >0: stop training after this wall time
-    # >0: stop after this many epochs while the learning-rate (and temperature) schedules still
-    # span ``epochs``: repeats a time-budgeted run epoch for epoch on a slower or busier machine
-    stop_epoch: int = 0
-    # a finished run to start from: its item side (text vectors, tokenizer, SIDs) and weights;
-    # e.g. joint training on top of a trained two-stage run (see pipeline.copy_item_side)
-    init_from: str = ""
-    # joint: >0 freezes the item side after this many epochs (argmax codes, no gradient into the
-    # tokenizer, the index of that moment); the epochs left train the recommender on fixed SIDs,
-    # so the decoder ends on the codes it is evaluated with instead of chasing moving ones
-    freeze_index_epoch: int = 0
-    bf16: bool = False  # autocast matmuls to bfloat16 on CPU
-    threads: int = 0  # >0: torch threads (1 avoids oversubscription when jobs share the cores)
-    eval_every: int = 1  # validate every N epochs (keep the best checkpoint)
-    patience: int = 0  # >0: stop after N validations without improvement
+class TrainConfig(Section):
+    """What learns, for how long, on which schedule."""
+
+    strategy: Strategy = Field("two_stage", description="`two_stage`: frozen SIDs; `joint`: the index "
+                                                        "learns with the model; `parallel`: long unordered "
+                                                        "SIDs, every digit at once (see the parallel section)")
+    epochs: int = Field(20, ge=1, description="epochs the schedules span")
+    batch_size: int = Field(256, ge=1, description="training samples per step")
+    lr: Float = Field(1e-3, ge=0, description="peak learning rate (warmup, then linear decay)")
+    quantizer_lr: Float = Field(1e-3, ge=0, description="joint: item encoder + quantizer learning rate")
+    weight_decay: Float = Field(0.01, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(200, ge=0, description="linear warmup steps")
+    label_smoothing: Float = Field(0.0, ge=0, lt=1, description="of the next-token cross-entropy")
+    seed: int = Field(0, ge=0, description="one seed makes a CPU run repeat exactly")
+    max_minutes: Float = Field(0.0, ge=0, description=">0: stop training after this wall time")
+    stop_epoch: int = Field(0, ge=0, description=">0: stop after this many epochs while the learning-rate "
+                                                 "(and temperature) schedules still span `epochs`: repeats "
+                                                 "a time-budgeted run epoch for epoch on a slower or busier "
+                                                 "machine")
+    init_from: str = Field("", description="a finished run to start from: its item side (text vectors, "
+                                           "tokenizer, SIDs) and weights; e.g. joint training on top of a "
+                                           "trained two-stage run")
+    freeze_index_epoch: int = Field(0, ge=0, description="joint: >0 freezes the item side after this many "
+                                                         "epochs (argmax codes, no gradient into the "
+                                                         "tokenizer); the epochs left train the recommender "
+                                                         "on fixed SIDs")
+    bf16: bool = Field(False, description="autocast matmuls to bfloat16 on CPU")
+    threads: int = Field(0, ge=0, description=">0: torch threads (1 avoids oversubscription when jobs "
+                                              "share the cores)")
+    eval_every: int = Field(1, ge=1, description="validate every N epochs (keep the best checkpoint)")
+    patience: int = Field(0, ge=0, description=">0: stop after N validations without improvement")
 
 
-@dataclass
-class EvalConfig:
-    beam_size: int = 20
-    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
-    batch_size: int = 256
-    max_users: int = 0  # >0: evaluate on the first N users only (quick validation)
-    # joint runs' geometric verification: items are ranked by beam log-probability plus
-    # verify_weight x cosine(context vector, item vector). 0 is DGI's rule (beam score first, the
-    # cosine only orders items with equal beam scores, i.e. those that share a SID); > 0 lets the
-    # cosine move items between SIDs, a dense score fused with the generative one.
-    verify_weight: float = 0.0
+class EvalConfig(Section):
+    """Ranking and metrics (full catalog, per item)."""
+
+    beam_size: int = Field(20, ge=1, description="beam width, i.e. items ranked per user (parallel: the "
+                                                 "top items kept from exact scoring)")
+    ks: list[Count] = Field(default_factory=lambda: [1, 5, 10, 20], min_length=1,
+                            description="cut-offs of recall@K, ndcg@K, hit@K")
+    batch_size: int = Field(256, ge=1, description="users per ranking batch")
+    max_users: int = Field(0, ge=0, description=">0: validate during training on a fixed random subset of N "
+                                                "users (final valid/test use every user)")
+    verify_weight: Float = Field(0.0, ge=0, description="joint runs' geometric verification: items are ranked "
+                                                        "by beam log-probability plus verify_weight x "
+                                                        "cosine(context vector, item vector). 0 is DGI's rule "
+                                                        "(the cosine only orders items that share a SID); "
+                                                        "> 0 lets the cosine move items between SIDs")
 
 
-@dataclass
-class ExperimentConfig:
-    name: str = "default"
-    data: DataConfig = field(default_factory=DataConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+class ExperimentConfig(Section):
+    """One experiment: every section, each with its defaults."""
+
+    name: str = Field("default", description="the run's name; `gensid train` writes to `runs/<name>` unless "
+                                             "given `--run-dir`")
+    data: DataConfig = Field(default_factory=DataConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    quantizer: QuantizerConfig = Field(default_factory=QuantizerConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _rules(self) -> ExperimentConfig:
+        for rule in RULES:
+            rule(self)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; expected one of {sorted(names)}")
-    kwargs = {}
-    for name, value in values.items():
-        hint = hints[name]
-        path = f"{where}.{name}" if where else name
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, path)
-        else:
-            kwargs[name] = _coerce(value, hint, path)
-    return cls(**kwargs)
+class Problem(ValueError):
+    """A rule broken by a config: ``key`` (dotted, relative to the model that checks it) and the
+    other keys involved (so a ``--set`` of any of them can be blamed)."""
+
+    def __init__(self, key: str, message: str, *involves: str):
+        super().__init__(message)
+        self.key, self.involves = key, involves
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    origin = getattr(hint, "__origin__", None)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item,) = hint.__args__
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool) and not isinstance(value, hint) or (
-        hint is int and isinstance(value, bool)
-    ):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
+# ---------------------------------------------------------------------------------------------
+# rules across sections, checked at load; each docstring is listed in docs/config.md
+
+RULES: list[Callable[[ExperimentConfig], None]] = []
+
+
+def _rule(check: Callable[[ExperimentConfig], None]) -> Callable[[ExperimentConfig], None]:
+    RULES.append(check)
+    return check
+
+
+@_rule
+def _freeze_needs_joint(cfg: ExperimentConfig) -> None:
+    """`train.freeze_index_epoch` > 0 needs `train.strategy: joint` (two-stage SIDs never move)."""
+    if cfg.train.freeze_index_epoch and cfg.train.strategy != "joint":
+        raise Problem("train.freeze_index_epoch", f"{cfg.train.freeze_index_epoch} needs train.strategy joint, "
+                      f"not {cfg.train.strategy} (two-stage SIDs never move)", "train.strategy")
+
+
+@_rule
+def _adapter_needs_joint_rqkmeans(cfg: ExperimentConfig) -> None:
+    """`quantizer.item_adapter` needs `train.strategy: joint` and `quantizer.method: rqkmeans`."""
+    q, strategy = cfg.quantizer, cfg.train.strategy
+    if q.item_adapter and (strategy != "joint" or q.method != "rqkmeans"):
+        raise Problem("quantizer.item_adapter", f"needs train.strategy joint and quantizer.method rqkmeans, not "
+                      f"{strategy} and {q.method} (two-stage items never move; the rqvae encoder already "
+                      "learns)", "train.strategy", "quantizer.method")
+
+
+@_rule
+def _sids_from_needs_two_stage(cfg: ExperimentConfig) -> None:
+    """`quantizer.sids_from` needs `train.strategy: two_stage` and no `train.init_from`."""
+    if cfg.quantizer.sids_from and (cfg.train.strategy != "two_stage" or cfg.train.init_from):
+        raise Problem("quantizer.sids_from", "needs train.strategy two_stage and no train.init_from (a warm "
+                      f"start takes its source's item side, learned or not); here train.strategy is "
+                      f"{cfg.train.strategy}, train.init_from {cfg.train.init_from!r}",
+                      "train.strategy", "train.init_from")
+
+
+@_rule
+def _beam_covers_ks(cfg: ExperimentConfig) -> None:
+    """`eval.beam_size` >= the largest of `eval.ks` (a beam returns at most beam_size items)."""
+    if cfg.eval.beam_size < max(cfg.eval.ks):
+        raise Problem("eval.beam_size", f"{cfg.eval.beam_size} must be >= the largest K {max(cfg.eval.ks)} "
+                      "(a beam returns at most beam_size items)", "eval.ks")
+
+
+@_rule
+def _verify_weight_needs_joint(cfg: ExperimentConfig) -> None:
+    """`eval.verify_weight` > 0 needs `train.strategy: joint` (only joint models have context and
+    item vectors)."""
+    if cfg.eval.verify_weight and cfg.train.strategy != "joint":
+        raise Problem("eval.verify_weight", f"{cfg.eval.verify_weight}: > 0 only with train.strategy joint, not "
+                      f"{cfg.train.strategy} (two-stage models have no context and item vectors)",
+                      "train.strategy")
+
+
+@_rule
+def _search_log_is_search(cfg: ExperimentConfig) -> None:
+    """`data.format: search_log` needs `data.task: search`."""
+    if cfg.data.format == "search_log" and cfg.data.task != "search":
+        raise Problem("data.format", f"search_log needs data.task search, not {cfg.data.task}", "data.task")
+
+
+@_rule
+def _parallel_is_rec(cfg: ExperimentConfig) -> None:
+    """`train.strategy: parallel` needs `data.task: rec` (no query token yet) and a
+    `model.history_input` of `codes` or `codes+text`."""
+    if cfg.train.strategy != "parallel":
+        return
+    if cfg.data.task != "rec":
+        raise Problem("train.strategy", f"parallel: only data.task rec so far (no query token), not "
+                      f"{cfg.data.task}", "data.task")
+    if cfg.model.history_input not in PARALLEL_HISTORY_INPUTS:
+        raise Problem("model.history_input", f"{cfg.model.history_input!r}: the parallel model takes one of "
+                      f"{', '.join(PARALLEL_HISTORY_INPUTS)}", "train.strategy")
+
+
+@_rule
+def _joint_only_model_options(cfg: ExperimentConfig) -> None:
+    """A `model.history_input` of `quantized` or `quantized+text`, `model.tie_heads` and a
+    `model.decoder_input` of `codebook` or `embedding+codebook` need `train.strategy: joint`
+    (only a joint model holds the codebooks)."""
+    m, strategy = cfg.model, cfg.train.strategy
+    if strategy == "joint":
+        return
+    if m.history_input.startswith("quantized"):
+        raise Problem("model.history_input", f"{m.history_input} needs train.strategy joint, not {strategy}",
+                      "train.strategy")
+    if m.tie_heads:
+        raise Problem("model.tie_heads", f"needs train.strategy joint, not {strategy} (the heads would be the "
+                      "codebooks)", "train.strategy")
+    if m.decoder_input not in (None, "embedding"):
+        raise Problem("model.decoder_input", f"{m.decoder_input} needs train.strategy joint, not {strategy} (a "
+                      "codebook)", "train.strategy")
+
+
+@_rule
+def _search_has_one_token_per_item(cfg: ExperimentConfig) -> None:
+    """`data.task: search` needs one token per history item (not `model.history_input: code_tokens`)."""
+    if cfg.data.task == "search" and cfg.model.history_input == "code_tokens":
+        raise Problem("model.history_input", "code_tokens cannot take a query token (data.task search): use "
+                      "one token per history item", "data.task")
+
+
+@_rule
+def _tied_heads_match_the_latent(cfg: ExperimentConfig) -> None:
+    """`model.tie_heads` with `quantizer.method: rqvae` needs `quantizer.latent_dim` = `model.d_model`
+    (hidden states are scored against the codebooks)."""
+    q, m = cfg.quantizer, cfg.model
+    if m.tie_heads and q.method == "rqvae" and q.latent_dim != m.d_model:
+        raise Problem("model.tie_heads", f"scores hidden states against the codebooks: quantizer.latent_dim "
+                      f"({q.latent_dim}) must equal model.d_model ({m.d_model})", "quantizer.latent_dim",
+                      "model.d_model")
+
+
+# ---------------------------------------------------------------------------------------------
+# loading: files (with extends), overrides, and where each value came from
+
+
+class _Sources:
+    """Where each value of the raw config came from (a file or a ``--set``), so an error names it.
+    Later sources rank higher: a rule broken by several keys blames the latest change."""
+
+    def __init__(self, fallback: str):
+        self.fallback = fallback
+        self.origins: dict[tuple, tuple[int, str]] = {}
+        self.rank = 0
+
+    def record(self, value: Any, label: str, at: tuple = ()) -> None:
+        self.rank += 1
+        self._record(value, (self.rank, label), at)
+
+    def _record(self, value: Any, origin: tuple[int, str], at: tuple) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                self._record(item, origin, (*at, key))
+            return
+        for path in [p for p in self.origins if p[: len(at)] == at]:  # replaced wholesale
+            del self.origins[path]
+        self.origins[at] = origin
+
+    def blame(self, locs: list[tuple]) -> str:
+        found = [origin for loc in locs for path, origin in self.origins.items()
+                 if path[: len(loc)] == loc or loc[: len(path)] == path]
+        return max(found)[1] if found else self.fallback
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _field_at(loc: tuple) -> tuple[type[BaseModel] | None, Any]:
+    """(the model holding the field at ``loc``, that field's annotation); (model, None) if the last
+    part is not one of its fields."""
+    model: type[BaseModel] | None = ExperimentConfig
+    annotation: Any = None
+    for i, part in enumerate(loc):
+        if model is None or not isinstance(part, str):
+            return None, None
+        field = model.model_fields.get(part)
+        if field is None:
+            return (model, None) if i == len(loc) - 1 else (None, None)
+        annotation = field.annotation
+        if i < len(loc) - 1:
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model, annotation
+
+
+def _hint(word: Any, choices: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to a misspelled key or value, else ``""``."""
+    if not isinstance(word, str):
+        return ""
+    near = difflib.get_close_matches(word, choices, n=1) or sorted(
+        (c for c in choices if min(len(c), len(word)) >= 2 and (word.startswith(c) or c.startswith(word))),
+        key=lambda c: abs(len(c) - len(word)))
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _choice(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def _what(error: dict) -> tuple[tuple, str, tuple]:
+    """(loc of the key at fault, what is wrong, locs of the other keys involved) of a pydantic error."""
+    loc, kind, value, ctx = tuple(error["loc"]), error["type"], error.get("input"), error.get("ctx") or {}
+    if kind == "value_error" and isinstance(ctx.get("error"), Problem):
+        problem = ctx["error"]
+        key = (*loc, *problem.key.split("."))
+        return key, str(problem), tuple((*loc, *k.split(".")) for k in problem.involves)
+    if kind == "extra_forbidden":
+        model, _ = _field_at(loc)
+        names = list(model.model_fields) if model is not None else []
+        what = "unknown section" if len(loc) == 1 else "unknown field"
+        return loc, f"{what}{_hint(loc[-1], names)}; expected one of {', '.join(names)}", ()
+    if kind == "literal_error":
+        _, annotation = _field_at(loc)
+        choices = [_choice(c) for c in get_args(annotation)] if get_origin(annotation) is Literal else []
+        expected = ", ".join(choices) if choices else ctx.get("expected", "")
+        return loc, f"{_shown(value)} is not allowed{_hint(value, choices)}; expected one of {expected}", ()
+    expected = {
+        "int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+        "string_type": "a string", "list_type": "a list, e.g. [1, 2]",
+        "model_type": "a mapping of fields (a section)", "dict_type": "a mapping",
+    }.get(kind)
+    if expected:
+        return loc, f"expected {expected}, got {_shown(value)}", ()
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return loc, f"expected a value {bounds[kind]} {limit}, got {_shown(value)}", ()
+    if kind == "too_short":
+        return loc, f"expected at least {ctx.get('min_length')} item(s), got {_shown(value)}", ()
+    message = error["msg"]
+    return loc, f"{message[:1].lower()}{message[1:]}, got {_shown(value)}", ()
+
+
+def _explain(exc: ValidationError, sources: _Sources) -> str:
+    """One line: ``<source>: <dotted.key>: <what is wrong>`` for the first problem."""
+    errors = exc.errors(include_url=False)
+    loc, what, involves = _what(errors[0])
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    line = f"{sources.blame([loc, *involves])}: {_dotted(loc)}: {what}{more}"
+    return " ".join(line.split())
+
+
+def _parse_override(assignment: str) -> tuple[list[str], Any]:
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment}: expected KEY=VALUE, e.g. --set train.lr=1e-3")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {assignment}: {key.strip()!r} is not a dotted key, e.g. train.lr")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {assignment}: {key.strip()}: the value is not valid YAML "
+                          f"({' '.join(str(getattr(exc, 'problem', exc)).split())})") from None
+    return parts, value
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict in place."""
-    if "=" not in assignment:
-        raise ConfigError(f"override {assignment!r}: expected KEY=VALUE, e.g. train.lr=1e-3")
-    key, text = assignment.split("=", 1)
-    parts = key.strip().split(".")
+    parts, value = _parse_override(assignment)
+    _set(raw, parts, value, assignment)
+
+
+def _set(raw: dict[str, Any], parts: list[str], value: Any, assignment: str) -> None:
     node = raw
-    for part in parts[:-1]:
+    for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {assignment!r}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(text)
+            raise ConfigError(f"--set {assignment}: {'.'.join(parts[: i + 1])}: not a section (it holds "
+                              f"{_shown(node)})")
+    node[parts[-1]] = value
 
 
-def _looks_numeric(text: str) -> bool:
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
     try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(" ".join(f"{path}: {where}invalid YAML ({problem})".split())) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (name:, data:, train:, ...) at the top, "
+                          f"got {type(raw).__name__}")
+    return raw
+
+
+def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``: mappings merge key by key, anything else (lists too) is replaced."""
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
+
+
+def _read_config(path: Path, sources: _Sources, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file with its ``extends`` chain resolved (base first, each file over it)."""
+    raw = _read_yaml(path)
+    base_name = raw.pop("extends", None)
+    merged: dict[str, Any] = {}
+    if base_name is not None:
+        if not isinstance(base_name, str) or not base_name.strip():
+            raise ConfigError(f"{path}: extends: expected a config file name (relative to this file), got "
+                              f"{_shown(base_name)}")
+        base = path.parent / base_name
+        seen = [*chain, path]
+        if base.resolve() in [p.resolve() for p in seen]:
+            cycle = " -> ".join(str(p) for p in [*seen, base])
+            raise ConfigError(f"{path}: extends: a cycle: {cycle}")
+        if not base.is_file():
+            raise ConfigError(f"{path}: extends: {base}: config file not found")
+        merged = _read_config(base, sources, (*chain, path))
+    sources.record(raw, str(path))
+    return _merge(merged, raw)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML experiment config (or the defaults) and apply ``--set`` overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+    """Read a YAML experiment config (or the defaults), resolve its ``extends``, apply ``--set``
+    overrides and check everything; :class:`ConfigError` names the file or override, the key and
+    what is wrong, in one line."""
+    sources = _Sources(str(path) if path is not None else "config")
+    raw = _read_config(Path(path), sources) if path is not None else {}
     for assignment in overrides or []:
-        apply_override(raw, assignment)
-    # YAML 1.1 reads "1e-3" as a string: make it a float where a float is expected
-    _fix_numeric_strings(raw, ExperimentConfig)
-    where = str(path) if path is not None else "config"
+        parts, value = _parse_override(assignment)
+        _set(raw, parts, value, assignment)
+        sources.record(value, f"--set {assignment}", tuple(parts))
     try:
-        return _build(ExperimentConfig, raw, "")
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, sources)) from None
 
 
-def _fix_numeric_strings(raw: dict[str, Any], cls: type) -> None:
-    hints = get_type_hints(cls)
-    for name, value in list(raw.items()):
-        hint = hints.get(name)
-        if hint is None:
-            continue
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            _fix_numeric_strings(value, hint)
-        elif hint is float and isinstance(value, str) and _looks_numeric(value):
-            raw[name] = float(value)
+# ---------------------------------------------------------------------------------------------
+# the reference (docs/config.md)
+
+SECTIONS = ("data", "text", "quantizer", "parallel", "model", "train", "loss", "eval")
+_TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "true / false"}
+
+
+def _constraints(metadata: list) -> str:
+    words = []
+    for item in metadata:
+        for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            if getattr(item, attr, None) is not None:
+                words.append(f"{sign} {getattr(item, attr)}")
+        if getattr(item, "min_length", None):
+            words.append(f"at least {item.min_length} item(s)")
+    return ", ".join(words)
+
+
+def _type_text(annotation: Any, metadata: list) -> str:
+    if get_origin(annotation) is Literal:
+        text = "one of " + ", ".join(f"`{_choice(c)}`" for c in get_args(annotation))
+    elif get_origin(annotation) is list:
+        (item,) = get_args(annotation)
+        inner, inner_meta = item, []
+        if get_origin(item) is Annotated:
+            inner, *extra = get_args(item)
+            inner_meta = [m for info in extra for m in getattr(info, "metadata", [info])]
+        text = f"list of {_TYPE_NAMES.get(inner, str(inner))}s"
+        if inner_meta:
+            text += f" ({_constraints(inner_meta)} each)"
+    else:
+        text = _TYPE_NAMES.get(annotation, str(annotation))
+    bounds = _constraints(metadata)
+    return f"{text}, {bounds}" if bounds else text
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _default_text(value: Any) -> str:
+    return "`" + yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip() + "`"
+
+
+def _table(model: type[BaseModel], names: list[str]) -> list[str]:
+    defaults = model().model_dump()
+    lines = ["| field | type | default | description |", "|---|---|---|---|"]
+    for name in names:
+        field = model.model_fields[name]
+        lines.append(f"| `{name}` | {_cell(_type_text(field.annotation, field.metadata))} | "
+                     f"{_cell(_default_text(defaults[name]))} | {_cell(field.description or '')} |")
+    return lines
+
+
+def reference_markdown() -> str:
+    """docs/config.md: every section's fields (type or choices, default, description) and the rules
+    checked across sections, generated from the models."""
+    lines = [
+        "# Config reference",
+        "",
+        "<!-- Generated by `python -m gensid.config docs/config.md` from src/gensid/config.py;",
+        "     edit the models there, not this file (tests/test_config.py checks it is current). -->",
+        "",
+        "An experiment config is one YAML file (see `configs/`). Every key is optional: a missing one",
+        "keeps the default below. `--set section.field=value` overrides one value (the value is read",
+        "as YAML, e.g. `--set \"eval.ks=[5, 10]\"`). `extends: base.yaml` (relative to the file) starts",
+        "from another config: mappings merge key by key, the extending file wins, lists are replaced.",
+        "A run writes its resolved config (every field, no `extends`) as `config.yaml`.",
+        "",
+        "Everything is checked when the config loads, before anything is written; a problem is one",
+        "line, e.g. `error: configs/x.yaml: quantizer.method: 'rqvea' is not allowed (did you mean",
+        "'rqvae'?); expected one of rqkmeans, rqvae`.",
+        "",
+        "## top level",
+        "",
+        *_table(ExperimentConfig, ["name"]),
+    ]
+    for name in SECTIONS:
+        model = ExperimentConfig.model_fields[name].annotation
+        lines += ["", f"## `{name}`", "", " ".join((model.__doc__ or "").split()), "",
+                  *_table(model, list(model.model_fields))]
+    lines += ["", "## Rules across sections", ""]
+    lines += [f"- {' '.join((rule.__doc__ or '').split())}" for rule in RULES]
+    lines += ["- `model.n_heads` divides `model.d_model`; `parallel.codebook_size` is a power of two."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m gensid.config [docs/config.md]
+    text = reference_markdown()
+    if len(sys.argv) > 1:
+        Path(sys.argv[1]).write_text(text)
+    else:
+        sys.stdout.write(text)

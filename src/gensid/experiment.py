@@ -155,8 +155,13 @@ def load_plan(path: str | Path) -> Plan:
         variant = Variant(**item)
         if not variant.from_results and not variant.config:
             raise ConfigError(f"{path}: variants[{i}] ({variant.label}) needs a 'config'")
-        if variant.config:  # fail now, not hours later
-            load_config(path.parent / variant.config, with_seed([*common, *variant.set], (variant.seeds or seeds)[0]))
+        if variant.config:  # fail now, not hours later, for every seed's overrides
+            for seed in variant.seeds or seeds:
+                try:
+                    load_config(path.parent / variant.config,
+                                [*with_seed([*common, *variant.set], seed), f"train.seed={seed}"])
+                except ConfigError as exc:
+                    raise ConfigError(f"{path}: variants[{i}] ({variant.label}), seed {seed}: {exc}") from None
         variants.append(variant)
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):

@@ -28,7 +28,7 @@ from gensid.config import ExperimentConfig, load_config
 from gensid.data import Dataset, LeaveOneOut, Samples, leave_one_out, load_dataset
 from gensid.data.search import load_search_log, product_search, time_split
 from gensid.data.splits import pack_samples, sequence_windows
-from gensid.errors import ConfigError, InputError, RunError
+from gensid.errors import ConfigError, DataError, InputError, RunError
 from gensid.eval.analysis import (
     SIDMonitor,
     hit_rate_by_bucket,
@@ -54,6 +54,7 @@ from gensid.quantize.product import ProductQuantizer, digit_stats
 from gensid.quantize.sids import collision_rate
 from gensid.report.results import git_commit, total_train_minutes
 from gensid.text import embed_split_texts, embed_texts
+from gensid.text.encoder import model_path
 from gensid.train import ItemFeatures, Trainer, distributed
 from gensid.train.objectives import (
     JointObjective,
@@ -61,9 +62,6 @@ from gensid.train.objectives import (
     ParallelObjective,
     item_snapshot,
 )
-
-STRATEGIES = ("two_stage", "joint", "parallel")
-TASKS = ("rec", "search")
 
 
 @dataclass
@@ -218,24 +216,6 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
     moves into the model and learns with it; the index is rebuilt from its deterministic
     assignment whenever the model is evaluated (:meth:`Run.refresh_index`).
     """
-    if cfg.train.strategy not in STRATEGIES:
-        raise ConfigError(f"train.strategy {cfg.train.strategy!r}: expected one of {STRATEGIES}")
-    if cfg.train.freeze_index_epoch and cfg.train.strategy != "joint":
-        raise ConfigError("train.freeze_index_epoch needs train.strategy joint (two-stage SIDs never move)")
-    if cfg.quantizer.item_adapter and (cfg.train.strategy != "joint" or cfg.quantizer.method != "rqkmeans"):
-        raise ConfigError("quantizer.item_adapter needs train.strategy joint and quantizer.method rqkmeans "
-                          "(two-stage items never move; the rqvae encoder already learns)")
-    if cfg.quantizer.sids_from and (cfg.train.strategy != "two_stage" or cfg.train.init_from):
-        raise ConfigError("quantizer.sids_from needs train.strategy two_stage and no train.init_from (a warm "
-                          "start takes its source's item side, learned or not)")
-    if cfg.eval.beam_size < max(cfg.eval.ks):
-        raise ConfigError(f"eval.beam_size {cfg.eval.beam_size} must be >= the largest K {max(cfg.eval.ks)} "
-                          "(a beam returns at most beam_size items)")
-    if cfg.train.strategy == "parallel" and cfg.data.task != "rec":
-        raise ConfigError("train.strategy parallel: only data.task rec so far (no query token)")
-    if cfg.eval.verify_weight < 0 or (cfg.eval.verify_weight and cfg.train.strategy != "joint"):
-        raise ConfigError(f"eval.verify_weight {cfg.eval.verify_weight}: expected >= 0, and > 0 only with "
-                          "train.strategy joint (two-stage models have no context and item vectors)")
     seed_everything(cfg.train.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
@@ -278,6 +258,19 @@ def learned_semantic_ids(cfg: ExperimentConfig, text_dim: int, run_dir: Path) ->
     """``quantizer.sids_from``: the tokenizer of a finished joint run as it ended (the index it
     learned) and its deterministic SIDs, with a fresh disambiguation code; ``init_from.json``
     records the source and its training minutes, which count toward this run's."""
+    source, metrics = learned_index_source(cfg)
+    learned = load_run(source)
+    seed_everything(cfg.train.seed)  # loading the source seeded torch with its seed, not this run's
+    tokenizer = RQVAE(text_dim, cfg.quantizer)
+    tokenizer.load_state_dict(learned.model.tokenizer.state_dict())
+    sids = SemanticIDs.from_codes(learned.quantizer_codes(), cfg.quantizer.codebook_sizes)
+    write_json(run_dir / "init_from.json", {"sids_from": str(source), "init_train_minutes": total_train_minutes(metrics)})
+    return tokenizer.eval(), sids, {**sids.stats(), "sids_from": str(source)}
+
+
+def learned_index_source(cfg: ExperimentConfig) -> tuple[Path, dict]:
+    """``quantizer.sids_from``'s run and its metrics, after checking that it is a finished joint run
+    over the same items, without an item adapter."""
     source, metrics = finished_source(cfg, cfg.quantizer.sids_from, "quantizer.sids_from")
     theirs = load_config(source / "config.yaml")
     if theirs.train.strategy != "joint":
@@ -286,13 +279,21 @@ def learned_semantic_ids(cfg: ExperimentConfig, text_dim: int, run_dir: Path) ->
     if theirs.quantizer.item_adapter:
         raise ConfigError(f"quantizer.sids_from {source}: its items pass through an item adapter, which a "
                           "two-stage tokenizer does not have")
-    learned = load_run(source)
-    seed_everything(cfg.train.seed)  # loading the source seeded torch with its seed, not this run's
-    tokenizer = RQVAE(text_dim, cfg.quantizer)
-    tokenizer.load_state_dict(learned.model.tokenizer.state_dict())
-    sids = SemanticIDs.from_codes(learned.quantizer_codes(), cfg.quantizer.codebook_sizes)
-    write_json(run_dir / "init_from.json", {"sids_from": str(source), "init_train_minutes": total_train_minutes(metrics)})
-    return tokenizer.eval(), sids, {**sids.stats(), "sids_from": str(source)}
+    return source, metrics
+
+
+def check_inputs(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """What a (valid) config names outside itself, checked before a run writes anything: the data
+    source, the text model and, for a run not started yet, the source runs of ``train.init_from``
+    and ``quantizer.sids_from``. Reads a few small files; raises the error the run would hit later."""
+    if cfg.data.source != "movielens-100k" and not Path(cfg.data.source).exists():
+        raise DataError(f"data.source {cfg.data.source}: no such file or folder (from {Path.cwd()})")
+    model_path(cfg.text.model)
+    fresh = not (run_dir / "quantizer.safetensors").exists()
+    if fresh and cfg.train.init_from:
+        finished_source(cfg, cfg.train.init_from, "train.init_from")
+    if fresh and cfg.quantizer.sids_from:
+        learned_index_source(cfg)
 
 
 # what decides a run's items and their tokenizer: a warm start must agree on all of them
@@ -365,11 +366,7 @@ def load_task(cfg: ExperimentConfig, progress: bool = True
     (``data.format: search_log``, split by time) or, for a purchase data set, the Amazon
     product-search construction.
     """
-    if cfg.data.task not in TASKS:
-        raise ConfigError(f"data.task {cfg.data.task!r}: expected one of {TASKS}")
-    if cfg.data.format == "search_log":
-        if cfg.data.task != "search":
-            raise ConfigError("data.format search_log needs data.task search")
+    if cfg.data.format == "search_log":  # with data.task search (checked at load)
         log = load_search_log(cfg.data.source, cfg.data.text_fields)
         full = dataset = log.dataset
         search = time_split(log, cfg.data.max_history)
@@ -464,6 +461,7 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     main = distributed.is_main()  # under torchrun only rank 0 writes, validates and evaluates
     progress = progress and main
     commit = git_commit()  # the code this process runs; HEAD may move while it trains
+    check_inputs(cfg, run_dir)  # a config that cannot run fails before anything is written
     if main:
         write_text(config_path, cfg.to_yaml())
     log = JsonlLog(run_dir / "log.jsonl")
