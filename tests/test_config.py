@@ -29,7 +29,7 @@ OLD_DEFAULTS = {
                   "decay": "none", "frqud_ratio": 2.0, "tau_start": 1.0, "tau_end": 0.1, "dril_temperature": 2.0,
                   "hard_residual": False, "item_adapter": False, "sids_from": ""},
     "parallel": {"digits": 32, "codebook_size": 256, "opq": True, "whiten": False, "temperature": 0.07,
-                 "embedding_dropout": 0.5, "attention_dropout": 0.5},
+                 "embedding_dropout": 0.5, "attention_dropout": 0.5, "item_negatives": 0, "item_loss": 1.0},
     "model": {"d_model": 128, "n_heads": 4, "encoder_layers": 4, "decoder_layers": 4, "d_ff": 512, "dropout": 0.1,
               "history_input": "codes", "logits": "dot", "tie_heads": False, "decoder_input": None,
               "embedding_init_std": 0.02},
@@ -266,16 +266,15 @@ def test_every_plan_variant_loads_with_each_seed():
 
 
 def test_a_bad_plan_variant_names_the_plan_and_the_variant(tmp_path):
-    plan_path = Path("configs") / f"_test_plan_{tmp_path.name}.yaml"
-    plan_path.write_text(yaml.safe_dump({"name": "p", "dataset": "tiny", "variants": [
-        {"method": "dgi", "config": "ml100k.yaml", "set": ["quantizer.assignment=gumbel"]}]}))
-    try:
-        with pytest.raises(ConfigError, match=re.escape(
-                f"{plan_path}: variants[0] (dgi), seed 0: --set quantizer.assignment=gumbel: quantizer.assignment: "
-                "'gumbel' is not allowed (did you mean 'gumbel_soft'?)")):
-            load_plan(plan_path)
-    finally:
-        plan_path.unlink()
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text(yaml.safe_dump({
+        "name": "p", "dataset": "tiny", "output": str(tmp_path / "out"), "results_file": str(tmp_path / "r.json"),
+        "variants": [{"method": "dgi", "config": str(Path("configs/ml100k.yaml").resolve()),
+                      "set": ["quantizer.assignment=gumbel"]}]}))
+    with pytest.raises(ConfigError, match=re.escape(
+            f"{plan_path}: variants[0] (dgi), seed 0: --set quantizer.assignment=gumbel: quantizer.assignment: "
+            "'gumbel' is not allowed (did you mean 'gumbel_soft'?)")):
+        load_plan(plan_path)
 
 
 def test_every_committed_run_config_loads_unchanged():
