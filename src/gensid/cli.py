@@ -93,19 +93,27 @@ def evaluate(run_dir: Path, split: str = typer.Option("test", help="valid or tes
 
 @app.command()
 def recommend(run_dir: Path, history: str = typer.Option(..., help="comma-separated item ids, oldest first"),
-              k: int = typer.Option(10, min=1)) -> None:
-    """Top-k items for a history of (external) item ids."""
-    from gensid.pipeline import load_run
+              k: int = typer.Option(10, min=1),
+              exclude_seen: bool | None = typer.Option(None, "--exclude-seen/--keep-seen",
+                                                       help="drop the history's items from the answer "
+                                                            "(default: the run's serve.exclude_seen, else keep)")
+              ) -> None:
+    """Top-k items for a history of (external) item ids; items added to the run over HTTP included."""
+    from rich.markup import escape
 
-    run = load_run(run_dir)
+    from gensid.live import load_run_with_added_items
+
+    run = load_run_with_added_items(run_dir)
     try:
         items = [run.dataset.catalog.index_of(i.strip()) for i in history.split(",") if i.strip()]
     except KeyError as exc:
         raise typer.BadParameter(str(exc.args[0]), param_hint="--history") from None
     if not items:
         raise typer.BadParameter("give at least one item id", param_hint="--history")
-    for rank, item in enumerate(run.recommend(items, k), 1):
-        console.print(f"{rank:>3}. [{run.dataset.catalog.item_ids[item]}] {run.dataset.catalog.title(item)}")
+    exclude = run.exclude_seen_default if exclude_seen is None else exclude_seen
+    for rank, item in enumerate(run.recommend(items, k, exclude_seen=exclude), 1):
+        console.print(escape(f"{rank:>3}. [{run.dataset.catalog.item_ids[item]}] {run.dataset.catalog.title(item)}"),
+                      soft_wrap=True)
 
 
 @app.command()

@@ -66,13 +66,15 @@ def fused_rankings(run: Run, samples: Samples, queries: torch.Tensor | None,
     ``catalog_log_probs(rows)`` gives the scorer's log-softmax [len(rows), num_items] for those rows
     of ``samples``. The beam search runs once per batch (``eval.beam_size`` items, the run's
     verification); every weight mixes the same beams.
-    Returns {weight: ranked item ids [N, k]} (k defaults to ``eval.beam_size``)."""
+    Returns {weight: ranked item ids [N, k]} (k defaults to ``eval.beam_size``; a larger k widens the beam
+    to k)."""
     e = run.cfg.eval
     k = k or e.beam_size
     run.model.eval()
     ranked = {w: np.full((len(samples), k), -1, dtype=np.int64) for w in weights}
     for rows, batch in evaluation_batches(samples, run.items, queries, e.batch_size, "hybrid ranking", progress):
-        beam = constrained_beam_search(run.model, run.index, batch.history_codes, batch.history_mask, e.beam_size,
+        beam = constrained_beam_search(run.model, run.index, batch.history_codes, batch.history_mask,
+                                       max(e.beam_size, k),
                                        batch.history_text, batch.history_vectors, run.items.item_vectors,
                                        batch.query, e.verify_weight)
         gen = generative_log_probs(run.index, beam)

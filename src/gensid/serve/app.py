@@ -22,9 +22,10 @@ from fastapi import FastAPI, HTTPException
 from gensid.data.catalog import render_text
 from gensid.fusion import Hybrid
 from gensid.fusion.hybrid import hybrid_run_dir
+from gensid.live import ItemAdder
+from gensid.live.store import AddedItem, ItemStore
 from gensid.pipeline import Run, load_run
 from gensid.serve.batcher import MicroBatcher
-from gensid.serve.live import ItemAdder
 from gensid.serve.schemas import (
     AddItemsRequest,
     AddItemsResponse,
@@ -35,7 +36,6 @@ from gensid.serve.schemas import (
     RecommendResponse,
     SearchRequest,
 )
-from gensid.serve.store import AddedItem, ItemStore
 from gensid.text import TextEncoder
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gensid.errors import InputError
 from gensid.pipeline import Run, tokenizer_and_sids
 from gensid.quantize import RQVAE
 from gensid.train import ItemFeatures
@@ -29,8 +30,18 @@ class ItemAdder:
 
     def __init__(self, run: Run):
         self.run = run
-        self.tokenizer: RQVAE = (run.model.tokenizer if run.joint
-                                 else tokenizer_and_sids(run.cfg, run.text, run.run_dir, progress=False)[0])
+        self._tokenizer: RQVAE | None = None
+
+    @property
+    def tokenizer(self) -> RQVAE:
+        """The run's tokenizer, loaded on first use (replaying stored items needs none)."""
+        if self._tokenizer is None:
+            run = self.run
+            if run.parallel:
+                raise InputError(f"{run.run_dir}: a train.strategy parallel run cannot add items (yet)")
+            self._tokenizer = (run.model.tokenizer if run.joint
+                               else tokenizer_and_sids(run.cfg, run.text, run.run_dir, progress=False)[0])
+        return self._tokenizer
 
     def sids(self, vectors: torch.Tensor) -> np.ndarray:
         """SIDs [n, L] for new items' text vectors [n, T], as :meth:`add` would give them."""
