@@ -121,20 +121,31 @@ def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="interface t
           port: int = typer.Option(8000, help="TCP port"),
           threads: int = typer.Option(1, min=1, help="torch threads for the model"),
           max_batch: int = typer.Option(64, min=1, help="most /recommend requests per model call"),
-          max_wait_ms: float = typer.Option(5.0, min=0, help="how long a request waits for others to batch with")
+          max_wait_ms: float = typer.Option(5.0, min=0, help="how long a request waits for others to batch with"),
+          max_queue: int = typer.Option(256, min=1, help="requests that may wait for a model call; more get 503"),
+          max_body_bytes: int = typer.Option(1 << 20, min=1, help="larger request bodies get 413"),
+          token: str | None = typer.Option(None, envvar="GENSID_TOKEN", show_envvar=True,
+                                           help="bearer token that POST /items needs (required with a "
+                                                "non-loopback --host); prefer the environment variable"),
+          token_reads: bool = typer.Option(False, help="reads (/recommend, /search, /items/{id}, /metrics) "
+                                                       "need the token too")
           ) -> None:
     """Serve a trained run or a hybrid (gensid hybrid) over HTTP: /recommend or /search, /items, /items/{id},
-    /health."""
+    /health, /metrics."""
     import torch
     import uvicorn
 
     from gensid.fusion.hybrid import hybrid_run_dir
     from gensid.pipeline import run_files
     from gensid.serve import create_app
+    from gensid.serve.guard import check_exposure
 
+    check_exposure(host, token or None, token_reads)  # before the slow load
     run_files(hybrid_run_dir(run_dir) or run_dir)  # a bad folder fails here, not inside the server's startup
     torch.set_num_threads(threads)
-    uvicorn.run(create_app(run_dir, max_batch, max_wait_ms, preload_text_encoder=True), host=host, port=port)
+    app_ = create_app(run_dir, max_batch, max_wait_ms, preload_text_encoder=True, token=token or None,
+                      token_reads=token_reads, max_queue=max_queue, max_body_bytes=max_body_bytes)
+    uvicorn.run(app_, host=host, port=port, timeout_graceful_shutdown=30)
 
 
 @app.command()
