@@ -149,10 +149,11 @@ def test_added_item_is_retrievable_at_once_and_after_a_restart(trained, tmp_path
         assert "new-1" in full_beam(c, history)
 
 
-def test_a_collision_gets_the_next_disambiguation_code_and_grows_the_model(run_dir):
+def test_a_collision_gets_the_next_disambiguation_code_and_widens_the_index_not_the_model(run_dir):
     with client(run_dir) as c:
         run = c.app.state.service.run
         size = run.model.code_sizes[-1]
+        heads = run.model.heads[-1].weight.clone()
         # an item of the largest collision group: its disambiguation code is the last one
         crowded = int(np.flatnonzero(run.index.codes[:, -1] == size - 1)[0])
         twin = run.dataset.catalog.fields[crowded]
@@ -160,13 +161,19 @@ def test_a_collision_gets_the_next_disambiguation_code_and_grows_the_model(run_d
         sids = [it["sid"] for it in r.json()["items"]]
         assert sids == [[*run.index.codes[crowded, :-1].tolist(), size],
                         [*run.index.codes[crowded, :-1].tolist(), size + 1]]
-        assert run.model.code_sizes[-1] == run.index.sizes[-1] == size + 2
-        assert run.model.heads[-1].weight.shape[0] == run.model.code_embeddings[-1].num_embeddings == size + 2
+        assert run.index.sizes[-1] == size + 2 and run.model.code_sizes[-1] == size
+        assert torch.equal(run.model.heads[-1].weight, heads)  # the model is as trained
+        # both twins score as the item they copy, and read as it in a history
+        twins = [run.dataset.catalog.index_of(i) for i in ("twin-1", "twin-2")]
+        assert run.index.score_code(np.array(twins)).tolist() == [size - 1] * 2
+        assert run.items.codes[twins].tolist() == [run.index.codes[crowded].tolist()] * 2
         history = run.dataset.catalog.item_ids[:2]
         assert {"twin-1", "twin-2"} <= set(full_beam(c, history))
+        assert c.post("/recommend", json={"history": [*history, "twin-2"]}).status_code == 200
     with client(run_dir) as c:
+        run = c.app.state.service.run
         assert c.get("/items/twin-2").json()["sid"] == sids[1]
-        assert c.app.state.service.run.model.code_sizes[-1] == size + 2
+        assert run.index.score_code(np.array([run.dataset.catalog.index_of("twin-2")])).tolist() == [size - 1]
 
 
 def test_concurrent_recommends_share_model_calls_and_get_their_own_answers(run_dir):
@@ -529,3 +536,28 @@ def test_metrics_count_requests_latency_batches_queue_and_added_items(run_dir):
     assert value("gensid_queue_depth") == 0
     assert value("gensid_items_added_total") == 2 and value("gensid_added_items") == 2
     assert value("gensid_catalog_items") == c.app.state.service.trained_items + 2
+
+
+def test_an_exact_copy_of_a_popular_item_is_recommended_beside_it_at_the_served_beam(run_dir):
+    """Issue 32: copies added over HTTP never reached an answer. The copy's disambiguation code is one
+    the model never learned for it; its leaf now scores as its nearest sibling's (the original)."""
+    with client(run_dir) as c:
+        svc = c.app.state.service
+        run, catalog = svc.run, svc.run.dataset.catalog
+        histories = [[int(i) for i in h if i >= 0] for h in run.splits.test.histories]
+        k = svc.beam_size  # the served beam, and k as large as it allows
+        before = svc.recommend_batch(histories)
+        popular = np.bincount(np.concatenate([r[:k] for r in before])).argmax()
+        original = catalog.item_ids[popular]
+        r = c.post("/items", json={"items": [{"id": "copy", "fields": dict(catalog.fields[popular])}]})
+        assert r.status_code == 201, r.text
+        assert r.json()["items"][0]["sid"][:-1] == run.index.codes[popular, :-1].tolist()
+        holding = 0
+        for history, old in zip(histories, before, strict=True):
+            answer = rec_ids(c, [catalog.item_ids[i] for i in history], k)
+            # the trained items keep their scores: without the copy, the answer is the old one
+            assert [i for i in answer if i != "copy"] == [catalog.item_ids[i] for i in old[:k]][:len(answer) - ("copy" in answer)]
+            if original in answer[:-1]:  # the original, with room after it
+                holding += 1
+                assert answer[answer.index(original) + 1] == "copy", answer
+        assert holding >= 5  # a popular item: in many answers

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gensid.live.adder import ItemAdder, grow_position
+from gensid.live.adder import ItemAdder
 from gensid.live.store import STORE_FILE, AddedItem, ItemStore, stored_items
 from gensid.pipeline import Run, load_run
 
-__all__ = ["STORE_FILE", "AddedItem", "ItemAdder", "ItemStore", "grow_position", "load_run_with_added_items",
+__all__ = ["STORE_FILE", "AddedItem", "ItemAdder", "ItemStore", "load_run_with_added_items",
            "replay", "stored_items"]
 
 
