@@ -196,3 +196,27 @@ def test_verify_cuts_a_collapsed_index_without_changing_the_ranking(rng, monkeyp
     result = verify(index, leaves, scores, 10, context, vectors_or_none, weight)
     assert result.items.tolist() == brute_force_ranking(index, leaves, scores, 10, context, vectors_or_none,
                                                         weight if with_vectors else 0.0)
+
+
+def test_an_added_leaf_scores_as_its_stand_in_code_beyond_the_model_vocabulary(rng):
+    sizes = [3, 4, 2]
+    codes = np.array([[0, 0, 0], [0, 0, 1], [1, 2, 0], [2, 3, 0]])
+    model = make_model(sizes)
+    index = SIDIndex(codes, sizes)
+    history, mask = random_histories(rng, codes, 4)
+    before = constrained_beam_search(model, index, history, mask, beam_size=4)
+    # a copy of item 1 (code 2, beyond the model's 2 last-position codes) scored as item 1's code 1,
+    # and an item under a new prefix scored as itself
+    index.add(np.array([[0, 0, 2], [1, 1, 0]]), np.array([1, 0]))
+    assert index.sizes[-1] == 3 and index.score_code(np.arange(6)).tolist() == [0, 1, 0, 0, 1, 0]
+    logp = torch.log_softmax(torch.randn(2, 2), -1)
+    leaves = index.children[-1][torch.tensor([0, 0])]  # node of prefix (0, 0): codes 0, 1, 2
+    assert torch.equal(index.last_level_log_probs(logp, leaves), logp[:, [0, 1, 1]])
+    after = constrained_beam_search(model, index, history, mask, beam_size=5)
+    for row in range(len(history)):
+        old = dict(zip(before.items[row].tolist(), before.scores[row].tolist(), strict=True))
+        new = dict(zip(after.items[row].tolist(), after.scores[row].tolist(), strict=True))
+        assert all(new[i] == old[i] for i in old if i in new)  # the trained items keep their scores
+        if 1 in new and 4 in new:
+            assert new[4] == new[1]  # the copy ties with its original
+    assert any(4 in row for row in after.items.tolist())

@@ -104,20 +104,28 @@ def history_ids(history: str) -> list[str]:
 
 @app.command()
 def recommend(run_dir: Path, history: str = typer.Option(..., help="comma-separated item ids, oldest first"),
-              k: int = typer.Option(10, help="how many items (at least 1)")) -> None:
-    """Top-k items for a history of (external) item ids."""
-    from gensid.pipeline import load_run
+              k: int = typer.Option(10, help="how many items (at least 1)"),
+              exclude_seen: bool | None = typer.Option(None, "--exclude-seen/--keep-seen",
+                                                       help="drop the history's items from the answer "
+                                                            "(default: the run's serve.exclude_seen, else keep)")
+              ) -> None:
+    """Top-k items for a history of (external) item ids; items added to the run over HTTP included."""
+    from rich.markup import escape
+
+    from gensid.live import load_run_with_added_items
 
     if k < 1:
         raise InputError(f"--k {k}: expected at least 1")
     ids = history_ids(history)
-    run = load_run(run_dir)
+    run = load_run_with_added_items(run_dir)
     try:
         items = [run.dataset.catalog.index_of(i) for i in ids]
     except KeyError as exc:
         raise InputError(f"--history: {exc.args[0]} (not in the run's catalog)") from None
-    for rank, item in enumerate(run.recommend(items, k), 1):
-        console.print(f"{rank:>3}. [{run.dataset.catalog.item_ids[item]}] {run.dataset.catalog.title(item)}")
+    exclude = run.exclude_seen_default if exclude_seen is None else exclude_seen
+    for rank, item in enumerate(run.recommend(items, k, exclude_seen=exclude), 1):
+        console.print(escape(f"{rank:>3}. [{run.dataset.catalog.item_ids[item]}] {run.dataset.catalog.title(item)}"),
+                      soft_wrap=True)
 
 
 @app.command()
@@ -125,20 +133,31 @@ def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="interface t
           port: int = typer.Option(8000, help="TCP port"),
           threads: int = typer.Option(1, min=1, help="torch threads for the model"),
           max_batch: int = typer.Option(64, min=1, help="most /recommend requests per model call"),
-          max_wait_ms: float = typer.Option(5.0, min=0, help="how long a request waits for others to batch with")
+          max_wait_ms: float = typer.Option(5.0, min=0, help="how long a request waits for others to batch with"),
+          max_queue: int = typer.Option(256, min=1, help="requests that may wait for a model call; more get 503"),
+          max_body_bytes: int = typer.Option(1 << 20, min=1, help="larger request bodies get 413"),
+          token: str | None = typer.Option(None, envvar="GENSID_TOKEN", show_envvar=True,
+                                           help="bearer token that POST /items needs (required with a "
+                                                "non-loopback --host); prefer the environment variable"),
+          token_reads: bool = typer.Option(False, help="reads (/recommend, /search, /items/{id}, /metrics) "
+                                                       "need the token too")
           ) -> None:
     """Serve a trained run or a hybrid (gensid hybrid) over HTTP: /recommend or /search, /items, /items/{id},
-    /health."""
+    /health, /metrics."""
     import torch
     import uvicorn
 
     from gensid.fusion.hybrid import hybrid_run_dir
     from gensid.pipeline import run_files
     from gensid.serve import create_app
+    from gensid.serve.guard import check_exposure
 
+    check_exposure(host, token or None, token_reads)  # before the slow load
     run_files(hybrid_run_dir(run_dir) or run_dir)  # a bad folder fails here, not inside the server's startup
     torch.set_num_threads(threads)
-    uvicorn.run(create_app(run_dir, max_batch, max_wait_ms, preload_text_encoder=True), host=host, port=port)
+    app_ = create_app(run_dir, max_batch, max_wait_ms, preload_text_encoder=True, token=token or None,
+                      token_reads=token_reads, max_queue=max_queue, max_body_bytes=max_body_bytes)
+    uvicorn.run(app_, host=host, port=port, timeout_graceful_shutdown=30)
 
 
 @app.command()

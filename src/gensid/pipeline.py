@@ -149,15 +149,36 @@ class Run:
         """Metrics at ``eval.ks`` of ranking each sample's target (full catalog)."""
         return metrics_from_ranks(self.target_ranks(samples, queries, progress), self.cfg.eval.ks)
 
-    def recommend(self, history: list[int], k: int = 10) -> list[int]:
-        """Top-k item ids for one history of internal item ids (oldest first)."""
+    @property
+    def exclude_seen_default(self) -> bool:
+        """Whether answers to a user (``gensid recommend``, the service) drop the items of the given
+        history when the request does not say: ``serve.exclude_seen`` of the run's config where the
+        config has that field, else False. Evaluation never drops them (the published protocol)."""
+        return bool(getattr(getattr(self.cfg, "serve", None), "exclude_seen", False))
+
+    def ranking_depth(self, k: int, history: list[int], exclude_seen: bool) -> int:
+        """How many items to rank for a top-``k`` answer: the beam size (at least ``k``), and when the
+        history's items are dropped from the answer, ``k`` more than the distinct history items, so
+        that k remain whenever the catalog has them."""
+        depth = max(k, self.cfg.eval.beam_size)
+        return max(depth, k + len(set(history))) if exclude_seen else depth
+
+    def recommend(self, history: list[int], k: int = 10, exclude_seen: bool = False) -> list[int]:
+        """Top-k item ids for one history of internal item ids (oldest first); ``exclude_seen``:
+        none of the history's items (still k items when the catalog has k others)."""
         if not history:
             raise InputError("history is empty: give at least one item id")
         unknown = [i for i in history if not 0 <= i < len(self.dataset.catalog)]
         if unknown:
             raise InputError(f"unknown internal item id(s) {unknown[:5]}")
-        ranked = self.rank(self.history_samples([history]), beam_size=max(k, self.cfg.eval.beam_size))
-        return [int(i) for i in ranked[0][:k] if i >= 0]
+        ranked = self.rank(self.history_samples([history]), beam_size=self.ranking_depth(k, history, exclude_seen))
+        return top_k(ranked[0], k, history if exclude_seen else ())
+
+
+def top_k(ranked: np.ndarray | list[int], k: int, exclude: list[int] | tuple = ()) -> list[int]:
+    """The first ``k`` item ids of one ranked row (-1 pads dropped), without the ids in ``exclude``."""
+    drop = set(exclude)
+    return [int(i) for i in ranked if i >= 0 and int(i) not in drop][:k]
 
 
 def item_text_vectors(cfg: ExperimentConfig, full: Dataset, dataset: Dataset, run_dir: Path, progress: bool

@@ -74,14 +74,17 @@ class Hybrid:
         return torch.cat([log_probs, torch.full((len(rows), added), float("-inf"))], 1) if added else log_probs
 
     def rank_at(self, samples: Samples, queries: torch.Tensor | None, weights: list[float],
-                progress: bool = False) -> dict[float, np.ndarray]:
-        """{weight: ranked item ids [N, eval.beam_size]} for ``samples`` at each weight, one beam search."""
+                progress: bool = False, k: int | None = None) -> dict[float, np.ndarray]:
+        """{weight: ranked item ids [N, k]} for ``samples`` at each weight, one beam search
+        (``k`` defaults to ``eval.beam_size``)."""
         return fused_rankings(self.run, samples, queries, lambda rows: self.catalog_log_probs(samples, rows, queries),
-                              weights, progress=progress)
+                              weights, k, progress=progress)
 
-    def rank(self, samples: Samples, queries: torch.Tensor | None = None, progress: bool = False) -> np.ndarray:
-        """Ranked item ids [N, eval.beam_size] at the hybrid's weight (the interface of ``Run.rank``)."""
-        return self.rank_at(samples, queries, [self.weight], progress)[self.weight]
+    def rank(self, samples: Samples, queries: torch.Tensor | None = None, progress: bool = False,
+             k: int | None = None) -> np.ndarray:
+        """Ranked item ids [N, k] at the hybrid's weight (the interface of ``Run.rank``; ``k`` defaults
+        to ``eval.beam_size``)."""
+        return self.rank_at(samples, queries, [self.weight], progress, k)[self.weight]
 
     def evaluate(self, split: str, weights: list[float], progress: bool = False
                  ) -> dict[float, tuple[dict[str, float], np.ndarray]]:

@@ -68,7 +68,8 @@ def fused_rankings(run: Run, samples: Samples, queries: torch.Tensor | None,
     ``catalog_log_probs(rows)`` gives the scorer's log-softmax [len(rows), num_items] for those rows
     of ``samples``. The beam search runs once per batch (``eval.beam_size`` items, the run's
     verification); every weight mixes the same beams.
-    Returns {weight: ranked item ids [N, k]} (k defaults to ``eval.beam_size``)."""
+    Returns {weight: ranked item ids [N, k]} (k defaults to ``eval.beam_size``; a larger k widens the beam
+    to k)."""
     e = run.cfg.eval
     k = k or e.beam_size
     run.model.eval()
@@ -79,7 +80,7 @@ def fused_rankings(run: Run, samples: Samples, queries: torch.Tensor | None,
             gen, gen_items = score_items(log_probs, run.items.codes).log_softmax(-1).sort(1, descending=True)
         else:
             beam = constrained_beam_search(run.model, run.index, batch.history_codes, batch.history_mask,
-                                           e.beam_size, batch.history_text, batch.history_vectors,
+                                           max(e.beam_size, k), batch.history_text, batch.history_vectors,
                                            run.items.item_vectors, batch.query, e.verify_weight)
             gen, gen_items = generative_log_probs(run.index, beam), beam.items
         catalog = catalog_log_probs(rows)

@@ -9,7 +9,8 @@ strategies' geometric verification), then by lower item id. With ``verify_weight
 the first key is ``log-probability + w * cosine``: the cosine can then also reorder items
 of different SIDs (the candidates are still only the beam's leaves). Items that share a SID
 are all ranked, never de-duplicated; with TIGER's disambiguation code each leaf holds
-one item and its probability is learned like any other code's.
+one item and its probability is learned like any other code's (an item added after training
+scores as a sibling's code: ``SIDIndex.last_level_log_probs``).
 Decoding is incremental (:mod:`gensid.model.decoding`): each step runs the decoder on
 one new token per beam, with cached self- and cross-attention keys/values.
 """
@@ -81,6 +82,8 @@ def search_leaves(model: GenerativeRecommender, index: SIDIndex, memory: torch.T
         hidden = decoder.step(cache, tokens, m)
         logp = model.heads[m](hidden).float().log_softmax(-1)  # [B, W, K]
         child = table[node.clamp(min=0)]  # [B, W, K]
+        if m + 1 == index.num_levels:  # added items' leaves score as a sibling's code (SIDIndex)
+            logp = index.last_level_log_probs(logp, child)
         allowed = (child >= 0) & (node >= 0).unsqueeze(-1)
         cand = (scores.unsqueeze(-1) + logp).masked_fill(~allowed, float("-inf")).view(batch, -1)
         scores, flat = cand.topk(min(beam_size, cand.shape[1]), dim=1)

@@ -10,6 +10,12 @@ CSR-style: the items of leaf ``l`` are ``leaf_items[leaf_start[l]:leaf_start[l +
 in item-id order. With TIGER's disambiguation code every leaf holds one item; with
 the learnable SIDs of the joint strategies items may share a leaf and are ordered by
 a geometric score at search time.
+
+A leaf may be *scored as* another code of its parent (``leaf_score_code``): an item added after
+training under a prefix that already has items gets a disambiguation code the model never
+learned for it, so the beam scores its leaf with the last-position log-probability of its most
+similar sibling's code instead (:meth:`last_level_log_probs`). Leaves of the trained items score
+as their own code, and the model's outputs (softmax normaliser included) do not change.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class SIDIndex:
             table[node_of_prefix[m], codes[:, m]] = node_of_prefix[m + 1]
             self.children.append(torch.from_numpy(table))
         self.leaf_of_item = node_of_prefix[-1]
+        self.leaf_score_code: torch.Tensor | None = None  # [num_leaves] code a leaf scores as, -1 = its own
         self._build_leaves()
 
     def _build_leaves(self) -> None:
@@ -51,10 +58,11 @@ class SIDIndex:
         self.leaf_start = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
         self.max_leaf_size = int(counts.max()) if len(counts) else 0
 
-    def add(self, codes: np.ndarray) -> np.ndarray:
+    def add(self, codes: np.ndarray, score_codes: np.ndarray | None = None) -> np.ndarray:
         """Insert items with SIDs ``codes`` [n, L] (ids ``len(self)..len(self)+n-1``), growing the
         child tables by a row per new node (and by columns where a code is beyond ``sizes``).
-        Returns their item ids [n]; they are retrievable at once."""
+        ``score_codes`` [n]: the last-position code each new item's leaf is scored as (its own
+        code, or -1, for none). Returns their item ids [n]; they are retrievable at once."""
         codes = np.asarray(codes, dtype=np.int64).reshape(-1, self.num_levels)
         if len(codes) and codes.min() < 0:
             raise ValueError("codes must be >= 0")
@@ -79,7 +87,42 @@ class SIDIndex:
         self.codes = np.concatenate([self.codes, codes])
         self.leaf_of_item = np.concatenate([self.leaf_of_item, leaves])
         self._build_leaves()
+        if score_codes is not None:
+            self._score_leaves(leaves, codes[:, -1], np.asarray(score_codes, dtype=np.int64).reshape(-1))
+        elif self.leaf_score_code is not None:
+            self._score_leaves(leaves, codes[:, -1], codes[:, -1])
         return ids
+
+    def _score_leaves(self, leaves: np.ndarray, own: np.ndarray, score: np.ndarray) -> None:
+        num_leaves = len(self.leaf_start) - 1
+        table = (self.leaf_score_code.numpy() if self.leaf_score_code is not None
+                 else np.zeros(0, dtype=np.int64))
+        table = np.concatenate([table, np.full(num_leaves - len(table), -1, dtype=np.int64)])
+        aliased = (score >= 0) & (score != own)
+        table[leaves[aliased]] = score[aliased]
+        self.leaf_score_code = torch.from_numpy(table) if (table >= 0).any() else None
+
+    def last_level_log_probs(self, log_probs: torch.Tensor, leaves: torch.Tensor) -> torch.Tensor:
+        """The last position's log-probabilities [..., K_model] from the model and the leaves [..., K]
+        each code leads to (-1 = none) -> the log-probability each leaf is scored by [..., K]: its own
+        code's, or its stand-in code's (``leaf_score_code``); -inf for codes beyond the model's
+        vocabulary that stand in for nothing."""
+        width = self.children[-1].shape[1]
+        if log_probs.shape[-1] < width:
+            log_probs = torch.nn.functional.pad(log_probs, (0, width - log_probs.shape[-1]), value=float("-inf"))
+        if self.leaf_score_code is None:
+            return log_probs
+        stand_in = torch.where(leaves >= 0, self.leaf_score_code[leaves.clamp(min=0)], -1)
+        return torch.where(stand_in >= 0, log_probs.gather(-1, stand_in.clamp(min=0)), log_probs)
+
+    def score_code(self, items: np.ndarray) -> np.ndarray:
+        """The last-position code each item's leaf is scored as [n] (its own code unless added with a
+        stand-in)."""
+        own = self.codes[items, -1]
+        if self.leaf_score_code is None:
+            return own
+        stand_in = self.leaf_score_code.numpy()[self.leaf_of_item[items]]
+        return np.where(stand_in >= 0, stand_in, own)
 
     @staticmethod
     def _num_leaves(last_table: np.ndarray) -> int:

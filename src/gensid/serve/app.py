@@ -3,9 +3,13 @@
 Serves a run directory or a hybrid folder (``gensid hybrid``: the run mixed with a full-catalog
 scorer). Endpoints: ``POST /recommend`` (runs of ``data.task: rec``), ``POST /search`` (runs of
 ``data.task: search``: query text plus history), ``POST /items``, ``GET /items/{id}``,
-``GET /health``. Model calls and item inserts run in worker threads under one lock, so the
-event loop never blocks on the model; ``/recommend`` and ``/search`` calls are
-micro-batched (:class:`MicroBatcher`), queries embedded once per batch.
+``GET /health``, ``GET /metrics`` (Prometheus). Model calls and item inserts run in worker
+threads under one lock, so the event loop never blocks on the model; ``/recommend`` and
+``/search`` calls are micro-batched (:class:`MicroBatcher`, a bounded queue: 503 with
+``Retry-After`` when full), queries embedded once per batch.
+With a token, ``POST /items`` needs it (and every read but ``/health`` too with ``token_reads``);
+request bodies over ``max_body_bytes`` get a 413 (:mod:`gensid.serve.guard`).
+``exclude_seen`` drops the history's items from an answer, ranking deeper so that k remain.
 """
 
 from __future__ import annotations
@@ -13,18 +17,22 @@ from __future__ import annotations
 import asyncio
 import threading
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Response
+from fastapi.exceptions import RequestValidationError
 
 from gensid.data.catalog import render_text
 from gensid.fusion import Hybrid
 from gensid.fusion.hybrid import hybrid_run_dir
-from gensid.pipeline import Run, load_run
-from gensid.serve.batcher import MicroBatcher
-from gensid.serve.live import ItemAdder
+from gensid.live import ItemAdder, ItemStore, replay
+from gensid.live.store import STORE_FILE, AddedItem
+from gensid.pipeline import Run, load_run, top_k
+from gensid.serve.batcher import MicroBatcher, Overloaded
+from gensid.serve.guard import BodyLimit, bearer_check, preview, preview_ids, validation_error
+from gensid.serve.metrics import CONTENT_TYPE, RequestMetrics, ServiceMetrics
 from gensid.serve.schemas import (
     AddItemsRequest,
     AddItemsResponse,
@@ -35,8 +43,19 @@ from gensid.serve.schemas import (
     RecommendResponse,
     SearchRequest,
 )
-from gensid.serve.store import AddedItem, ItemStore
 from gensid.text import TextEncoder
+
+RETRY_AFTER_S = 1
+
+
+@dataclass
+class Ask:
+    """One ranking request: internal item-id history (oldest first), how many items to rank, and
+    the query text of a search run."""
+
+    history: list[int]
+    depth: int
+    query: str | None = None
 
 
 class Service:
@@ -47,20 +66,12 @@ class Service:
         self.hybrid: Hybrid | None = Hybrid.load(run_dir) if hybrid_run_dir(run_dir) else None
         self.run: Run = self.hybrid.run if self.hybrid else load_run(run_dir)
         self.adder = ItemAdder(self.run)
-        self.store = ItemStore(self.run.run_dir / "catalog.sqlite")  # a hybrid adds items to its run
+        self.store = ItemStore(self.run.run_dir / STORE_FILE)  # a hybrid adds items to its run
         self.lock = threading.Lock()
         self.trained_items = len(self.run.dataset.catalog)
         self.encoder: TextEncoder | None = None  # loaded by text_encoder(), at startup or on first use
         self.encoder_lock = threading.Lock()
-        self.replay()
-
-    def replay(self) -> None:
-        """Re-insert the stored added items (with their stored SIDs and vectors)."""
-        added = self.store.all()
-        if added:
-            self.adder.add([a.item_id for a in added], [a.fields for a in added],
-                           torch.from_numpy(np.stack([a.vector for a in added])),
-                           np.asarray([a.sid for a in added], dtype=np.int64))
+        replay(self.adder, self.store.all())
 
     @property
     def beam_size(self) -> int:
@@ -72,22 +83,39 @@ class Service:
 
     def recommend_batch(self, histories: list[list[int]]) -> list[list[int]]:
         """Internal item-id histories (oldest first) -> ranked internal ids, ``beam_size`` each."""
-        return self.rank(histories)
+        return self.answer([Ask(h, self.beam_size) for h in histories])
 
     def search_batch(self, requests: list[tuple[str, list[int]]]) -> list[list[int]]:
         """(query text, internal item-id history) pairs -> ranked internal ids, ``beam_size`` each."""
-        queries = torch.from_numpy(self.text_encoder().encode([q for q, _ in requests], progress=False))
-        return self.rank([h for _, h in requests], queries)
+        return self.answer([Ask(h, self.beam_size, q) for q, h in requests])
 
-    def rank(self, histories: list[list[int]], queries: torch.Tensor | None = None) -> list[list[int]]:
+    def answer(self, asks: list[Ask]) -> list[list[int]]:
+        """Ranked internal ids for each request, ``depth`` each (one model call per distinct depth;
+        a search batch embeds its queries in one encoder call)."""
+        queries = None
+        if self.task == "search":
+            queries = torch.from_numpy(self.text_encoder().encode([a.query for a in asks], progress=False))
+        out: list[list[int]] = [[] for _ in asks]
+        for depth in sorted({a.depth for a in asks}):
+            rows = [i for i, a in enumerate(asks) if a.depth == depth]
+            ranked = self.rank([asks[i].history for i in rows], None if queries is None else queries[rows], depth)
+            for i, r in zip(rows, ranked, strict=True):
+                out[i] = r
+        return out
+
+    def rank(self, histories: list[list[int]], queries: torch.Tensor | None = None, depth: int | None = None
+             ) -> list[list[int]]:
         samples = self.run.history_samples(histories)
+        depth = depth or self.beam_size
         with self.lock:
-            ranked = (self.hybrid.rank(samples, queries) if self.hybrid
-                      else self.run.rank(samples, queries, batch_size=len(histories)))
+            ranked = (self.hybrid.rank(samples, queries, k=depth) if self.hybrid
+                      else self.run.rank(samples, queries, beam_size=depth, batch_size=len(histories)))
         return [[int(i) for i in row if i >= 0] for row in ranked]
 
     def add_items(self, request: AddItemsRequest) -> list[ItemOut]:
         """Embed, tokenize, commit to the store, then insert into the live index."""
+        if self.run.parallel:
+            raise HTTPException(422, "a train.strategy parallel run cannot add items (yet)")
         catalog = self.run.dataset.catalog
         fields = [dict(it.fields) for it in request.items]
         texts = [render(f, catalog.text_fields) for f in fields]
@@ -104,7 +132,7 @@ class Service:
     def refuse_existing(self, request: AddItemsRequest) -> None:
         existing = [it.id for it in request.items if it.id in self.run.dataset.catalog]
         if existing:
-            raise HTTPException(409, f"item id(s) already in the catalog: {existing[:5]}")
+            raise HTTPException(409, f"item id(s) already in the catalog: {preview_ids(existing)}")
 
     def text_encoder(self) -> TextEncoder:
         """The run's text encoder, loaded once (``embed_texts`` would reload it per request)."""
@@ -122,7 +150,7 @@ class Service:
         catalog = self.run.dataset.catalog
         unknown = [i for i in external if i not in catalog]
         if unknown:
-            raise HTTPException(404, f"unknown item id(s) in history: {unknown[:5]}")
+            raise HTTPException(404, f"unknown item id(s) in history: {preview_ids(unknown)}")
         return [catalog.index_of(i) for i in external]
 
 
@@ -135,24 +163,36 @@ def render(fields: dict[str, str], text_fields: list[str]) -> str:
 
 
 def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.0,
-               preload_text_encoder: bool = False) -> FastAPI:
+               preload_text_encoder: bool = False, token: str | None = None, token_reads: bool = False,
+               max_queue: int = 256, max_body_bytes: int = 1 << 20) -> FastAPI:
     """The app for ``run_dir``; the run is loaded (and added items replayed) at startup, and the
-    text encoder too with ``preload_text_encoder`` (else on the first ``POST /items`` or ``/search``)."""
+    text encoder too with ``preload_text_encoder`` (else on the first ``POST /items`` or ``/search``).
+    ``token``: ``POST /items`` needs ``Authorization: Bearer <token>`` (every read but ``/health``
+    too with ``token_reads``); ``max_queue``: requests that may wait for a model call (503 past it);
+    ``max_body_bytes``: larger request bodies get 413."""
+    metrics = ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         service = await asyncio.to_thread(Service, run_dir)
         if preload_text_encoder:
             await asyncio.to_thread(service.text_encoder)
-        batch = service.search_batch if service.task == "search" else service.recommend_batch
-        batcher = MicroBatcher(batch, max_batch, max_wait_ms)
+        batcher = MicroBatcher(service.answer, max_batch, max_wait_ms, max_queue, metrics.batch_size.observe)
         batcher.start()
+        metrics.watch(lambda: batcher.depth, lambda: len(service.run.dataset.catalog),
+                      lambda: len(service.run.dataset.catalog) - service.trained_items)
         app.state.service, app.state.batcher = service, batcher
         yield
-        await batcher.stop()
+        await batcher.stop()  # answers what is queued; uvicorn has finished the open requests' reads
         service.store.close()
 
     app = FastAPI(title="gensid", summary="Generative recommendation with semantic IDs", lifespan=lifespan)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics, routes=lambda: app.router.routes)
+    app.state.metrics = metrics
+    write = [Depends(bearer_check(token))]
+    read = [Depends(bearer_check(token if token_reads else None))]
 
     def service() -> Service:
         return app.state.service
@@ -166,36 +206,44 @@ def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.
             raise HTTPException(422, f"k={k} is larger than the run's beam size {svc.beam_size}")
         return svc
 
-    def response(svc: Service, ranked: list[int], k: int) -> RecommendResponse:
+    async def ranked(svc: Service, history: list[str], k: int, exclude_seen: bool | None,
+                     query: str | None = None) -> RecommendResponse:
+        internal = svc.internal_ids(history)
+        exclude = svc.run.exclude_seen_default if exclude_seen is None else exclude_seen
+        try:
+            ranking = await app.state.batcher.submit(Ask(internal, svc.run.ranking_depth(k, internal, exclude), query))
+        except Overloaded as exc:
+            raise HTTPException(503, f"busy: {exc}; retry shortly",
+                                headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         catalog = svc.run.dataset.catalog
         return RecommendResponse(items=[Recommendation(rank=r, id=catalog.item_ids[i], title=catalog.title(i))
-                                        for r, i in enumerate(ranked[:k], 1)])
+                                        for r, i in enumerate(top_k(ranking, k, internal if exclude else ()), 1)])
 
-    @app.post("/recommend", response_model=RecommendResponse)
+    @app.post("/recommend", response_model=RecommendResponse, dependencies=read)
     async def recommend(request: RecommendRequest) -> RecommendResponse:
-        svc = checked("rec", request.k)
-        return response(svc, await app.state.batcher.submit(svc.internal_ids(request.history)), request.k)
+        return await ranked(checked("rec", request.k), request.history, request.k, request.exclude_seen)
 
-    @app.post("/search", response_model=RecommendResponse)
+    @app.post("/search", response_model=RecommendResponse, dependencies=read)
     async def search(request: SearchRequest) -> RecommendResponse:
         svc = checked("search", request.k)
         if svc.encoder is None:  # first query: load the sentence encoder off the event loop
             await asyncio.to_thread(svc.text_encoder)
-        ranked = await app.state.batcher.submit((request.query, svc.internal_ids(request.history)))
-        return response(svc, ranked, request.k)
+        return await ranked(svc, request.history, request.k, request.exclude_seen, request.query)
 
-    @app.post("/items", response_model=AddItemsResponse, status_code=201)
+    @app.post("/items", response_model=AddItemsResponse, status_code=201, dependencies=write)
     async def add_items(request: AddItemsRequest) -> AddItemsResponse:
         ids = [it.id for it in request.items]
         if len(set(ids)) != len(ids):
             raise HTTPException(422, "item ids repeat within the request")
-        return AddItemsResponse(items=await asyncio.to_thread(service().add_items, request))
+        added = await asyncio.to_thread(service().add_items, request)
+        metrics.items_added.inc(len(added))
+        return AddItemsResponse(items=added)
 
-    @app.get("/items/{item_id}", response_model=ItemOut)
+    @app.get("/items/{item_id}", response_model=ItemOut, dependencies=read)
     async def get_item(item_id: str) -> ItemOut:
         svc = service()
         if item_id not in svc.run.dataset.catalog:
-            raise HTTPException(404, f"unknown item id {item_id!r}")
+            raise HTTPException(404, f"unknown item id {preview(item_id)!r}")
         return svc.item_out(svc.run.dataset.catalog.index_of(item_id))
 
     @app.get("/health", response_model=Health)
@@ -203,7 +251,12 @@ def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.
         svc = service()
         return Health(status="ok", strategy=svc.run.cfg.train.strategy, items=len(svc.run.dataset.catalog),
                       added_items=len(svc.run.dataset.catalog) - svc.trained_items,
-                      sid_sizes=svc.run.index.sizes,
+                      sid_sizes=svc.run.index.sizes if svc.run.index is not None
+                      else [svc.run.cfg.parallel.codebook_size] * svc.run.cfg.parallel.digits,
                       hybrid=f"{svc.hybrid.scorer_name}, weight {svc.hybrid.weight}" if svc.hybrid else None)
+
+    @app.get("/metrics", dependencies=read, response_class=Response)
+    async def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     return app

@@ -32,7 +32,12 @@ class AddedItem:
     vector: np.ndarray  # [T] float32 text vector
 
 
+STORE_FILE = "catalog.sqlite"
+
+
 class ItemStore:
+    """Read-write: the service's store (created if absent)."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -50,8 +55,26 @@ class ItemStore:
 
     def all(self) -> list[AddedItem]:
         """Every added item, in the order it was added."""
-        rows = self.db.execute("SELECT item_id, fields, sid, vector FROM items ORDER BY seq").fetchall()
-        return [AddedItem(i, json.loads(f), json.loads(s), np.frombuffer(v, dtype=np.float32)) for i, f, s, v in rows]
+        return read_rows(self.db)
 
     def close(self) -> None:
         self.db.close()
+
+
+def read_rows(db: sqlite3.Connection) -> list[AddedItem]:
+    rows = db.execute("SELECT item_id, fields, sid, vector FROM items ORDER BY seq").fetchall()
+    return [AddedItem(i, json.loads(f), json.loads(s), np.frombuffer(v, dtype=np.float32)) for i, f, s, v in rows]
+
+
+def stored_items(run_dir: str | Path) -> list[AddedItem]:
+    """The items added to ``run_dir`` so far (none when it has no store), read without creating or
+    writing anything: a server may be adding items at the same time (WAL: the read sees the last
+    committed request)."""
+    path = Path(run_dir) / STORE_FILE
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return read_rows(db)
+    finally:
+        db.close()
