@@ -40,6 +40,7 @@ OLD_DEFAULTS = {
     "loss": {"next_token": 1.0, "global_cosine": 0.0, "codebook": 0.0, "rqvae_reconstruction": 0.0, "infonce": 0.0,
              "infonce_temperature": 0.05, "diversity": 0.0, "sdud": 1.0},
     "eval": {"beam_size": 20, "ks": [1, 5, 10, 20], "batch_size": 256, "max_users": 0, "verify_weight": 0.0},
+    "serve": {"exclude_seen": False},
 }
 
 

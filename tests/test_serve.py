@@ -359,14 +359,16 @@ def test_exclude_seen_never_returns_a_history_item_and_still_returns_k(run_dir):
         for start in range(0, 40, 4):
             history = ids[start:start + 3]
             history = history + rec_ids(c, history)[:4]  # items the model ranks high, now seen
-            kept, excluded = rec_ids(c, history), rec_ids(c, history, exclude_seen=True)
+            kept, excluded = rec_ids(c, history, exclude_seen=False), rec_ids(c, history, exclude_seen=True)
             assert len(excluded) == len(set(excluded)) == 10 and not set(excluded) & set(history)
             # the run's own answer (a beam widened to k + len(history): it may reorder the first items)
             run, catalog = c.app.state.service.run, c.app.state.service.run.dataset.catalog
             internal = [catalog.index_of(i) for i in history]
             assert excluded == [catalog.item_ids[i] for i in run.recommend(internal, 10, exclude_seen=True)]
             dropped += len(set(kept) & set(history))
-            assert rec_ids(c, history, exclude_seen=False) == kept == rec_ids(c, history, exclude_seen=None)
+            # no exclude_seen in the request: the run's serve.exclude_seen (configs/ml100k.yaml: true)
+            default = excluded if run.cfg.serve.exclude_seen else kept
+            assert rec_ids(c, history) == default == rec_ids(c, history, exclude_seen=None)
         assert dropped  # the default (keep) answers did hold history items
         long = ids[:60]  # more seen items than the beam is wide: the ranking goes deeper
         excluded = rec_ids(c, long, exclude_seen=True)
@@ -382,7 +384,8 @@ def test_exclude_seen_in_search_and_in_the_cli(trained, tmp_path):
         assert len(found) == 10 and not set(found) & set(history)
     run_dir = shutil.copytree(trained["two_stage"], tmp_path / "rec")
     history = load_run(run_dir).dataset.catalog.item_ids[:25]
-    for flag, excluded in (("--exclude-seen", True), ("--keep-seen", False), (None, False)):
+    default = load_run(run_dir).cfg.serve.exclude_seen  # the run's serve.exclude_seen (configs/ml100k.yaml: true)
+    for flag, excluded in (("--exclude-seen", True), ("--keep-seen", False), (None, default)):
         args = ["recommend", str(run_dir), "--history", ",".join(history), "--k", "10"] + ([flag] if flag else [])
         result = CliRunner().invoke(cli_app, args)
         assert result.exit_code == 0, result.output
@@ -554,7 +557,7 @@ def test_an_exact_copy_of_a_popular_item_is_recommended_beside_it_at_the_served_
         assert r.json()["items"][0]["sid"][:-1] == run.index.codes[popular, :-1].tolist()
         holding = 0
         for history, old in zip(histories, before, strict=True):
-            answer = rec_ids(c, [catalog.item_ids[i] for i in history], k)
+            answer = rec_ids(c, [catalog.item_ids[i] for i in history], k, exclude_seen=False)
             # the trained items keep their scores: without the copy, the answer is the old one
             assert [i for i in answer if i != "copy"] == [catalog.item_ids[i] for i in old[:k]][:len(answer) - ("copy" in answer)]
             if original in answer[:-1]:  # the original, with room after it

@@ -252,6 +252,14 @@ class EvalConfig(Section):
                                                         "> 0 lets the cosine move items between SIDs")
 
 
+class ServeConfig(Section):
+    """Answers to a user (``gensid recommend``, ``gensid serve``); evaluation ignores it."""
+
+    exclude_seen: bool = Field(False, description="drop the items of the given history from an answer when "
+                                                  "the request does not say (evaluation keeps them: the "
+                                                  "published protocol)")
+
+
 class ExperimentConfig(Section):
     """One experiment: every section, each with its defaults."""
 
@@ -265,6 +273,7 @@ class ExperimentConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @model_validator(mode="after")
     def _rules(self) -> ExperimentConfig:

@@ -152,9 +152,9 @@ class Run:
     @property
     def exclude_seen_default(self) -> bool:
         """Whether answers to a user (``gensid recommend``, the service) drop the items of the given
-        history when the request does not say: ``serve.exclude_seen`` of the run's config where the
-        config has that field, else False. Evaluation never drops them (the published protocol)."""
-        return bool(getattr(getattr(self.cfg, "serve", None), "exclude_seen", False))
+        history when the request does not say: the run's ``serve.exclude_seen``. Evaluation never
+        drops them (the published protocol)."""
+        return self.cfg.serve.exclude_seen
 
     def ranking_depth(self, k: int, history: list[int], exclude_seen: bool) -> int:
         """How many items to rank for a top-``k`` answer: the beam size (at least ``k``), and when the
