@@ -21,10 +21,11 @@ from gensid.train.batches import Batch
 M, K = 4, 16
 
 
-def small_model(history_input: str = "codes", text_dim: int | None = None) -> ParallelSIDRecommender:
+def small_model(history_input: str = "codes", text_dim: int | None = None, head: str = "digits"
+                ) -> ParallelSIDRecommender:
     cfg = ModelConfig(d_model=32, n_heads=4, encoder_layers=2, d_ff=64, dropout=0.0, history_input=history_input)
-    return ParallelSIDRecommender(M, K, cfg, ParallelConfig(embedding_dropout=0.0, attention_dropout=0.0),
-                                  max_history=6, text_dim=text_dim).eval()
+    parallel = ParallelConfig(embedding_dropout=0.0, attention_dropout=0.0, head=head)
+    return ParallelSIDRecommender(M, K, cfg, parallel, max_history=6, text_dim=text_dim).eval()
 
 
 def test_exact_scores_equal_brute_force_per_item(rng):
@@ -146,14 +147,20 @@ def test_parallel_run_on_movielens(tmp_path):
     assert set(mixed[1.0][0, :10].tolist()) == set(range(10))
 
 
-def test_item_softmax_over_every_item_is_the_cross_entropy_of_the_ranking_scores(rng):
+@pytest.mark.parametrize("head", ["digits", "shared"])
+def test_item_softmax_over_every_item_is_the_cross_entropy_of_the_ranking_scores(rng, head):
     torch.manual_seed(0)
-    model = small_model().train()
+    model = small_model(head=head).train()
     codes = torch.from_numpy(rng.integers(0, K, (40, M)))  # the catalog's digits
     targets = torch.tensor([3, 17, 17, 39])
-    logits = model.digit_logits(torch.randn(4, 32))  # [R, m, K]
-    loss = model.item_loss(logits, targets, codes[targets], torch.arange(40), codes)
-    full = model.item_logits(logits, codes)  # [R, N], the ranking score / m
+    hidden = torch.randn(4, 32)
+    logits = model.digit_logits(hidden)  # [R, m, K]
+    full = model.item_logits(hidden, logits, codes)  # [R, N]
+    # the item logit is the mean digit logit, which ranks as the sum of digit log-probabilities does
+    assert torch.allclose(full, score_items(logits, codes) / M, atol=1e-5)
+    ranking = score_items(logits.log_softmax(-1), codes).argsort(1, descending=True)
+    assert torch.equal(full.argsort(1, descending=True), ranking)
+    loss = model.item_loss(hidden, logits, targets, codes[targets], torch.arange(40), codes)
     assert torch.allclose(loss, torch.nn.functional.cross_entropy(full, targets), atol=1e-5)
     loss.backward()
-    assert model.digit_embeddings.weight.grad.abs().sum() > 0 and model.head_bias.grad.abs().sum() > 0
+    assert model.digit_embeddings.weight.grad.abs().sum() > 0

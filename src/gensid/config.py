@@ -32,6 +32,8 @@ AssignmentName = Literal["argmax", "ste", "gumbel_soft", "dril"]
 Decay = Literal["none", "sdud", "frqud"]
 HistoryInput = Literal["codes", "codes+text", "quantized", "quantized+text", "code_tokens"]
 Logits = Literal["dot", "cosine"]
+ParallelHead = Literal["digits", "shared"]
+ParallelLoss = Literal["digits", "items", "both"]
 DecoderInput = Literal["embedding", "codebook", "embedding+codebook", None]
 Strategy = Literal["two_stage", "joint", "parallel"]
 
@@ -136,15 +138,19 @@ class ParallelConfig(Section):
     codebook_size: int = Field(256, ge=2, description="codes per digit (a power of two)")
     opq: bool = Field(True, description="learn a rotation before product quantization (OPQ); false: plain PQ")
     whiten: bool = Field(False, description="PCA-whiten the text vectors first")
-    temperature: Float = Field(0.07, gt=0, description="digit logits = cos(head state, digit embedding) / "
-                                                       "temperature")
+    head: ParallelHead = Field("digits", description="`digits`: RPG's one residual head per digit, digit logits "
+                               "= cos(head state, digit embedding) / temperature; `shared`: the hidden state "
+                               "itself, digit logits = its dot product with each digit's embeddings, so an "
+                               "item's score is its dot product with the mean of its digit embeddings (its "
+                               "history token, tied)")
+    temperature: Float = Field(0.07, gt=0, description="head `digits`: the cosine logits' temperature")
+    loss: ParallelLoss = Field("digits", description="`digits`: RPG's multi-token loss (mean over digits of "
+                               "each digit's cross-entropy); `items`: a softmax over items of the item score "
+                               "(the mean of its digit logits, the score that ranks); `both`: their sum")
+    item_negatives: int = Field(0, ge=0, description="loss `items`/`both`: 0 scores the target against every "
+                                "catalog item; > 0 against this many uniformly drawn items")
     embedding_dropout: Float = Field(0.5, ge=0, lt=1, description="on the history tokens")
     attention_dropout: Float = Field(0.5, ge=0, lt=1, description="on the attention weights")
-    item_negatives: int = Field(0, ge=0, description="> 0: add a softmax over items (weight `item_loss`) "
-                                "whose logit is the mean of the item's digit logits, the score that ranks: "
-                                "the target against this many uniformly drawn catalog items (all items when "
-                                "it reaches the catalog size); 0: RPG's digit-wise loss alone")
-    item_loss: Float = Field(1.0, ge=0, description="weight of the item-level softmax")
 
     @model_validator(mode="after")
     def _power_of_two(self) -> ParallelConfig:

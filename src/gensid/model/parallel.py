@@ -9,12 +9,19 @@ N catalog items.
   whole history at ranking time.
 - A causal, pre-LayerNorm Transformer reads the history; the hidden state at position t
   predicts the item after it, so one window trains every position at once.
-- One residual head per digit (``h + silu(W_j h + b_j)``, W_j zero at the start) turns the
-  hidden state into m states; digit j's logits are ``cos(state_j, E_j) / temperature`` against
-  the same digit embeddings the input uses [m, K, d].
+- Digit logits [m, K] against the same digit embeddings the input uses [m, K, d], from one of
+  two heads (``parallel.head``):
+  - ``digits`` (RPG): one residual head per digit (``h + silu(W_j h + b_j)``, W_j zero at the
+    start) turns the hidden state into m states; digit j's logits are
+    ``cos(state_j, E_j) / temperature``.
+  - ``shared``: the hidden state itself, ``h . E_j``. An item's mean digit logit is then its dot
+    product with the mean of its digit embeddings, i.e. with its own history token: SASRec's tied
+    item embedding, made of the item's digits (as VQ-Rec builds it), which a new item has too.
 - An item's score is the sum of its digits' log-probabilities. That is exact for every
   item of the catalog at once: a gather and a sum over the [B, m, K] table
   (:func:`score_items`), no beam search, no search error.
+- Training (``parallel.loss``): RPG's multi-token loss (each digit's cross-entropy), a softmax
+  over items of the item score (the mean digit logit, which ranks as the score above does), or both.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ class ParallelSIDRecommender(nn.Module):
             raise ConfigError(f"model.d_model {cfg.d_model} must be a multiple of model.n_heads {cfg.n_heads}")
         d = cfg.d_model
         self.digits, self.codebook_size, self.temperature = digits, codebook_size, parallel.temperature
+        self.head = parallel.head
         self.cfg = cfg
         self.digit_embeddings = nn.Embedding(digits * codebook_size, d)  # digit j's codes: rows j*K .. j*K+K-1
         self.register_buffer("offsets", torch.arange(digits) * codebook_size, persistent=False)
@@ -73,9 +81,9 @@ class ParallelSIDRecommender(nn.Module):
                                     for _ in range(cfg.encoder_layers))
         self.norm = nn.LayerNorm(d)
         self.apply(_gpt2_init)
-        # the digit heads start as the identity (RPG's zero-initialised residual blocks)
-        self.head_weight = nn.Parameter(torch.zeros(d, digits, d))  # [d_in, m, d_out]
-        self.head_bias = nn.Parameter(torch.zeros(digits, d))
+        if self.head == "digits":  # the digit heads start as the identity (RPG's zero-initialised residual blocks)
+            self.head_weight = nn.Parameter(torch.zeros(d, digits, d))  # [d_in, m, d_out]
+            self.head_bias = nn.Parameter(torch.zeros(digits, d))
 
     def embed_items(self, codes: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
         """codes [..., m] (text [..., T]) -> item tokens [..., d]: the mean of the digit embeddings."""
@@ -102,8 +110,11 @@ class ParallelSIDRecommender(nn.Module):
         return self.norm(x)
 
     def digit_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[*, d] -> [*, m, K]: ``cos(head_j(h), E_j) / temperature`` for every digit j."""
+        """[*, d] -> [*, m, K]: ``cos(head_j(h), E_j) / temperature`` for every digit j (head
+        ``digits``), or ``h . E_j`` (head ``shared``: one [*, d] x [d, m*K] matmul)."""
         d = hidden.shape[-1]
+        if self.head == "shared":
+            return (hidden @ self.digit_embeddings.weight.T).unflatten(-1, (self.digits, self.codebook_size))
         # all m heads in one matmul: [*, d] x [d, m*d] (the heads' weights side by side)
         heads = (hidden @ self.head_weight.reshape(d, -1)).unflatten(-1, (self.digits, d))  # [*, m, d]
         states = F.normalize(hidden.unsqueeze(-2) + F.silu(heads + self.head_bias), dim=-1)
@@ -116,20 +127,25 @@ class ParallelSIDRecommender(nn.Module):
         the cross-entropy of each digit (RPG's)."""
         return F.cross_entropy(logits.float().reshape(-1, self.codebook_size), target_codes.reshape(-1))
 
-    def item_loss(self, logits: torch.Tensor, targets: torch.Tensor, target_codes: torch.Tensor,
-                  negatives: torch.Tensor, negative_codes: torch.Tensor) -> torch.Tensor:
-        """Softmax over items of :meth:`item_logits`: each row's target [R] (codes [R, m]) against
-        shared negative items [S] (codes [S, m]); a negative that is the row's target is skipped."""
-        logits = logits.float()
-        positive = logits.gather(2, target_codes.unsqueeze(-1)).squeeze(-1).mean(-1, keepdim=True)  # [R, 1]
-        negative = self.item_logits(logits, negative_codes)  # [R, S]
-        negative = negative.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+    def item_loss(self, hidden: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+                  target_codes: torch.Tensor, candidates: torch.Tensor, candidate_codes: torch.Tensor
+                  ) -> torch.Tensor:
+        """Softmax over items of :meth:`item_logits` for rows hidden [R, d] (digit logits [R, m, K]):
+        each row's target [R] (codes [R, m]) against shared candidate items [S] (codes [S, m]), every
+        catalog item or a sample; a candidate that is the row's target counts once, as the target."""
+        positive = logits.float().gather(2, target_codes.unsqueeze(-1)).squeeze(-1).mean(-1, keepdim=True)
+        negative = self.item_logits(hidden, logits, candidate_codes).float()  # [R, S]
+        negative = negative.masked_fill(candidates.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
         scores = torch.cat([positive, negative], 1)
         return F.cross_entropy(scores, scores.new_zeros(len(scores), dtype=torch.long))
 
-    def item_logits(self, digit_logits: torch.Tensor, item_codes: torch.Tensor) -> torch.Tensor:
-        """digit_logits [R, m, K] x item_codes [N, m] -> [R, N]: the mean of each item's digit
-        logits (the ranking score up to a per-row constant, on the scale of one digit's logits)."""
+    def item_logits(self, hidden: torch.Tensor, digit_logits: torch.Tensor, item_codes: torch.Tensor
+                    ) -> torch.Tensor:
+        """hidden [R, d] (its digit_logits [R, m, K]) x item_codes [N, m] -> [R, N]: the mean of each
+        item's digit logits (the ranking score up to a per-row constant, on one digit's scale).
+        Head ``shared``: one matmul with the items' mean digit embeddings [N, d]."""
+        if self.head == "shared":
+            return hidden @ self.digit_embeddings(item_codes + self.offsets).mean(1).T
         return score_items(digit_logits, item_codes) / self.digits
 
     def user_log_probs(self, history_codes: torch.Tensor, history_mask: torch.Tensor,

@@ -43,12 +43,12 @@ class NextTokenObjective:
 
 class ParallelObjective:
     """Needs window samples (:func:`gensid.data.splits.sequence_windows`): every history position
-    is a prediction, so a target must not also appear as a later sample's target. With
-    ``parallel.item_negatives`` the item-level softmax (``item_codes`` [N, m]: every item's
-    digits, the negatives' source) is added at weight ``parallel.item_loss``."""
+    is a prediction, so a target must not also appear as a later sample's target. ``parallel.loss``
+    picks the terms; the item softmax scores against every item of ``item_codes`` [N, m] or
+    ``parallel.item_negatives`` of them drawn uniformly."""
 
     def __init__(self, cfg: ExperimentConfig, item_codes: torch.Tensor):
-        self.negatives, self.weight, self.item_codes = cfg.parallel.item_negatives, cfg.parallel.item_loss, item_codes
+        self.loss, self.negatives, self.item_codes = cfg.parallel.loss, cfg.parallel.item_negatives, item_codes
 
     def __call__(self, model: ParallelSIDRecommender, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
         hidden = model.encode(batch.history_codes, batch.history_mask, batch.history_text)  # [B, H, d]
@@ -56,14 +56,17 @@ class ParallelObjective:
         # position t predicts the item after it: the next history item, or the target after the last
         next_items = torch.cat([batch.history_items[:, 1:], batch.targets[:, None]], 1)[real]  # [R]
         next_codes = torch.cat([batch.history_codes[:, 1:], batch.target_codes[:, None]], 1)[real]  # [R, m]
-        logits = model.digit_logits(hidden[real])  # [R, m, K]
-        terms = {"next_digits": model.loss(logits, next_codes)}
-        if self.negatives:
+        hidden = hidden[real]
+        logits = model.digit_logits(hidden)  # [R, m, K]
+        terms = {}
+        if self.loss in ("digits", "both"):
+            terms["next_digits"] = model.loss(logits, next_codes)
+        if self.loss in ("items", "both"):
             n = len(self.item_codes)
-            negatives = torch.randperm(n)[: self.negatives] if self.negatives < n else torch.arange(n)
-            terms["item_softmax"] = model.item_loss(logits, next_items, next_codes, negatives,
-                                                    self.item_codes[negatives])
-        terms["total"] = terms["next_digits"] + self.weight * terms.get("item_softmax", 0.0)
+            candidates = torch.randperm(n)[: self.negatives] if 0 < self.negatives < n else torch.arange(n)
+            terms["item_softmax"] = model.item_loss(hidden, logits, next_items, next_codes, candidates,
+                                                    self.item_codes[candidates])
+        terms["total"] = sum(terms.values())
         return terms
 
     def param_groups(self, model: ParallelSIDRecommender) -> list[dict]:
