@@ -44,6 +44,8 @@ JOINT = ["train.strategy=joint", "quantizer.method=rqvae", "quantizer.latent_dim
          "quantizer.epochs=2", "quantizer.geometry=cosine", "quantizer.assignment=dril", "model.logits=cosine",
          "model.tie_heads=true"]
 SEARCH = ["data.task=search", "data.query_field=class", "data.max_history=10"]
+PARALLEL = ["train.strategy=parallel", "parallel.digits=8", "parallel.codebook_size=16", "parallel.opq=false",
+            "parallel.head=shared", "parallel.loss=items"]
 NEW = {"movie_title": "A Brand New Space Opera", "release_year": "2026", "class": "Sci-Fi Adventure"}
 
 
@@ -52,7 +54,8 @@ def trained(tmp_path_factory):
     """Trained tiny runs, one per strategy (a few seconds each); tests work on copies."""
     runs = {}
     for name, extra in (("two_stage", []), ("joint", JOINT), ("search", SEARCH),
-                        ("joint_disambiguation", [*JOINT, "quantizer.disambiguation=true"])):
+                        ("joint_disambiguation", [*JOINT, "quantizer.disambiguation=true"]),
+                        ("parallel", PARALLEL)):
         run_dir = tmp_path_factory.mktemp(name)
         train_run(load_config("configs/ml100k.yaml", TINY + extra), run_dir, progress=False)
         runs[name] = run_dir
@@ -564,3 +567,23 @@ def test_an_exact_copy_of_a_popular_item_is_recommended_beside_it_at_the_served_
                 holding += 1
                 assert answer[answer.index(original) + 1] == "copy", answer
         assert holding >= 5  # a popular item: in many answers
+
+
+def test_an_item_added_to_a_parallel_run_gets_its_digits_and_is_scored_exactly_at_once(trained, tmp_path):
+    """A parallel-SID run: the copy of an item gets the original's digits from the frozen product
+    quantizer, so its exact score equals the original's and it is ranked right beside it."""
+    run_dir = shutil.copytree(trained["parallel"], tmp_path / "run")
+    with client(run_dir) as c:
+        run, catalog = c.app.state.service.run, c.app.state.service.run.dataset.catalog
+        history = catalog.item_ids[:3]
+        k = c.app.state.service.beam_size
+        answer = rec_ids(c, history, k, exclude_seen=False)
+        original = answer[0]
+        r = c.post("/items", json={"items": [{"id": "copy", "fields": dict(catalog.fields[catalog.index_of(original)])}]})
+        assert r.status_code == 201, r.text
+        assert r.json()["items"][0]["sid"] == run.items.codes[catalog.index_of(original)].tolist()
+        after = rec_ids(c, history, k, exclude_seen=False)
+        assert set(after[:2]) == {original, "copy"} and [i for i in after if i != "copy"] == answer[:k - 1]
+        assert c.post("/recommend", json={"history": [*history, "copy"], "k": 5}).status_code == 200
+    with client(run_dir) as c:  # replayed from the store after a restart
+        assert set(rec_ids(c, history, k, exclude_seen=False)[:2]) == {original, "copy"}

@@ -111,6 +111,10 @@ class Run:
         """Whether SIDs end with a disambiguation code (two-stage always; joint when configured)."""
         return self.model.num_levels > len(self.cfg.quantizer.codebook_sizes)
 
+    def sid(self, item: int) -> list[int]:
+        """An item's semantic ID as the index holds it (parallel runs: its digits)."""
+        return (self.items.codes[item] if self.index is None else self.index.codes[item]).tolist()
+
     def split_queries(self, split: str) -> torch.Tensor | None:
         return self.queries[split] if self.queries is not None else None
 

@@ -14,6 +14,9 @@ as they were. An added item under a new prefix gets code 0, the code of every so
 Joint runs: the SID is the model's own tokenizer's deterministic codes (plus the
 disambiguation code, as above, when the run has one); items that share a SID are
 ordered by cosine with the new item's vector, as for the trained items.
+Parallel runs: the digits come from the run's frozen product quantizer; the item is scored
+exactly like every other item from its next ranking on (its digits' embeddings are trained,
+whether or not the item was).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from gensid.errors import InputError
 from gensid.pipeline import Run, tokenizer_and_sids
 from gensid.quantize import RQVAE
+from gensid.quantize.product import ProductQuantizer
 from gensid.train import ItemFeatures
 from gensid.train.objectives import item_snapshot
 
@@ -33,21 +37,24 @@ class ItemAdder:
 
     def __init__(self, run: Run):
         self.run = run
-        self._tokenizer: RQVAE | None = None
+        self._tokenizer: RQVAE | ProductQuantizer | None = None
 
     @property
-    def tokenizer(self) -> RQVAE:
+    def tokenizer(self) -> RQVAE | ProductQuantizer:
         """The run's tokenizer, loaded on first use (replaying stored items needs none)."""
         if self._tokenizer is None:
             run = self.run
             if run.parallel:
-                raise InputError(f"{run.run_dir}: a train.strategy parallel run cannot add items (yet)")
-            self._tokenizer = (run.model.tokenizer if run.joint
-                               else tokenizer_and_sids(run.cfg, run.text, run.run_dir, progress=False)[0])
+                self._tokenizer = ProductQuantizer.load(run.run_dir / "index" / "pq.safetensors")
+            else:
+                self._tokenizer = (run.model.tokenizer if run.joint
+                                   else tokenizer_and_sids(run.cfg, run.text, run.run_dir, progress=False)[0])
         return self._tokenizer
 
     def sids(self, vectors: torch.Tensor) -> np.ndarray:
         """SIDs [n, L] for new items' text vectors [n, T], as :meth:`add` would give them."""
+        if self.run.parallel:
+            return self.tokenizer.encode(vectors.numpy())
         codes = self.tokenizer.encode(vectors).numpy().astype(np.int64)
         if not self.run.disambiguation:
             return codes
@@ -83,6 +90,12 @@ class ItemAdder:
             ) -> list[int]:
         """Insert items (ids, text fields, text vectors [n, T], SIDs [n, L]); returns internal ids."""
         run = self.run
+        if run.parallel:  # no trie, no disambiguation: the digits are all the model reads
+            internal = [run.dataset.catalog.append(i, f) for i, f in zip(item_ids, fields, strict=True)]
+            run.text = torch.cat([run.text, vectors])
+            run.items = ItemFeatures(torch.cat([run.items.codes, torch.from_numpy(sids)]),
+                                     None if run.items.text is None else torch.cat([run.items.text, vectors]))
+            return internal
         stand_in = self.score_codes(vectors, sids)
         reads = sids.copy()  # the codes the model reads for these items in a history
         reads[:, -1] = stand_in

@@ -81,6 +81,10 @@ class ParallelSIDRecommender(nn.Module):
                                     for _ in range(cfg.encoder_layers))
         self.norm = nn.LayerNorm(d)
         self.apply(_gpt2_init)
+        if self.head == "shared":
+            # the shared head's scores are dot products with the mean digit embedding: start that mean
+            # (a history token and an output embedding) at SASRec's N(0, .02), not sqrt(m) times smaller
+            nn.init.normal_(self.digit_embeddings.weight, std=0.02 * digits**0.5)
         if self.head == "digits":  # the digit heads start as the identity (RPG's zero-initialised residual blocks)
             self.head_weight = nn.Parameter(torch.zeros(d, digits, d))  # [d_in, m, d_out]
             self.head_bias = nn.Parameter(torch.zeros(digits, d))

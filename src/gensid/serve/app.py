@@ -114,8 +114,6 @@ class Service:
 
     def add_items(self, request: AddItemsRequest) -> list[ItemOut]:
         """Embed, tokenize, commit to the store, then insert into the live index."""
-        if self.run.parallel:
-            raise HTTPException(422, "a train.strategy parallel run cannot add items (yet)")
         catalog = self.run.dataset.catalog
         fields = [dict(it.fields) for it in request.items]
         texts = [render(f, catalog.text_fields) for f in fields]
@@ -144,7 +142,7 @@ class Service:
     def item_out(self, internal: int) -> ItemOut:
         catalog = self.run.dataset.catalog
         return ItemOut(id=catalog.item_ids[internal], title=catalog.title(internal), fields=catalog.fields[internal],
-                       sid=self.run.index.codes[internal].tolist(), added=internal >= self.trained_items)
+                       sid=self.run.sid(internal), added=internal >= self.trained_items)
 
     def internal_ids(self, external: list[str]) -> list[int]:
         catalog = self.run.dataset.catalog
