@@ -39,7 +39,7 @@ def test_exact_scores_equal_brute_force_per_item(rng):
 def test_chunked_top_k_equals_ranking_every_item(rng):
     log_probs = torch.randn(5, M, K).log_softmax(-1)
     codes = torch.from_numpy(rng.integers(0, K, (300, M)))
-    scores, ids = top_items(log_probs, codes, k=20, chunk=37)  # 9 chunks, the last one short
+    scores, ids = top_items(lambda a, b: score_items(log_probs, codes[a:b]), 300, k=20, chunk=37)  # 9 chunks
     full = score_items(log_probs, codes)
     expected_scores, expected_ids = full.topk(20, dim=1)
     assert torch.allclose(scores, expected_scores)
@@ -140,7 +140,8 @@ def test_parallel_run_on_movielens(tmp_path):
     favourite = torch.full((n,), -20.0).index_fill(0, torch.arange(10), 0.0).log_softmax(-1)
     mixed = fused_rankings(run, test, None, lambda rows: favourite.expand(len(rows), -1), [0.0, 1.0])
     batch = Batch.build(test, slice(None), run.items)
-    exact = score_items(run.model.user_log_probs(batch.history_codes, batch.history_mask), run.items.codes)
+    states = run.model.user_states(batch.history_codes, batch.history_mask, batch.history_text, batch.history_items)
+    exact = run.model.catalog_scores(states, run.items.codes, torch.arange(len(run.items.codes)))
     # the same scores in the same order (items whose scores tie within rounding may swap)
     assert torch.allclose(exact.gather(1, torch.from_numpy(mixed[0.0])), exact.gather(1, torch.from_numpy(ranked)),
                           atol=1e-4)
@@ -164,3 +165,19 @@ def test_item_softmax_over_every_item_is_the_cross_entropy_of_the_ranking_scores
     assert torch.allclose(loss, torch.nn.functional.cross_entropy(full, targets), atol=1e-5)
     loss.backward()
     assert model.digit_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_item_ids_add_a_free_vector_that_an_added_item_lacks():
+    cfg = ModelConfig(d_model=32, n_heads=4, encoder_layers=1, d_ff=64, dropout=0.0)
+    with pytest.raises(ValueError, match="item_ids"):
+        ParallelConfig(item_ids=True)  # the digit heads score digits only
+    model = ParallelSIDRecommender(M, K, cfg, ParallelConfig(head="shared", item_ids=True), 6, num_items=5)
+    codes = torch.randint(0, K, (7, M))
+    items = torch.arange(7)  # 5 and 6: added after training
+    assert torch.equal(model.item_vectors(codes, items), model.item_vectors(codes, torch.full((7,), 99)))  # zero init
+    with torch.no_grad():
+        model.item_embeddings.weight.fill_(1.0)
+    moved = model.item_vectors(codes, items) - model.digit_embeddings(codes + model.offsets).mean(1)
+    assert torch.allclose(moved[:5], torch.ones(5, 32)) and torch.equal(moved[5:], torch.zeros(2, 32))
+    states = torch.randn(3, 32)
+    assert torch.allclose(model.catalog_scores(states, codes, items), states @ model.item_vectors(codes, items).T)

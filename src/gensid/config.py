@@ -149,6 +149,10 @@ class ParallelConfig(Section):
                                "(the mean of its digit logits, the score that ranks); `both`: their sum")
     item_negatives: int = Field(0, ge=0, description="loss `items`/`both`: 0 scores the target against every "
                                 "catalog item; > 0 against this many uniformly drawn items")
+    item_ids: bool = Field(False, description="head `shared`: each trained item also gets a free vector "
+                           "(zero at the start) added to the mean of its digit embeddings, in its history "
+                           "token and its score; an item added after training has none and is scored by its "
+                           "digits alone. Off: the digits are all an item is (a pure semantic-ID model)")
     embedding_dropout: Float = Field(0.5, ge=0, lt=1, description="on the history tokens")
     attention_dropout: Float = Field(0.5, ge=0, lt=1, description="on the attention weights")
 
@@ -156,6 +160,8 @@ class ParallelConfig(Section):
     def _power_of_two(self) -> ParallelConfig:
         if self.codebook_size & (self.codebook_size - 1):
             raise Problem("codebook_size", f"{self.codebook_size} is not a power of two, e.g. 256")
+        if self.item_ids and self.head != "shared":
+            raise Problem("item_ids", "needs parallel.head shared (RPG's digit heads score digits only)")
         return self
 
 

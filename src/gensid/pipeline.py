@@ -257,7 +257,7 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
         codes = product_codes(cfg, text, run_dir)
         p = cfg.parallel
         model = ParallelSIDRecommender(p.digits, p.codebook_size, cfg.model, p, cfg.data.max_history,
-                                       text.shape[1] if uses_text else None)
+                                       text.shape[1] if uses_text else None, num_items=len(dataset.catalog))
         items = ItemFeatures(torch.from_numpy(codes), text if uses_text else None)
         return Run(cfg, run_dir, dataset, splits, text, None, items, model, queries)
     tokenizer, sids = tokenizer_and_sids(cfg, text, run_dir, progress)

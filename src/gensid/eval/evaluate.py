@@ -4,6 +4,7 @@ scoring (parallel SIDs) -> item ids."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 import torch
@@ -52,6 +53,13 @@ def rank_exact(model: ParallelSIDRecommender, samples: Samples, items: ItemFeatu
     ranked = np.full((len(samples), k), -1, dtype=np.int64)
     for rows, batch in evaluation_batches(samples, items, batch_size=batch_size, desc="full ranking",
                                           progress=progress):
-        log_probs = model.user_log_probs(batch.history_codes, batch.history_mask, batch.history_text)
-        ranked[rows] = top_items(log_probs, items.codes, k)[1].numpy()
+        states = model.user_states(batch.history_codes, batch.history_mask, batch.history_text, batch.history_items)
+        scores_of = partial(catalog_slice, model, states, items.codes)
+        ranked[rows] = top_items(scores_of, len(items.codes), k)[1].numpy()
     return ranked
+
+
+def catalog_slice(model: ParallelSIDRecommender, states: torch.Tensor, codes: torch.Tensor, start: int, end: int
+                  ) -> torch.Tensor:
+    """Ranking scores [B, end - start] of items start..end-1 (codes [N, m]) for user states [B, d]."""
+    return model.catalog_scores(states, codes[start:end], torch.arange(start, end))

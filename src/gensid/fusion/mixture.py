@@ -32,7 +32,6 @@ from gensid.data.splits import Samples
 from gensid.eval.evaluate import evaluation_batches
 from gensid.index.beam import BeamResult, constrained_beam_search
 from gensid.index.sid_index import SIDIndex
-from gensid.model.parallel import score_items
 from gensid.pipeline import Run
 
 
@@ -76,8 +75,10 @@ def fused_rankings(run: Run, samples: Samples, queries: torch.Tensor | None,
     ranked = {w: np.full((len(samples), k), -1, dtype=np.int64) for w in weights}
     for rows, batch in evaluation_batches(samples, run.items, queries, e.batch_size, "hybrid ranking", progress):
         if run.parallel:  # every item's exact score: the generative distribution over the whole catalog
-            log_probs = run.model.user_log_probs(batch.history_codes, batch.history_mask, batch.history_text)
-            gen, gen_items = score_items(log_probs, run.items.codes).log_softmax(-1).sort(1, descending=True)
+            states = run.model.user_states(batch.history_codes, batch.history_mask, batch.history_text,
+                                           batch.history_items)
+            scores = run.model.catalog_scores(states, run.items.codes, torch.arange(len(run.items.codes)))
+            gen, gen_items = scores.log_softmax(-1).sort(1, descending=True)
         else:
             beam = constrained_beam_search(run.model, run.index, batch.history_codes, batch.history_mask,
                                            max(e.beam_size, k), batch.history_text, batch.history_vectors,

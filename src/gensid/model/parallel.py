@@ -26,6 +26,8 @@ N catalog items.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,7 +61,7 @@ class CausalBlock(nn.Module):
 
 class ParallelSIDRecommender(nn.Module):
     def __init__(self, digits: int, codebook_size: int, cfg: ModelConfig, parallel: ParallelConfig,
-                 max_history: int, text_dim: int | None = None):
+                 max_history: int, text_dim: int | None = None, num_items: int = 0):
         super().__init__()
         if cfg.history_input not in HISTORY_INPUTS:
             raise ConfigError(f"model.history_input {cfg.history_input!r}: the parallel model takes one of "
@@ -85,25 +87,47 @@ class ParallelSIDRecommender(nn.Module):
             # the shared head's scores are dot products with the mean digit embedding: start that mean
             # (a history token and an output embedding) at SASRec's N(0, .02), not sqrt(m) times smaller
             nn.init.normal_(self.digit_embeddings.weight, std=0.02 * digits**0.5)
+        # parallel.item_ids: a free vector per trained item, zero at the start, on top of its digits
+        self.item_embeddings = nn.Embedding(num_items, d) if parallel.item_ids else None
+        if self.item_embeddings is not None:
+            if not num_items:
+                raise ConfigError("parallel.item_ids needs the number of trained items")
+            nn.init.zeros_(self.item_embeddings.weight)
         if self.head == "digits":  # the digit heads start as the identity (RPG's zero-initialised residual blocks)
             self.head_weight = nn.Parameter(torch.zeros(d, digits, d))  # [d_in, m, d_out]
             self.head_bias = nn.Parameter(torch.zeros(digits, d))
 
-    def embed_items(self, codes: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
-        """codes [..., m] (text [..., T]) -> item tokens [..., d]: the mean of the digit embeddings."""
-        tokens = self.digit_embeddings(codes + self.offsets).mean(-2)
+    def item_vectors(self, codes: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """codes [..., m] (item ids [...]) -> [..., d]: the mean of the item's digit embeddings, plus its
+        own vector with ``parallel.item_ids`` (zero for an item added after training)."""
+        vectors = self.digit_embeddings(codes + self.offsets).mean(-2)
+        if self.item_embeddings is not None:
+            if items is None:
+                raise ValueError("parallel.item_ids: give the item ids with their codes")
+            known = items < self.item_embeddings.num_embeddings
+            own = self.item_embeddings(items.clamp(min=0, max=self.item_embeddings.num_embeddings - 1))
+            vectors = vectors + own * known.unsqueeze(-1)
+        return vectors
+
+    def embed_items(self, codes: torch.Tensor, text: torch.Tensor | None = None,
+                    items: torch.Tensor | None = None) -> torch.Tensor:
+        """codes [..., m] (text [..., T], item ids [...]) -> history tokens [..., d]: the item vector
+        (:meth:`item_vectors`), plus a projection of its text vector with ``history_input codes+text``."""
+        tokens = self.item_vectors(codes, items)
         if self.text_proj is not None:
             tokens = tokens + self.text_proj(text)
         return tokens
 
     def encode(self, history_codes: torch.Tensor, history_mask: torch.Tensor,
-               history_text: torch.Tensor | None = None) -> torch.Tensor:
+               history_text: torch.Tensor | None = None, history_items: torch.Tensor | None = None
+               ) -> torch.Tensor:
         """history_codes [B, H, m] (any value where masked), history_mask [B, H] True = real item
-        (left-padded: real items are the last ones), history_text [B, H, T] -> hidden [B, H, d];
-        position t has seen the items up to t."""
+        (left-padded: real items are the last ones), history_text [B, H, T], history_items [B, H]
+        (``parallel.item_ids``) -> hidden [B, H, d]; position t has seen the items up to t."""
         h = history_mask.shape[1]
         position = (history_mask.long().cumsum(1) - 1).clamp(min=0)
-        x = self.embedding_dropout(self.embed_items(history_codes.clamp(min=0), history_text)
+        items = history_items.clamp(min=0) if history_items is not None else None
+        x = self.embedding_dropout(self.embed_items(history_codes.clamp(min=0), history_text, items)
                                    + self.positions(position))
         causal = torch.ones(h, h, dtype=torch.bool, device=x.device).tril()
         # a padding slot attends to itself only (never empty, so no NaN); real slots skip padding
@@ -137,26 +161,38 @@ class ParallelSIDRecommender(nn.Module):
         """Softmax over items of :meth:`item_logits` for rows hidden [R, d] (digit logits [R, m, K]):
         each row's target [R] (codes [R, m]) against shared candidate items [S] (codes [S, m]), every
         catalog item or a sample; a candidate that is the row's target counts once, as the target."""
-        positive = logits.float().gather(2, target_codes.unsqueeze(-1)).squeeze(-1).mean(-1, keepdim=True)
-        negative = self.item_logits(hidden, logits, candidate_codes).float()  # [R, S]
+        if self.head == "shared":
+            positive = (hidden * self.item_vectors(target_codes, targets)).sum(-1, keepdim=True).float()
+        else:
+            positive = logits.float().gather(2, target_codes.unsqueeze(-1)).squeeze(-1).mean(-1, keepdim=True)
+        negative = self.item_logits(hidden, logits, candidate_codes, candidates).float()  # [R, S]
         negative = negative.masked_fill(candidates.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
         scores = torch.cat([positive, negative], 1)
         return F.cross_entropy(scores, scores.new_zeros(len(scores), dtype=torch.long))
 
-    def item_logits(self, hidden: torch.Tensor, digit_logits: torch.Tensor, item_codes: torch.Tensor
-                    ) -> torch.Tensor:
-        """hidden [R, d] (its digit_logits [R, m, K]) x item_codes [N, m] -> [R, N]: the mean of each
-        item's digit logits (the ranking score up to a per-row constant, on one digit's scale).
-        Head ``shared``: one matmul with the items' mean digit embeddings [N, d]."""
+    def item_logits(self, hidden: torch.Tensor, digit_logits: torch.Tensor, item_codes: torch.Tensor,
+                    items: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [R, d] (its digit_logits [R, m, K]) x items (codes [N, m], ids [N]) -> [R, N]: the mean
+        of each item's digit logits (the ranking score up to a per-row constant, on one digit's
+        scale). Head ``shared``: one matmul with the item vectors [N, d] (:meth:`item_vectors`)."""
         if self.head == "shared":
-            return hidden @ self.digit_embeddings(item_codes + self.offsets).mean(1).T
+            return hidden @ self.item_vectors(item_codes, items).T
         return score_items(digit_logits, item_codes) / self.digits
 
-    def user_log_probs(self, history_codes: torch.Tensor, history_mask: torch.Tensor,
-                       history_text: torch.Tensor | None = None) -> torch.Tensor:
-        """The next item's digit distributions [B, m, K] (log-probabilities) after each history."""
-        hidden = self.encode(history_codes, history_mask, history_text)[:, -1]  # left-padded: the newest item
-        return self.digit_logits(hidden).float().log_softmax(-1)
+    def user_states(self, history_codes: torch.Tensor, history_mask: torch.Tensor,
+                    history_text: torch.Tensor | None = None, history_items: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """The hidden state [B, d] that predicts the item after each history (left-padded: the last slot)."""
+        return self.encode(history_codes, history_mask, history_text, history_items)[:, -1]
+
+    def catalog_scores(self, states: torch.Tensor, item_codes: torch.Tensor, items: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """states [B, d] x items (codes [N, m], ids [N]) -> ranking scores [B, N], exact for every item.
+        Head ``digits``: the sum of the item's digits' log-probabilities (RPG); ``shared``: the dot
+        product with the item vector, which without ``item_ids`` ranks exactly as that sum does."""
+        if self.head == "shared":
+            return (states @ self.item_vectors(item_codes, items).T).float()
+        return score_items(self.digit_logits(states).float().log_softmax(-1), item_codes)
 
 
 def _gpt2_init(module: nn.Module) -> None:
@@ -176,17 +212,18 @@ def score_items(log_probs: torch.Tensor, item_codes: torch.Tensor) -> torch.Tens
     return F.embedding_bag(rows, table, mode="sum").T  # [B, N]
 
 
-def top_items(log_probs: torch.Tensor, item_codes: torch.Tensor, k: int, chunk: int = 65_536
+def top_items(scores_of: Callable[[int, int], torch.Tensor], num_items: int, k: int, chunk: int = 65_536
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-``k`` of the whole catalog: scores and item ids [B, k], best first.
-
-    Items are scored ``chunk`` at a time and merged, so memory stays [B, chunk + k] for any N."""
-    best_scores = log_probs.new_full((log_probs.shape[0], 0), float("-inf"))
-    best_ids = torch.zeros(log_probs.shape[0], 0, dtype=torch.long)
-    for start in range(0, len(item_codes), chunk):
-        scores = torch.cat([best_scores, score_items(log_probs, item_codes[start:start + chunk])], 1)
-        ids = torch.cat([best_ids, torch.arange(start, start + min(chunk, len(item_codes) - start))
-                         .expand(len(scores), -1)], 1)
+    """Exact top-``k`` of a catalog of ``num_items``: scores and item ids [B, k], best first.
+    ``scores_of(start, end)`` scores items start..end-1 [B, end - start]; items are scored ``chunk``
+    at a time and merged, so memory stays [B, chunk + k] for any catalog size."""
+    best_scores = best_ids = None
+    for start in range(0, num_items, chunk):
+        end = min(start + chunk, num_items)
+        scores = scores_of(start, end)
+        ids = torch.arange(start, end).expand(len(scores), -1)
+        if best_scores is not None:
+            scores, ids = torch.cat([best_scores, scores], 1), torch.cat([best_ids, ids], 1)
         best_scores, where = scores.topk(min(k, scores.shape[1]), dim=1)
         best_ids = ids.gather(1, where)
     return best_scores, best_ids

@@ -51,7 +51,8 @@ class ParallelObjective:
         self.loss, self.negatives, self.item_codes = cfg.parallel.loss, cfg.parallel.item_negatives, item_codes
 
     def __call__(self, model: ParallelSIDRecommender, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
-        hidden = model.encode(batch.history_codes, batch.history_mask, batch.history_text)  # [B, H, d]
+        hidden = model.encode(batch.history_codes, batch.history_mask, batch.history_text,
+                              batch.history_items)  # [B, H, d]
         real = batch.history_mask
         # position t predicts the item after it: the next history item, or the target after the last
         next_items = torch.cat([batch.history_items[:, 1:], batch.targets[:, None]], 1)[real]  # [R]
