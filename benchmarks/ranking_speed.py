@@ -3,7 +3,8 @@ model's trie-constrained beam search (beam 20) and SASRec's full-catalog matmul,
 
 Same test users, same threads, interleaved (one batch of each in turn), so that a concurrent
 load hits all three alike. Models keep random weights: ranking cost does not depend on training.
-Architectures are the Beauty presets: ``configs/beauty-parallel.yaml`` (parallel), the default
+Architectures are the Beauty presets: ``configs/beauty-parallel-shared.yaml`` (parallel, shared head;
+``parallel_exact``) and ``configs/beauty-parallel.yaml`` (RPG's digit heads), the default
 two-stage model (RQ-KMeans 3 x 256 + disambiguation code, one token per history item) and
 SASRec-CE (hidden 64, 2 layers). The parallel model's digits come from plain PQ (the OPQ rotation
 changes which digits, not how many, so the cost is the same and the fit is 10x faster).
@@ -48,12 +49,15 @@ from gensid.train.batches import Batch, ItemFeatures  # noqa: E402
 def rankers(dataset, sids, max_history: int, seed: int) -> dict:
     """name -> rank(samples [n users]) -> [n, 20] item ids, for the three models."""
     torch.manual_seed(seed)
-    cfg = load_config(ROOT / "configs" / "beauty-parallel.yaml")
-    p = cfg.parallel
+    rpg, shared = (load_config(ROOT / "configs" / name) for name in ("beauty-parallel.yaml",
+                                                                    "beauty-parallel-shared.yaml"))
+    p = rpg.parallel
     vectors = embed_texts(dataset.catalog.texts, progress=False)
     digits = ProductQuantizer.fit(vectors, p.digits, p.codebook_size, opq=False).encode(vectors)
-    parallel = ParallelSIDRecommender(p.digits, p.codebook_size, cfg.model, p, max_history).eval()
     digit_items = ItemFeatures(torch.from_numpy(digits))
+    n = len(dataset.catalog)
+    parallel = {name: ParallelSIDRecommender(p.digits, p.codebook_size, c.model, c.parallel, max_history,
+                                             num_items=n).eval() for name, c in (("rpg", rpg), ("shared", shared))}
     generative = GenerativeRecommender(sids.sizes, ModelConfig(), max_history).eval()
     index, sid_items = SIDIndex(sids.codes, sids.sizes), ItemFeatures(torch.from_numpy(sids.codes))
     sasrec = SASRec(len(dataset.catalog)).eval()
@@ -63,7 +67,8 @@ def rankers(dataset, sids, max_history: int, seed: int) -> dict:
         with torch.no_grad():
             return constrained_beam_search(generative, index, batch.history_codes, batch.history_mask, 20).items
 
-    return {"parallel_exact": lambda s: rank_exact(parallel, s, digit_items, 20, batch_size=len(s)),
+    return {"parallel_exact": lambda s: rank_exact(parallel["shared"], s, digit_items, 20, batch_size=len(s)),
+            "parallel_rpg_heads_exact": lambda s: rank_exact(parallel["rpg"], s, digit_items, 20, batch_size=len(s)),
             "two_stage_beam20": beam,
             "sasrec": lambda s: sasrec.rank(s, 20, batch_size=len(s))}
 

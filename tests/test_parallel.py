@@ -34,6 +34,11 @@ def test_exact_scores_equal_brute_force_per_item(rng):
     brute = torch.stack([torch.stack([sum(log_probs[b, j, codes[i, j]] for j in range(M)) for i in range(50)])
                          for b in range(3)])
     assert torch.allclose(score_items(log_probs, codes), brute, atol=1e-5)
+    # the embedding_bag path (more than 2^24 gathered entries) gives the same scores
+    many = torch.randn(700, M, K).log_softmax(-1)
+    codes = torch.from_numpy(rng.integers(0, K, (6000, M)))
+    one_by_one = torch.cat([score_items(many[i:i + 1], codes) for i in range(700)])
+    assert torch.allclose(score_items(many, codes), one_by_one, atol=1e-4)
 
 
 def test_chunked_top_k_equals_ranking_every_item(rng):

@@ -100,7 +100,9 @@ class ParallelSIDRecommender(nn.Module):
     def item_vectors(self, codes: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """codes [..., m] (item ids [...]) -> [..., d]: the mean of the item's digit embeddings, plus its
         own vector with ``parallel.item_ids`` (zero for an item added after training)."""
-        vectors = self.digit_embeddings(codes + self.offsets).mean(-2)
+        # one embedding_bag: no [..., m, d] tensor of gathered rows (12,101 items x 32 digits x d)
+        rows = (codes + self.offsets).reshape(-1, self.digits)
+        vectors = F.embedding_bag(rows, self.digit_embeddings.weight, mode="mean").view(*codes.shape[:-1], -1)
         if self.item_embeddings is not None:
             if items is None:
                 raise ValueError("parallel.item_ids: give the item ids with their codes")
@@ -205,10 +207,14 @@ def _gpt2_init(module: nn.Module) -> None:
 def score_items(log_probs: torch.Tensor, item_codes: torch.Tensor) -> torch.Tensor:
     """[B, m, K] x [N, m] -> [B, N]: each item's sum of its digits' log-probabilities.
 
-    One ``embedding_bag`` over the [m*K, B] table: N*m gathers of a B-vector, no [B, N, m] tensor."""
+    A few users: a plain gather [B, N, m] and a sum. Many: one ``embedding_bag`` over the [m*K, B]
+    table (N*m gathers of a B-vector), which never holds the [B, N, m] tensor; per user it is
+    slower, so it is used only where that tensor would pass 2^24 entries."""
     b, m, k = log_probs.shape
+    rows = item_codes + torch.arange(m, device=item_codes.device) * k  # [N, m] rows of the [m*K] table
+    if b * rows.numel() <= 1 << 24:
+        return log_probs.reshape(b, m * k)[:, rows].sum(-1)
     table = log_probs.reshape(b, m * k).T.contiguous()  # [m*K, B]
-    rows = item_codes + torch.arange(m, device=item_codes.device) * k  # [N, m] rows of the table
     return F.embedding_bag(rows, table, mode="sum").T  # [B, N]
 
 
