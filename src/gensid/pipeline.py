@@ -70,8 +70,8 @@ class Run:
 
     cfg: ExperimentConfig
     run_dir: Path
-    dataset: Dataset
-    splits: LeaveOneOut
+    dataset: Dataset  # loaded for serving (a bundle, or load_run(splits=False)): the catalog, no interactions
+    splits: LeaveOneOut | None  # None when loaded for serving: no data split
     text: torch.Tensor  # [N, T] frozen item text vectors
     index: SIDIndex | None  # the trie of valid SIDs (None for parallel SIDs: every item is scored)
     items: ItemFeatures
@@ -234,21 +234,30 @@ def product_codes(cfg: ExperimentConfig, text: torch.Tensor, run_dir: Path) -> n
     return codes
 
 
-def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
+def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True, splits: bool = True) -> Run:
     """Load data and text vectors, fit (or reload) the tokenizer, build an untrained model.
 
     Two-stage: the SIDs are fixed now (plus a disambiguation code). Joint: the tokenizer
     moves into the model and learns with it; the index is rebuilt from its deterministic
     assignment whenever the model is evaluated (:meth:`Run.refresh_index`).
+    ``splits=False``: the catalog only, no data split (what serving needs; ``run.splits`` is None).
     """
     seed_everything(cfg.train.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     if cfg.train.init_from:
         copy_item_side(cfg, run_dir)
-    full, dataset, splits, query_texts = load_task(cfg, progress)
+    full, dataset, samples, query_texts = load_task(cfg, progress, splits)
     queries = embed_split_texts(query_texts, cfg.text.model, cfg.text.batch_size) if query_texts else None
     text = item_text_vectors(cfg, full, dataset, run_dir, progress)
+    return assemble(cfg, run_dir, dataset, samples, text, queries, progress)
+
+
+def assemble(cfg: ExperimentConfig, run_dir: Path, dataset: Dataset, splits: LeaveOneOut | None,
+             text: torch.Tensor, queries: dict[str, torch.Tensor] | None = None, progress: bool = False) -> Run:
+    """The untrained run over the item text vectors ``text`` [N, T]: the part of :func:`prepare`
+    after the data. The tokenizer and SIDs come from ``run_dir`` (fitted and saved there when
+    absent). A bundle (:mod:`gensid.bundle`) builds its run with this, from its own files."""
     if len(text) != len(dataset.catalog):
         raise RunError(f"{run_dir / 'index'}: vectors of {len(text)} items, but the catalog has "
                        f"{len(dataset.catalog)}; use a new run directory")
@@ -262,7 +271,8 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> Run:
         return Run(cfg, run_dir, dataset, splits, text, None, items, model, queries)
     tokenizer, sids = tokenizer_and_sids(cfg, text, run_dir, progress)
     text_dim = text.shape[1] if uses_text else None
-    query_dim = queries["train"].shape[1] if queries is not None else None
+    # search runs: the queries are embedded by the items' text model, so their vectors are [., T]
+    query_dim = text.shape[1] if cfg.data.task == "search" else None
     if cfg.train.strategy == "joint":
         tokenizer.quantizer.assign = Assignment(cfg.quantizer.assignment)
         if cfg.quantizer.item_adapter:  # part of the joint model, not of the fitted tokenizer's file
@@ -383,21 +393,26 @@ def load_init_weights(model: GenerativeRecommender, source: Path) -> None:
             model.latent_proj.bias.zero_()
 
 
-def load_task(cfg: ExperimentConfig, progress: bool = True
-              ) -> tuple[Dataset, Dataset, LeaveOneOut, dict[str, list[str]] | None]:
+def load_task(cfg: ExperimentConfig, progress: bool = True, splits: bool = True
+              ) -> tuple[Dataset, Dataset, LeaveOneOut | None, dict[str, list[str]] | None]:
     """(full dataset, dataset used, splits, query texts per split or None).
 
     ``data.task: rec``: leave-one-out next-item samples. ``search``: a search log
     (``data.format: search_log``, split by time) or, for a purchase data set, the Amazon
-    product-search construction.
+    product-search construction. ``splits=False``: the two datasets only (splits and query
+    texts None).
     """
     if cfg.data.format == "search_log":  # with data.task search (checked at load)
         log = load_search_log(cfg.data.source, cfg.data.text_fields)
         full = dataset = log.dataset
+        if not splits:
+            return full, dataset, None, None
         search = time_split(log, cfg.data.max_history)
     else:
         full = load_dataset(cfg.data.source, cfg.data.format, cfg.data.text_fields)
         dataset = full.head(cfg.data.max_users)
+        if not splits:
+            return full, dataset, None, None
         if cfg.data.task == "rec":
             return full, dataset, leave_one_out(dataset.interactions, cfg.data.max_history), None
         search = product_search(dataset, cfg.data.max_history, cfg.data.query_field)
@@ -588,11 +603,19 @@ def run_files(run_dir: str | Path) -> tuple[Path, Path]:
     return config, weights
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """A finished (or checkpointed) run, ready to rank items, from any working directory."""
+def load_run(run_dir: str | Path, splits: bool = True) -> Run:
+    """A finished (or checkpointed) run, ready to rank items, from any working directory.
+    ``splits=False``: without the data split (``run.splits`` None), as the service loads it."""
     run_dir = Path(run_dir)
+    if (run_dir / "bundle.json").exists():
+        raise RunError(f"{run_dir}: a bundle (gensid export), which holds no data; load it with "
+                       "gensid.bundle.load_bundle, or evaluate the run it was exported from")
     _, weights = run_files(run_dir)
-    run = prepare(run_config(run_dir), run_dir, progress=False)
+    return with_weights(prepare(run_config(run_dir), run_dir, progress=False, splits=splits), weights)
+
+
+def with_weights(run: Run, weights: Path) -> Run:
+    """``run`` with the trained weights of ``weights``, in eval mode, its index refreshed (joint runs)."""
     run.model.load_state_dict(load_tensors(weights)[0])
     run.model.eval()
     run.refresh_index()

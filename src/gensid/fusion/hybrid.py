@@ -115,14 +115,15 @@ class Hybrid:
         return out_dir / HYBRID_FILE
 
     @classmethod
-    def load(cls, hybrid_dir: str | Path) -> Hybrid:
-        """The run, scorer and weight of a folder written by :meth:`save`."""
+    def load(cls, hybrid_dir: str | Path, splits: bool = True) -> Hybrid:
+        """The run, scorer and weight of a folder written by :meth:`save`; ``splits=False``: the run
+        without its data split (serving: :meth:`evaluate` and :meth:`save` need the split)."""
         hybrid_dir = Path(hybrid_dir)
         run_dir = hybrid_run_dir(hybrid_dir)
         if run_dir is None:
             raise InputError(f"{hybrid_dir}: no {HYBRID_FILE} (build one with gensid hybrid)")
         saved = json.loads((hybrid_dir / HYBRID_FILE).read_text())
-        run = load_run(run_dir)
+        run = load_run(run_dir, splits=splits)
         source = saved["scorer_source"]
         if saved["scorer"] == "dense":
             scorer = DenseDualEncoder.load(hybrid_dir / "dense.safetensors")
