@@ -550,7 +550,7 @@ def test_an_exact_copy_of_a_popular_item_is_recommended_beside_it_at_the_served_
     with client(run_dir) as c:
         svc = c.app.state.service
         run, catalog = svc.run, svc.run.dataset.catalog
-        histories = [[int(i) for i in h if i >= 0] for h in run.splits.test.histories]
+        histories = [[int(i) for i in h if i >= 0] for h in load_run(run_dir).splits.test.histories]
         k = svc.beam_size  # the served beam, and k as large as it allows
         before = svc.recommend_batch(histories)
         popular = np.bincount(np.concatenate([r[:k] for r in before])).argmax()

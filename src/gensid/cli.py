@@ -142,22 +142,39 @@ def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="interface t
           token_reads: bool = typer.Option(False, help="reads (/recommend, /search, /items/{id}, /metrics) "
                                                        "need the token too")
           ) -> None:
-    """Serve a trained run or a hybrid (gensid hybrid) over HTTP: /recommend or /search, /items, /items/{id},
-    /health, /metrics."""
+    """Serve a trained run, a bundle (gensid export) or a hybrid (gensid hybrid) over HTTP: /recommend or
+    /search, /items, /items/{id}, /health, /metrics."""
     import torch
     import uvicorn
 
+    from gensid.bundle import check_bundle, is_bundle
     from gensid.fusion.hybrid import hybrid_run_dir
     from gensid.pipeline import run_files
     from gensid.serve import create_app
     from gensid.serve.guard import check_exposure
 
     check_exposure(host, token or None, token_reads)  # before the slow load
-    run_files(hybrid_run_dir(run_dir) or run_dir)  # a bad folder fails here, not inside the server's startup
+    if is_bundle(run_dir):  # a bad folder fails here, not inside the server's startup
+        check_bundle(run_dir)
+    else:
+        run_files(hybrid_run_dir(run_dir) or run_dir)
     torch.set_num_threads(threads)
     app_ = create_app(run_dir, max_batch, max_wait_ms, preload_text_encoder=True, token=token or None,
                       token_reads=token_reads, max_queue=max_queue, max_body_bytes=max_body_bytes)
     uvicorn.run(app_, host=host, port=port, timeout_graceful_shutdown=30)
+
+
+@app.command()
+def export(run_dir: Path = typer.Argument(..., help="a trained run folder"),
+           out_dir: Path = typer.Argument(..., help="new folder for the bundle (absent or empty)")) -> None:
+    """Write a servable bundle of a trained run: weights, tokenizer, index, item table, config. gensid
+    serve, gensid recommend and gensid.bundle.load_bundle load it without the run's data."""
+    from gensid.bundle import export_bundle
+
+    manifest = export_bundle(run_dir, out_dir)
+    added = f" and {manifest['added_items']} added over HTTP" if manifest["added_items"] else ""
+    console.print(f"bundle of {manifest['items']} items{added} ({manifest['strategy']}) in {out_dir}; "
+                  f"serve it with: gensid serve {out_dir}", soft_wrap=True)
 
 
 @app.command()

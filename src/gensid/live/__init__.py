@@ -5,8 +5,8 @@ The service (:mod:`gensid.serve`) adds items over HTTP and writes them to
 recommend``, Python's :func:`load_run_with_added_items`) replays that store, so an item added
 over HTTP is known everywhere. Evaluation (``gensid evaluate``, ``load_run``) keeps the trained
 catalog: the published protocol ranks the catalog the model was trained and tested on.
-This package sits beside :mod:`gensid.pipeline` (it imports the pipeline; the pipeline never
-imports it, nor :mod:`gensid.serve`).
+This package sits beside :mod:`gensid.pipeline` (it imports the pipeline and :mod:`gensid.bundle`;
+neither imports it at load, nor :mod:`gensid.serve`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gensid.bundle import load_servable
 from gensid.live.adder import ItemAdder
 from gensid.live.store import STORE_FILE, AddedItem, ItemStore, stored_items
-from gensid.pipeline import Run, load_run
+from gensid.pipeline import Run
 
 __all__ = ["STORE_FILE", "AddedItem", "ItemAdder", "ItemStore", "load_run_with_added_items",
            "replay", "stored_items"]
@@ -33,8 +34,8 @@ def replay(adder: ItemAdder, added: list[AddedItem]) -> None:
 
 
 def load_run_with_added_items(run_dir: str | Path) -> Run:
-    """:func:`gensid.pipeline.load_run` plus the items added to the run over HTTP (``catalog.sqlite``),
-    as the service sees them: what ``gensid recommend`` ranks."""
-    run = load_run(run_dir)
+    """A run folder or a bundle (:mod:`gensid.bundle`), loaded as the service loads it (no data
+    split), plus the items added to it over HTTP (``catalog.sqlite``): what ``gensid recommend`` ranks."""
+    run = load_servable(run_dir)
     replay(ItemAdder(run), stored_items(run.run_dir))
     return run

@@ -1,7 +1,8 @@
 """The FastAPI app over a trained run directory.
 
-Serves a run directory or a hybrid folder (``gensid hybrid``: the run mixed with a full-catalog
-scorer). Endpoints: ``POST /recommend`` (runs of ``data.task: rec``), ``POST /search`` (runs of
+Serves a run directory, a bundle (``gensid export``: no data needed) or a hybrid folder
+(``gensid hybrid``: the run mixed with a full-catalog scorer); no data split is built.
+Endpoints: ``POST /recommend`` (runs of ``data.task: rec``), ``POST /search`` (runs of
 ``data.task: search``: query text plus history), ``POST /items``, ``GET /items/{id}``,
 ``GET /health``, ``GET /metrics`` (Prometheus). Model calls and item inserts run in worker
 threads under one lock, so the event loop never blocks on the model; ``/recommend`` and
@@ -24,12 +25,13 @@ import torch
 from fastapi import Depends, FastAPI, HTTPException, Response
 from fastapi.exceptions import RequestValidationError
 
+from gensid.bundle import load_servable
 from gensid.data.catalog import render_text
 from gensid.fusion import Hybrid
 from gensid.fusion.hybrid import hybrid_run_dir
 from gensid.live import ItemAdder, ItemStore, replay
 from gensid.live.store import STORE_FILE, AddedItem
-from gensid.pipeline import Run, load_run, top_k
+from gensid.pipeline import Run, top_k
 from gensid.serve.batcher import MicroBatcher, Overloaded
 from gensid.serve.guard import BodyLimit, bearer_check, preview, preview_ids, validation_error
 from gensid.serve.metrics import CONTENT_TYPE, RequestMetrics, ServiceMetrics
@@ -63,8 +65,9 @@ class Service:
     thread-safe."""
 
     def __init__(self, run_dir: str | Path):
-        self.hybrid: Hybrid | None = Hybrid.load(run_dir) if hybrid_run_dir(run_dir) else None
-        self.run: Run = self.hybrid.run if self.hybrid else load_run(run_dir)
+        # no data split is built: serving needs the catalog only (a bundle has no data at all)
+        self.hybrid: Hybrid | None = Hybrid.load(run_dir, splits=False) if hybrid_run_dir(run_dir) else None
+        self.run: Run = self.hybrid.run if self.hybrid else load_servable(run_dir)
         self.adder = ItemAdder(self.run)
         self.store = ItemStore(self.run.run_dir / STORE_FILE)  # a hybrid adds items to its run
         self.lock = threading.Lock()
