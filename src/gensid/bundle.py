@@ -142,8 +142,8 @@ def check_bundle(path: str | Path) -> dict:
         raise RunError(f"{described}: bundle format version {manifest.get('version')!r}, but this gensid "
                        f"({__version__}) reads version {VERSION}; export the run again with this gensid")
     lacking = [key for key in ("strategy", "dataset", "items", "text_fields", "files") if key not in manifest]
-    if lacking:
-        raise RunError(f"{described}: lacks {', '.join(lacking)}; export the run again")
+    if lacking or not isinstance(manifest["files"], dict):
+        raise RunError(f"{described}: lacks {', '.join(lacking) or 'a files object'}; export the run again")
     needed = {name: None for name in (*inference_files(manifest["strategy"]), ITEMS_FILE)} | manifest["files"]
     for name, size in needed.items():
         file = path / name
