@@ -148,12 +148,14 @@ def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="interface t
     import uvicorn
 
     from gensid.fusion.hybrid import hybrid_run_dir
-    from gensid.pipeline import run_files
+    from gensid.pipeline import load_run
     from gensid.serve import create_app
     from gensid.serve.guard import check_exposure
 
     check_exposure(host, token or None, token_reads)  # before the slow load
-    run_files(hybrid_run_dir(run_dir) or run_dir)  # a bad folder fails here, not inside the server's startup
+    # a bad folder, or a config.yaml edited after training, fails here as one line, not inside the
+    # server's startup (which would print a traceback); the server loads the run again (about a second)
+    load_run(hybrid_run_dir(run_dir) or run_dir)
     torch.set_num_threads(threads)
     app_ = create_app(run_dir, max_batch, max_wait_ms, preload_text_encoder=True, token=token or None,
                       token_reads=token_reads, max_queue=max_queue, max_body_bytes=max_body_bytes)
@@ -225,7 +227,8 @@ def finetune_text(config: Path = typer.Argument(..., help="experiment YAML whose
 
 
 @app.command()
-def experiment(plan: Path = typer.Argument(..., help="experiment file in configs/ (a list of variants)"),
+def experiment(plan: Path = typer.Argument(..., help="an experiment plan YAML (a list of variants), e.g. "
+                                                      "research/plans/beauty-best.yaml"),
                shard: str = typer.Option("0/1", help="i/n: run every n-th variant from the i-th (one process per core)"),
                report_only: bool = typer.Option(False, help="only rebuild the table and plots"),
                only: str = typer.Option("", help="run only this variant, by its table label, e.g. 'dgi (full)'"),
