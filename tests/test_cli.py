@@ -116,3 +116,11 @@ def test_experiment_help_points_to_research_plans():
     result = runner.invoke(app, ["experiment", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "research/plans/" in result.output and "configs/" not in result.output
+
+
+def test_gensid_warnings_print_as_one_line(capsys):
+    from gensid.cli import _show_warning
+    from gensid.errors import GensidWarning
+
+    _show_warning(GensidWarning("quantizer.codebook_sizes [64]: too few items"), GensidWarning, "x.py", 3)
+    assert capsys.readouterr().err == "warning: quantizer.codebook_sizes [64]: too few items\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -12,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from gensid.errors import InputError
+from gensid.errors import GensidWarning, InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -286,9 +287,22 @@ def compare(control: str = typer.Argument(..., help="run directory; '{seed}' in 
         write_json(out, result)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """gensid's own warnings as one line (``warning: ...``); any other warning as Python shows it."""
+    if issubclass(category, GensidWarning):
+        Console(stderr=True).print(Text.assemble(("warning: ", "bold yellow"), str(message)), soft_wrap=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main() -> None:
     """The ``gensid`` command: bad input (:class:`InputError`) prints its message and exits 1,
-    without a traceback; any other exception is a bug and keeps its traceback."""
+    without a traceback; any other exception is a bug and keeps its traceback. gensid's warnings
+    (:class:`GensidWarning`) print as one line."""
+    warnings.showwarning = _show_warning
     try:
         app()
     except InputError as exc:
