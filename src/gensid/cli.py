@@ -31,34 +31,45 @@ def _table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     return table
 
 
-def _show_examples(run_dir: Path, users: int = 3, k: int = 5) -> None:
-    from gensid.pipeline import load_run
-
-    run = load_run(run_dir)
-    test = run.splits.test
+def _show_examples(run, users: int = 3, k: int = 5) -> None:
+    """Top-``k`` for the first test users from everything they rated before the held-out item; with
+    ``serve.exclude_seen`` none of those items (as the service answers)."""
+    test, catalog = run.splits.test, run.dataset.catalog
+    exclude = run.exclude_seen_default
     for row in range(min(users, len(test))):
-        history = [int(i) for i in test.histories[row] if i >= 0]
-        recs = run.recommend(history, k)
-        console.print(f"[bold]user {run.dataset.interactions.user_ids[test.users[row]]}[/bold] recently: "
-                      + "; ".join(run.dataset.catalog.title(i) for i in history[-3:]))
-        console.print(f"  held-out next item: {run.dataset.catalog.title(int(test.targets[row]))}")
+        user = int(test.users[row])
+        past = [int(i) for i in run.dataset.interactions.sequences[user][:-1]]  # all but the held-out item
+        recs = run.recommend(past, k, exclude_seen=exclude)
+        console.print(f"[bold]user {run.dataset.interactions.user_ids[user]}[/bold] ({len(past)} items) recently: "
+                      + "; ".join(catalog.title(i) for i in past[-3:]), soft_wrap=True)
+        console.print(f"  held-out next item: {catalog.title(int(test.targets[row]))}", soft_wrap=True)
+        console.print(f"  top {k}" + (f", none of the {len(set(past))} seen (serve.exclude_seen)" if exclude else "")
+                      + ":", soft_wrap=True)
         for rank, item in enumerate(recs, 1):
-            console.print(f"  {rank}. {run.dataset.catalog.title(item)}")
+            hit = " <- the held-out item" if item == int(test.targets[row]) else ""
+            console.print(f"  {rank}. {catalog.title(item)}{hit}", soft_wrap=True)
 
 
 @app.command()
-def train(config: Path = typer.Argument(..., help="experiment YAML in configs/"),
+def train(config: Path = typer.Argument(..., help="a config YAML, e.g. configs/ml100k.yaml"),
           run_dir: Path = typer.Option(None, help="output folder (default runs/<name>)"),
           set_: list[str] = typer.Option([], "--set", help="override, e.g. --set train.lr=1e-3"),
           examples: int = typer.Option(3, help="example recommendations to print"),
-          nproc: int = typer.Option(1, min=1, help="data-parallel processes on this machine (torchrun + DDP)")
+          nproc: int = typer.Option(1, min=1, help="data-parallel processes on this machine (torchrun + DDP)"),
+          sasrec_minutes: float = typer.Option(0.0, min=0, help="also train a small SASRec (ID-based baseline) "
+                                               "on the same split for at most this many minutes and show it in "
+                                               "the table; saved in RUN_DIR/sasrec")
           ) -> None:
     """Fit the semantic IDs, train the generative recommender, evaluate on valid and test."""
     from gensid.config import load_config
-    from gensid.pipeline import train_run
+    from gensid.pipeline import load_run, train_run
+    from gensid.side_by_side import sasrec_beside, sasrec_label, seen_excluded
     from gensid.train import distributed
 
     cfg = load_config(config, set_)
+    if sasrec_minutes and cfg.data.task != "rec":
+        raise InputError(f"--sasrec-minutes {sasrec_minutes:g}: SASRec is a recommendation baseline; "
+                         f"this config has data.task {cfg.data.task}")
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # relaunch this command under torchrun
         args = [a for i, a in enumerate(sys.argv[1:]) if not a.startswith("--nproc")
                 and not (i > 0 and sys.argv[i] == "--nproc")]
@@ -70,14 +81,26 @@ def train(config: Path = typer.Argument(..., help="experiment YAML in configs/")
     metrics = train_run(cfg, run_dir)
     if not distributed.is_main():
         return
+    excluded = cfg.serve.exclude_seen and cfg.data.task == "rec"  # answers skip seen items: show that too
+    run = load_run(run_dir) if sasrec_minutes or examples or excluded else None
+    labels = {"gensid": f"{cfg.train.strategy} (gensid)", "sasrec": "", "most_popular": "most_popular"}
+    rows, sasrec = {labels["gensid"]: metrics["test"]}, None
+    if sasrec_minutes:
+        console.print(f"SASRec beside it: the same split, at most {sasrec_minutes:g} min, in {run_dir / 'sasrec'}")
+        sasrec, summary = sasrec_beside(run, sasrec_minutes)
+        labels["sasrec"] = sasrec_label(summary)
+        rows[labels["sasrec"]] = summary["test"]
+    rows["most_popular"] = metrics["most_popular"]["test"]
     protocol = "leave-one-out" if cfg.data.task == "rec" else "search"
-    console.print(_table(f"{metrics['dataset']} test (full catalog, {protocol})",
-                         {f"{cfg.train.strategy} (gensid)": metrics["test"],
-                          "most_popular": metrics["most_popular"]["test"]}))
+    console.print(_table(f"{metrics['dataset']} test (full catalog, {protocol})", rows))
+    if excluded:
+        console.print(_table("the same, each user's seen items excluded as serve.exclude_seen answers "
+                             "(RecBole's full-sort protocol; not the published one above)",
+                             {labels[name]: m for name, m in seen_excluded(run, sasrec).items()}))
     console.print(f"training {metrics['train_minutes']:.1f} min, best epoch {metrics['best_epoch']}; "
                   f"run saved in {run_dir}")
     if examples:
-        _show_examples(run_dir, examples)
+        _show_examples(run, examples)
 
 
 @app.command()
@@ -165,7 +188,8 @@ def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="interface t
 
 @app.command()
 def hybrid(run_dir: Path, out: Path = typer.Option(..., help="folder for the hybrid (hybrid.json, dense encoder)"),
-           sasrec: Path | None = typer.Option(None, help="recommendation runs: a SASRec folder from benchmarks/sasrec.py"),
+           sasrec: Path | None = typer.Option(None, help="recommendation runs: a SASRec folder from benchmarks/sasrec.py "
+                                                         "or gensid train --sasrec-minutes (RUN_DIR/sasrec)"),
            weights: str = typer.Option("", help="comma-separated mixing weights to try on validation "
                                                "(default 0, .05, .1, .2, ..., .9, 1)"),
            seed: int | None = typer.Option(None, help="dense encoder seed (default: the run's)"),
