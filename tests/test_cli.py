@@ -2,14 +2,16 @@
 prints it as one line and exits 1), never typer's usage box (exit 2); a config that fails
 validation writes nothing."""
 
+import shutil
 import sys
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from conftest import tiny_ml100k
 from gensid.cli import app, main
-from gensid.errors import ConfigError, DataError, InputError
+from gensid.errors import ConfigError, DataError, InputError, RunError
 
 runner = CliRunner()
 
@@ -80,3 +82,45 @@ def test_the_command_prints_one_line_and_exits_1(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.strip() == ("error: --history '50,,172': item 2 is empty; give comma-separated item ids, "
                            "e.g. --history 50,172")
+
+
+def edited(run_dir, tmp_path, field: str, value) -> str:
+    """A copy of ``run_dir`` whose config.yaml says ``field: value`` (edited after training)."""
+    copy = shutil.copytree(run_dir, tmp_path / "edited")
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    section, name = field.split(".")
+    config[section][name] = value
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    return str(copy)
+
+
+@pytest.mark.parametrize("field, value, start, detail", [
+    # the tiny run: d_model 32, one encoder and one decoder layer, codebooks [16, 16]
+    ("model.d_model", 16, "model.safetensors does not fit {run}/config.yaml: model.d_model? ",
+     "history_pos: weights [20, 32] vs model [20, 16]"),
+    ("model.encoder_layers", 2, "model.safetensors does not fit {run}/config.yaml: model.encoder_layers? ",
+     "model has no weights for encoder.layers.1."),
+    ("quantizer.codebook_sizes", [8, 8], "quantizer.safetensors does not fit {run}/config.yaml: "
+     "quantizer.codebook_sizes? ", "quantizer.usage_0: weights [16] vs model [8]"),
+])
+def test_a_config_edited_after_training_stops_recommend_and_serve_in_one_line(tiny_run, tmp_path, field, value,
+                                                                                start, detail):
+    run = edited(tiny_run, tmp_path, field, value)
+    for command in (["recommend", run, "--history", "1,2"], ["serve", run, "--port", "1"]):
+        message = refused(command, RunError)
+        assert message.startswith(f"{run}/" + start.format(run=run)), message
+        assert detail in message and "edited after training" in message
+
+
+def test_experiment_help_points_to_research_plans():
+    result = runner.invoke(app, ["experiment", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "research/plans/" in result.output and "configs/" not in result.output
+
+
+def test_gensid_warnings_print_as_one_line(capsys):
+    from gensid.cli import _show_warning
+    from gensid.errors import GensidWarning
+
+    _show_warning(GensidWarning("quantizer.codebook_sizes [64]: too few items"), GensidWarning, "x.py", 3)
+    assert capsys.readouterr().err == "warning: quantizer.codebook_sizes [64]: too few items\n"

@@ -2,6 +2,7 @@
 full-catalog scoring."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from conftest import tiny_ml100k
 from gensid.config import ModelConfig, ParallelConfig, load_config
 from gensid.data.catalog import Interactions
 from gensid.data.splits import leave_one_out, sequence_windows
-from gensid.errors import ConfigError
+from gensid.errors import ConfigError, GensidWarning
 from gensid.fusion.mixture import fused_rankings
 from gensid.model.parallel import ParallelSIDRecommender, score_items, top_items
 from gensid.pipeline import load_run, train_run
@@ -186,3 +187,19 @@ def test_item_ids_add_a_free_vector_that_an_added_item_lacks():
     assert torch.allclose(moved[:5], torch.ones(5, 32)) and torch.equal(moved[5:], torch.zeros(2, 32))
     states = torch.randn(3, 32)
     assert torch.allclose(model.catalog_scores(states, codes, items), states @ model.item_vectors(codes, items).T)
+
+
+def test_product_quantizer_warns_once_and_faiss_stays_quiet(capfd, rng):
+    # OPQ's k-means over 256 codes per digit made faiss print its warning for every digit of every
+    # iteration (over a thousand lines for a small catalog); gensid says it once, with the collisions
+    vectors = rng.standard_normal((500, 16)).astype(np.float32)
+    with pytest.warns(GensidWarning, match=r"^parallel.codebook_size 256: k-means fitted 256 codes to 500 items, "
+                      r"fewer than the 39 per code faiss asks for \(9984\); .*% of the items share") as caught:
+        quantizer = ProductQuantizer.fit(vectors, digits=4, codebook_size=256, opq=True)
+    assert len(caught) == 1
+    assert "WARNING clustering" not in capfd.readouterr().err
+    assert quantizer.encode(vectors).shape == (500, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ProductQuantizer.fit(vectors, digits=4, codebook_size=8, opq=True)  # 500 items for 8 codes: enough
+    assert "WARNING clustering" not in capfd.readouterr().err

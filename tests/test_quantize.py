@@ -1,10 +1,12 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from gensid.config import QuantizerConfig
-from gensid.errors import ConfigError
+from gensid.errors import ConfigError, GensidWarning
 from gensid.quantize import ResidualQuantizer, SemanticIDs, code_usage, fit_semantic_ids
 
 
@@ -143,3 +145,19 @@ def test_unknown_geometry_and_assignment_are_rejected():
         ResidualQuantizer(4, [2], geometry="manhattan")
     with pytest.raises(ConfigError, match="quantizer.assignment"):
         ResidualQuantizer(4, [2], assignment="magic")
+
+
+def test_too_few_items_for_the_codebooks_is_said_once_with_the_collision_rate(capfd):
+    # faiss wants 39 points per centroid: 300 items for 16 codes are too few, 700 are enough
+    vectors = np.random.default_rng(0).standard_normal((700, 24)).astype(np.float32)
+    with pytest.warns(GensidWarning) as caught:
+        _, _, stats = fit_semantic_ids(vectors[:300], QuantizerConfig(codebook_sizes=[16, 16, 16]), progress=False)
+    assert len(caught) == 1
+    assert str(caught[0].message) == (
+        "quantizer.codebook_sizes [16, 16, 16]: k-means fitted 16 codes to 300 items, fewer than the 39 per code "
+        f"faiss asks for (624); {stats['collision_rate']:.1%} of the items share all their codes with another "
+        "item (the collision rate)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit_semantic_ids(vectors, QuantizerConfig(codebook_sizes=[16, 16, 16]), progress=False)
+    assert "WARNING clustering" not in capfd.readouterr().err  # faiss's own message, once per level, is silenced

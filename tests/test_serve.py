@@ -92,7 +92,7 @@ def test_health_and_recommend_return_ranked_items_with_titles(run_dir):
         assert all(it["title"] == catalog.title(catalog.index_of(it["id"])) for it in items)
         run = c.app.state.service.run
         assert [it["id"] for it in items] == [catalog.item_ids[i] for i in run.recommend(
-            [catalog.index_of(i) for i in history], 5)]
+            [catalog.index_of(i) for i in history], 5, run.exclude_seen_default)]
 
 
 @pytest.mark.parametrize(("path", "body", "status", "says"), [
@@ -274,7 +274,8 @@ def test_a_hybrid_folder_serves_the_mixture_and_scores_added_items(trained, tmp_
         svc = c.app.state.service
         catalog = svc.run.dataset.catalog
         history = catalog.item_ids[:3]
-        r = c.post("/search", json={"query": "comedy", "history": history, "k": 10})
+        # the run's serve.exclude_seen (configs/ml100k.yaml: true) would drop the history's items from the answer
+        r = c.post("/search", json={"query": "comedy", "history": history, "k": 10, "exclude_seen": False})
         assert r.status_code == 200, r.text
         samples = svc.run.history_samples([[catalog.index_of(i) for i in history]])
         query = torch.from_numpy(svc.text_encoder().encode(["comedy"], progress=False))
@@ -414,7 +415,8 @@ def test_items_added_over_http_are_known_to_the_cli_and_to_load_run_with_added_i
     run = load_run_with_added_items(run_dir)
     catalog = run.dataset.catalog
     assert "persist-1" in catalog and run.index.codes[catalog.index_of("persist-1")].tolist() == sid
-    assert [catalog.item_ids[i] for i in run.recommend([catalog.index_of(i) for i in history], 10)] == served
+    internal = [catalog.index_of(i) for i in history]  # served answers follow the run's serve.exclude_seen
+    assert [catalog.item_ids[i] for i in run.recommend(internal, 10, run.exclude_seen_default)] == served
     assert "persist-1" not in load_run(run_dir).dataset.catalog  # evaluation keeps the trained catalog
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -12,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from gensid.errors import InputError
+from gensid.errors import GensidWarning, InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -30,34 +31,45 @@ def _table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     return table
 
 
-def _show_examples(run_dir: Path, users: int = 3, k: int = 5) -> None:
-    from gensid.pipeline import load_run
-
-    run = load_run(run_dir)
-    test = run.splits.test
+def _show_examples(run, users: int = 3, k: int = 5) -> None:
+    """Top-``k`` for the first test users from everything they rated before the held-out item; with
+    ``serve.exclude_seen`` none of those items (as the service answers)."""
+    test, catalog = run.splits.test, run.dataset.catalog
+    exclude = run.exclude_seen_default
     for row in range(min(users, len(test))):
-        history = [int(i) for i in test.histories[row] if i >= 0]
-        recs = run.recommend(history, k)
-        console.print(f"[bold]user {run.dataset.interactions.user_ids[test.users[row]]}[/bold] recently: "
-                      + "; ".join(run.dataset.catalog.title(i) for i in history[-3:]))
-        console.print(f"  held-out next item: {run.dataset.catalog.title(int(test.targets[row]))}")
+        user = int(test.users[row])
+        past = [int(i) for i in run.dataset.interactions.sequences[user][:-1]]  # all but the held-out item
+        recs = run.recommend(past, k, exclude_seen=exclude)
+        console.print(f"[bold]user {run.dataset.interactions.user_ids[user]}[/bold] ({len(past)} items) recently: "
+                      + "; ".join(catalog.title(i) for i in past[-3:]), soft_wrap=True)
+        console.print(f"  held-out next item: {catalog.title(int(test.targets[row]))}", soft_wrap=True)
+        console.print(f"  top {k}" + (f", none of the {len(set(past))} seen (serve.exclude_seen)" if exclude else "")
+                      + ":", soft_wrap=True)
         for rank, item in enumerate(recs, 1):
-            console.print(f"  {rank}. {run.dataset.catalog.title(item)}")
+            hit = " <- the held-out item" if item == int(test.targets[row]) else ""
+            console.print(f"  {rank}. {catalog.title(item)}{hit}", soft_wrap=True)
 
 
 @app.command()
-def train(config: Path = typer.Argument(..., help="experiment YAML in configs/"),
+def train(config: Path = typer.Argument(..., help="a config YAML, e.g. configs/ml100k.yaml"),
           run_dir: Path = typer.Option(None, help="output folder (default runs/<name>)"),
           set_: list[str] = typer.Option([], "--set", help="override, e.g. --set train.lr=1e-3"),
           examples: int = typer.Option(3, help="example recommendations to print"),
-          nproc: int = typer.Option(1, min=1, help="data-parallel processes on this machine (torchrun + DDP)")
+          nproc: int = typer.Option(1, min=1, help="data-parallel processes on this machine (torchrun + DDP)"),
+          sasrec_minutes: float = typer.Option(0.0, min=0, help="also train a small SASRec (ID-based baseline) "
+                                               "on the same split for at most this many minutes and show it in "
+                                               "the table; saved in RUN_DIR/sasrec")
           ) -> None:
     """Fit the semantic IDs, train the generative recommender, evaluate on valid and test."""
     from gensid.config import load_config
-    from gensid.pipeline import train_run
+    from gensid.pipeline import load_run, train_run
+    from gensid.side_by_side import sasrec_beside, sasrec_label, seen_excluded
     from gensid.train import distributed
 
     cfg = load_config(config, set_)
+    if sasrec_minutes and cfg.data.task != "rec":
+        raise InputError(f"--sasrec-minutes {sasrec_minutes:g}: SASRec is a recommendation baseline; "
+                         f"this config has data.task {cfg.data.task}")
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # relaunch this command under torchrun
         args = [a for i, a in enumerate(sys.argv[1:]) if not a.startswith("--nproc")
                 and not (i > 0 and sys.argv[i] == "--nproc")]
@@ -69,14 +81,26 @@ def train(config: Path = typer.Argument(..., help="experiment YAML in configs/")
     metrics = train_run(cfg, run_dir)
     if not distributed.is_main():
         return
+    excluded = cfg.serve.exclude_seen and cfg.data.task == "rec"  # answers skip seen items: show that too
+    run = load_run(run_dir) if sasrec_minutes or examples or excluded else None
+    labels = {"gensid": f"{cfg.train.strategy} (gensid)", "sasrec": "", "most_popular": "most_popular"}
+    rows, sasrec = {labels["gensid"]: metrics["test"]}, None
+    if sasrec_minutes:
+        console.print(f"SASRec beside it: the same split, at most {sasrec_minutes:g} min, in {run_dir / 'sasrec'}")
+        sasrec, summary = sasrec_beside(run, sasrec_minutes)
+        labels["sasrec"] = sasrec_label(summary)
+        rows[labels["sasrec"]] = summary["test"]
+    rows["most_popular"] = metrics["most_popular"]["test"]
     protocol = "leave-one-out" if cfg.data.task == "rec" else "search"
-    console.print(_table(f"{metrics['dataset']} test (full catalog, {protocol})",
-                         {f"{cfg.train.strategy} (gensid)": metrics["test"],
-                          "most_popular": metrics["most_popular"]["test"]}))
+    console.print(_table(f"{metrics['dataset']} test (full catalog, {protocol})", rows))
+    if excluded:
+        console.print(_table("the same, each user's seen items excluded as serve.exclude_seen answers "
+                             "(RecBole's full-sort protocol; not the published one above)",
+                             {labels[name]: m for name, m in seen_excluded(run, sasrec).items()}))
     console.print(f"training {metrics['train_minutes']:.1f} min, best epoch {metrics['best_epoch']}; "
                   f"run saved in {run_dir}")
     if examples:
-        _show_examples(run_dir, examples)
+        _show_examples(run, examples)
 
 
 @app.command()
@@ -149,7 +173,7 @@ def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="interface t
 
     from gensid.bundle import check_bundle, is_bundle
     from gensid.fusion.hybrid import hybrid_run_dir
-    from gensid.pipeline import run_files
+    from gensid.pipeline import load_run
     from gensid.serve import create_app
     from gensid.serve.guard import check_exposure
 
@@ -157,7 +181,9 @@ def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="interface t
     if is_bundle(run_dir):  # a bad folder fails here, not inside the server's startup
         check_bundle(run_dir)
     else:
-        run_files(hybrid_run_dir(run_dir) or run_dir)
+        # a bad folder, or a config.yaml edited after training, fails here as one line, not inside the
+        # server's startup (which would print a traceback); the server loads the run again (about a second)
+        load_run(hybrid_run_dir(run_dir) or run_dir, splits=False)
     torch.set_num_threads(threads)
     app_ = create_app(run_dir, max_batch, max_wait_ms, preload_text_encoder=True, token=token or None,
                       token_reads=token_reads, max_queue=max_queue, max_body_bytes=max_body_bytes)
@@ -179,7 +205,8 @@ def export(run_dir: Path = typer.Argument(..., help="a trained run folder"),
 
 @app.command()
 def hybrid(run_dir: Path, out: Path = typer.Option(..., help="folder for the hybrid (hybrid.json, dense encoder)"),
-           sasrec: Path | None = typer.Option(None, help="recommendation runs: a SASRec folder from benchmarks/sasrec.py"),
+           sasrec: Path | None = typer.Option(None, help="recommendation runs: a SASRec folder from benchmarks/sasrec.py "
+                                                         "or gensid train --sasrec-minutes (RUN_DIR/sasrec)"),
            weights: str = typer.Option("", help="comma-separated mixing weights to try on validation "
                                                "(default 0, .05, .1, .2, ..., .9, 1)"),
            seed: int | None = typer.Option(None, help="dense encoder seed (default: the run's)"),
@@ -242,7 +269,8 @@ def finetune_text(config: Path = typer.Argument(..., help="experiment YAML whose
 
 
 @app.command()
-def experiment(plan: Path = typer.Argument(..., help="experiment file in configs/ (a list of variants)"),
+def experiment(plan: Path = typer.Argument(..., help="an experiment plan YAML (a list of variants), e.g. "
+                                                      "research/plans/beauty-best.yaml"),
                shard: str = typer.Option("0/1", help="i/n: run every n-th variant from the i-th (one process per core)"),
                report_only: bool = typer.Option(False, help="only rebuild the table and plots"),
                only: str = typer.Option("", help="run only this variant, by its table label, e.g. 'dgi (full)'"),
@@ -300,9 +328,22 @@ def compare(control: str = typer.Argument(..., help="run directory; '{seed}' in 
         write_json(out, result)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """gensid's own warnings as one line (``warning: ...``); any other warning as Python shows it."""
+    if issubclass(category, GensidWarning):
+        Console(stderr=True).print(Text.assemble(("warning: ", "bold yellow"), str(message)), soft_wrap=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main() -> None:
     """The ``gensid`` command: bad input (:class:`InputError`) prints its message and exits 1,
-    without a traceback; any other exception is a bug and keeps its traceback."""
+    without a traceback; any other exception is a bug and keeps its traceback. gensid's warnings
+    (:class:`GensidWarning`) print as one line."""
+    warnings.showwarning = _show_warning
     try:
         app()
     except InputError as exc:

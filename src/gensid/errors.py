@@ -23,3 +23,8 @@ class DataError(InputError):
 
 class RunError(InputError):
     """A run directory or a saved file in it is missing, damaged or of another config."""
+
+
+class GensidWarning(UserWarning):
+    """Something the user should know that does not stop the run (the ``gensid`` command prints it as
+    one line)."""

@@ -206,7 +206,7 @@ def tokenizer_and_sids(cfg: ExperimentConfig, text: torch.Tensor, run_dir: Path,
     path, sids_path = run_dir / "quantizer.safetensors", run_dir / "index" / "sids.safetensors"
     if path.exists() and sids_path.exists():
         tokenizer = RQVAE(text.shape[1], cfg.quantizer)
-        tokenizer.load_state_dict(load_tensors(path)[0])
+        load_fitting_weights(tokenizer, path, cfg)
         tensors, meta = load_tensors(sids_path)
         return tokenizer.eval(), SemanticIDs(tensors["codes"].numpy(), meta["sizes"])
     if cfg.quantizer.sids_from:
@@ -616,7 +616,47 @@ def load_run(run_dir: str | Path, splits: bool = True) -> Run:
 
 def with_weights(run: Run, weights: Path) -> Run:
     """``run`` with the trained weights of ``weights``, in eval mode, its index refreshed (joint runs)."""
-    run.model.load_state_dict(load_tensors(weights)[0])
+    load_fitting_weights(run.model, weights, run.cfg)
     run.model.eval()
     run.refresh_index()
     return run
+
+
+# config fields that set parameter shapes, in the order a mismatch is blamed on them
+SHAPE_FIELDS = ("model.d_model", "model.d_ff", "data.max_history", "quantizer.latent_dim", "quantizer.codebook_sizes",
+                "parallel.digits", "parallel.codebook_size")
+LAYER_FIELDS = {"encoder.layers.": "model.encoder_layers", "decoder.layers.": "model.decoder_layers",
+                "blocks.": "model.encoder_layers"}
+
+
+def load_fitting_weights(module: torch.nn.Module, weights: Path, cfg: ExperimentConfig) -> None:
+    """Load ``weights`` (a run's safetensors file) into ``module``, built from the run's ``config.yaml``.
+    A config edited after training (e.g. ``model.d_model``) gives weights of other shapes: ``RunError``
+    in one line naming the file, the config field that likely changed and the parameters that disagree."""
+    state = load_tensors(weights)[0]
+    ours = module.state_dict()
+    shapes = {k: (list(state[k].shape), list(v.shape)) for k, v in ours.items() if k in state and state[k].shape != v.shape}
+    missing, unexpected = [k for k in ours if k not in state], [k for k in state if k not in ours]
+    if not (shapes or missing or unexpected):
+        module.load_state_dict(state)
+        return
+    values = cfg.to_dict()
+    blame: dict[str, int] = {}
+    for theirs, mine in shapes.values():
+        changed = {m for t, m in zip(theirs, mine, strict=False) if t != m} if len(theirs) == len(mine) else set(mine)
+        for field in SHAPE_FIELDS:
+            section, name = field.split(".")
+            value = values[section][name]
+            if changed & set(value if isinstance(value, list) else [value]):
+                blame[field] = blame.get(field, 0) + 1
+    hints = [max(blame, key=lambda f: (blame[f], -SHAPE_FIELDS.index(f)))] if blame else []
+    hints += sorted({field for prefix, field in LAYER_FIELDS.items() for k in missing + unexpected
+                     if k.startswith(prefix)} - set(hints))
+    parts = [f"{k}: weights {theirs} vs model {mine}" for k, (theirs, mine) in list(shapes.items())[:2]]
+    parts += [f"{label} {keys[0]}" + (f" and {len(keys) - 1} more" if len(keys) > 1 else "")
+              for label, keys in (("model has no weights for", missing), ("weights have no place in the model for",
+                                                                             unexpected)) if keys]
+    more = f" ({len(shapes) - 2} more shapes differ)" if len(shapes) > 2 else ""
+    config = weights.parent / "config.yaml"
+    raise RunError(f"{weights} does not fit {config}: " + "".join(f"{h}? " for h in hints) + "; ".join(parts) + more
+                   + f" (was {config.name} edited after training? restore its values or train a new run)")

@@ -20,6 +20,7 @@ import torch
 
 from gensid.errors import ConfigError, RunError
 from gensid.io import load_tensors, save_tensors
+from gensid.quantize.residual import too_few_points
 from gensid.quantize.sids import code_usage, collision_rate
 
 
@@ -42,8 +43,14 @@ class ProductQuantizer:
             raise ConfigError(f"parallel.digits {digits}: must divide the text vector's {dim} dimensions")
         steps = ([f"PCAW{dim}"] if whiten else []) + ([f"OPQ{digits}"] if opq else []) + [f"PQ{digits}x{bits}"]
         index = faiss.index_factory(dim, ",".join(steps))
+        opq_transforms = quiet_clustering(index, digits)
         index.train(np.ascontiguousarray(vectors, dtype=np.float32))
-        return cls(index, digits, codebook_size)
+        for transform in opq_transforms:  # they pointed to a product quantizer that Python frees
+            transform.pq = None
+        quantizer = cls(index, digits, codebook_size)
+        too_few_points(len(vectors), codebook_size, f"parallel.codebook_size {codebook_size}",
+                       collision_rate(quantizer.encode(vectors)))
+        return quantizer
 
     def encode(self, vectors: np.ndarray | torch.Tensor) -> np.ndarray:
         """vectors [n, T] -> digits [n, m] int64 in [0, codebook_size)."""
@@ -67,6 +74,28 @@ class ProductQuantizer:
             raise RunError(f"{path}: not a product quantizer (no faiss_index tensor)")
         index = faiss.deserialize_index(tensors["faiss_index"].numpy())
         return cls(index, int(meta["digits"]), int(meta["codebook_size"]))
+
+
+def quiet_clustering(index: faiss.Index, digits: int) -> list:
+    """Stop faiss printing "please provide at least N training points" for every digit of every OPQ
+    iteration (over a thousand lines on a small catalog; :func:`too_few_points` says it once). That
+    threshold only decides the message: OPQ gets the 8-bit product quantizer it would build itself,
+    with the threshold at 1, and so does the final product quantizer. Returns the OPQ transforms,
+    whose ``pq`` must be reset after training."""
+    index = faiss.downcast_index(index)
+    transforms = []
+    if isinstance(index, faiss.IndexPreTransform):
+        for i in range(index.chain.size()):
+            transform = faiss.downcast_VectorTransform(index.chain.at(i))
+            if isinstance(transform, faiss.OPQMatrix):
+                pq = faiss.ProductQuantizer(transform.d_out, digits, 8)
+                pq.cp.min_points_per_centroid = 1
+                transform.pq = pq
+                transform.referenced_pq = pq  # alive as long as the transform
+                transforms.append(transform)
+        index = faiss.downcast_index(index.index)
+    index.pq.cp.min_points_per_centroid = 1
+    return transforms
 
 
 def digit_stats(codes: np.ndarray, codebook_size: int) -> dict:

@@ -27,6 +27,7 @@ Uncertainty decay (DIGER) scales the Gumbel noise of the ``dril`` assignment:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import faiss
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gensid.errors import ConfigError
+from gensid.errors import ConfigError, GensidWarning
 from gensid.quantize.assign import Assignment
 
 
@@ -168,6 +169,7 @@ class ResidualQuantizer(nn.Module):
 
 
 DECAYS = ("none", "sdud", "frqud")
+FAISS_MIN_POINTS = 39  # faiss's min_points_per_centroid: fewer training points per centroid make it warn
 RESIDUAL_EPS = 1e-2  # the smallest residual norm that cosine scoring rescales to unit length
 
 
@@ -178,6 +180,18 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 25, spherical: boo
     if n <= k:
         extra = x[rng.integers(0, n, k - n)] + 1e-3 * rng.standard_normal((k - n, d)).astype(np.float32)
         return np.concatenate([x, extra]).astype(np.float32)
-    km = faiss.Kmeans(d, k, niter=niter, seed=seed, spherical=spherical, max_points_per_centroid=10**6)
+    # min_points_per_centroid only decides when faiss prints "please provide at least k * 39 training
+    # points" (once per level, from C++): the quantizer says it once itself (too_few_points)
+    km = faiss.Kmeans(d, k, niter=niter, seed=seed, spherical=spherical, max_points_per_centroid=10**6,
+                      min_points_per_centroid=1)
     km.train(np.ascontiguousarray(x, dtype=np.float32))
     return km.centroids.astype(np.float32)
+
+
+def too_few_points(n: int, codes: int, what: str, collisions: float) -> None:
+    """Warn once (``GensidWarning``) when k-means fitted ``codes`` centroids to ``n`` points, fewer than
+    faiss's rule of thumb, with the collision rate the codes ended with."""
+    if n < FAISS_MIN_POINTS * codes:
+        warnings.warn(f"{what}: k-means fitted {codes} codes to {n} items, fewer than the {FAISS_MIN_POINTS} "
+                      f"per code faiss asks for ({FAISS_MIN_POINTS * codes}); {collisions:.1%} of the items share "
+                      "all their codes with another item (the collision rate)", GensidWarning, stacklevel=3)

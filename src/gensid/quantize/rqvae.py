@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from gensid.config import QuantizerConfig
 from gensid.errors import ConfigError
-from gensid.quantize.residual import ResidualQuantizer
+from gensid.quantize.residual import ResidualQuantizer, too_few_points
 from gensid.quantize.sids import SemanticIDs
 
 
@@ -141,6 +141,8 @@ def fit_semantic_ids(vectors: np.ndarray, cfg: QuantizerConfig, seed: int = 0,
     model.eval()
     sids = SemanticIDs.from_codes(model.encode(x).numpy(), cfg.codebook_sizes)
     stats = sids.stats()
+    too_few_points(len(x), max(cfg.codebook_sizes), f"quantizer.codebook_sizes {cfg.codebook_sizes}",
+                   stats["collision_rate"])
     if losses:
         stats["final_loss"] = losses[-1]
     return model, sids, stats
