@@ -58,7 +58,9 @@ class ParallelObjective:
         next_items = torch.cat([batch.history_items[:, 1:], batch.targets[:, None]], 1)[real]  # [R]
         next_codes = torch.cat([batch.history_codes[:, 1:], batch.target_codes[:, None]], 1)[real]  # [R, m]
         hidden = hidden[real]
-        logits = model.digit_logits(hidden)  # [R, m, K]
+        # the shared head's item softmax needs no digit logits: skip the [R, d] x [d, m*K] matmul
+        needs_digits = self.loss != "items" or model.head != "shared"
+        logits = model.digit_logits(hidden) if needs_digits else None  # [R, m, K]
         terms = {}
         if self.loss in ("digits", "both"):
             terms["next_digits"] = model.loss(logits, next_codes)
