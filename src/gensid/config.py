@@ -651,7 +651,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 # ---------------------------------------------------------------------------------------------
 # the reference (docs/config.md)
 
-SECTIONS = ("data", "text", "quantizer", "parallel", "model", "train", "loss", "eval")
+SECTIONS = ("data", "text", "quantizer", "parallel", "model", "train", "eval", "serve")
 _TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "true / false"}
 
 
@@ -724,7 +724,21 @@ def reference_markdown() -> str:
         "## top level",
         "",
         *_table(ExperimentConfig, ["name"]),
+        "",
+        "## `method`",
+        "",
+        " ".join((ExperimentConfig.model_fields["method"].description or "").split()) + ". A method's fields "
+        "have the paper's defaults; the switches of its ablations are among them. The joint methods "
+        "(the index learns with the model) share the decoder input and the loss weights (the total is "
+        "next-token + the weighted terms). Run folders written before `method` existed (with "
+        "`train.strategy`, `quantizer.assignment`, `model.tie_heads`, `loss`, ...) load as the same run "
+        "with its method (`gensid.config.from_flags`).",
     ]
+    for method in METHODS:
+        fields = [name for name in method.model_fields if name != "name"]
+        lines += ["", f"### `method: {method.model_fields['name'].default}`", "",
+                  " ".join((sys.modules[method.__module__].__doc__ or "").split()), ""]
+        lines += _table(method, fields) if fields else ["No settings of its own."]
     for name in SECTIONS:
         model = ExperimentConfig.model_fields[name].annotation
         lines += ["", f"## `{name}`", "", " ".join((model.__doc__ or "").split()), "",

@@ -13,7 +13,7 @@ terms; :class:`gensid.train.objectives.JointObjective` applies them.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +22,21 @@ from gensid.quantize.assign import Assignment
 
 Family = Literal["two_stage", "joint", "parallel"]
 DecoderInput = Literal["codebook", "embedding+codebook"]
+
+
+LOSS_TERMS = {
+    "global_cosine": "1 - cos(z_base, sum of the level vectors)",
+    "codebook": "per-level codebook + beta x commitment",
+    "rqvae_reconstruction": "MSE of the RQ-VAE decoder's text reconstruction",
+    "infonce": "in-batch InfoNCE between the context vector and the target's item vector (trains the vectors "
+               "that order items sharing a SID)",
+    "diversity": "1 - normalised entropy of the batch's mean code distribution",
+}
+
+
+def loss_weight(term: str, default: float) -> Any:
+    """The field of a loss term's weight (a method's default, the term's description)."""
+    return Field(default, ge=0, description=f"loss weight: {LOSS_TERMS[term]}")
 
 
 class Method(BaseModel):
@@ -45,14 +60,11 @@ class JointMethod(Method):
                                         "(the assignment's vector: soft, straight-through or hard) or "
                                         "`embedding+codebook` (a learned code embedding plus that vector; a "
                                         "warm start from a two-stage run keeps its embeddings)")
-    global_cosine: Float = Field(0.0, ge=0, description="loss weight: 1 - cos(z_base, sum of the level vectors)")
-    codebook: Float = Field(0.0, ge=0, description="loss weight: per-level codebook + beta x commitment")
-    rqvae_reconstruction: Float = Field(0.0, ge=0, description="loss weight: MSE of the RQ-VAE decoder's "
-                                        "text reconstruction")
-    infonce: Float = Field(0.1, ge=0, description="loss weight: in-batch InfoNCE between the context vector "
-                           "and the target's item vector (trains the vectors that order items sharing a SID)")
-    diversity: Float = Field(0.0, ge=0, description="loss weight: 1 - normalised entropy of the batch's mean "
-                             "code distribution")
+    global_cosine: Float = loss_weight("global_cosine", 0.0)
+    codebook: Float = loss_weight("codebook", 0.0)
+    rqvae_reconstruction: Float = loss_weight("rqvae_reconstruction", 0.0)
+    infonce: Float = loss_weight("infonce", 0.1)
+    diversity: Float = loss_weight("diversity", 0.0)
 
     def assignment(self) -> Assignment:
         """How items get codes while the index learns."""

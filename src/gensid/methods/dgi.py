@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field
 
 from gensid.fields import Float
-from gensid.methods.base import JointMethod
+from gensid.methods.base import JointMethod, loss_weight
 from gensid.quantize.assign import Assignment
 
 
@@ -34,10 +34,9 @@ class DGI(JointMethod):
     tau_start: Float = Field(1.0, gt=0, description="Gumbel-Softmax temperature at the start, annealed "
                              "exponentially ...")
     tau_end: Float = Field(0.1, gt=0, description="... to this at the end of training")
-    global_cosine: Float = Field(1.0, ge=0, description="loss weight: 1 - cos(z_base, sum of the level vectors)")
-    codebook: Float = Field(0.25, ge=0, description="loss weight: per-level codebook + beta x commitment")
-    diversity: Float = Field(0.01, ge=0, description="loss weight: 1 - normalised entropy of the batch's mean "
-                             "code distribution")
+    global_cosine: Float = loss_weight("global_cosine", 1.0)
+    codebook: Float = loss_weight("codebook", 0.25)
+    diversity: Float = loss_weight("diversity", 0.01)
 
     def assignment(self) -> Assignment:
         return Assignment("gumbel_soft" if self.soft_gradient_flow else "argmax")

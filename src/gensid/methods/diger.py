@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import Field
 
 from gensid.fields import Float
-from gensid.methods.base import JointMethod
+from gensid.methods.base import JointMethod, loss_weight
 from gensid.quantize.assign import Assignment
 
 
@@ -27,9 +27,8 @@ class DIGER(JointMethod):
     decay: Literal["none", "sdud", "frqud"] = Field("frqud", description="uncertainty decay of the assignment "
                                                     "noise: `none`, `sdud` or `frqud`")
     temperature: Float = Field(2.0, gt=0, description="DRIL's Gumbel-Softmax temperature (fixed)")
-    codebook: Float = Field(1.0, ge=0, description="loss weight: per-level codebook + beta x commitment")
-    rqvae_reconstruction: Float = Field(1.0, ge=0, description="loss weight: MSE of the RQ-VAE decoder's "
-                                        "text reconstruction")
+    codebook: Float = loss_weight("codebook", 1.0)
+    rqvae_reconstruction: Float = loss_weight("rqvae_reconstruction", 1.0)
 
     def assignment(self) -> Assignment:
         return Assignment("dril")

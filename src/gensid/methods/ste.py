@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
 from gensid.fields import Float
-from gensid.methods.base import JointMethod
+from gensid.methods.base import JointMethod, loss_weight
 from gensid.quantize.assign import Assignment
 
 
@@ -16,9 +14,8 @@ class STE(JointMethod):
     """Hard codes with a straight-through gradient; no temperature."""
 
     name: Literal["ste"] = "ste"
-    codebook: Float = Field(1.0, ge=0, description="loss weight: per-level codebook + beta x commitment")
-    rqvae_reconstruction: Float = Field(1.0, ge=0, description="loss weight: MSE of the RQ-VAE decoder's "
-                                        "text reconstruction")
+    codebook: Float = loss_weight("codebook", 1.0)
+    rqvae_reconstruction: Float = loss_weight("rqvae_reconstruction", 1.0)
 
     def assignment(self) -> Assignment:
         return Assignment("ste")

@@ -23,7 +23,6 @@ from gensid.quantize.assign import Assignment
 from gensid.quantize.residual import ResidualQuantizer, too_few_points
 from gensid.quantize.sids import SemanticIDs
 
-
 STRAIGHT_THROUGH = Assignment("ste")
 
 
