@@ -11,8 +11,8 @@ from gensid.data.catalog import Interactions
 from gensid.data.splits import leave_one_out
 from gensid.errors import ConfigError
 from gensid.index import SIDIndex, constrained_beam_search
-from gensid.model import GenerativeRecommender
 from gensid.methods import DGI, DIGER, STE, JointMethod
+from gensid.model import GenerativeRecommender
 from gensid.quantize import RQVAE, SemanticIDs
 from gensid.train import Batch, ItemFeatures
 from gensid.train.objectives import JointObjective, item_snapshot

@@ -402,10 +402,12 @@ def _dotted(loc: tuple) -> str:
     return out
 
 
-def _field_at(loc: tuple) -> tuple[type[BaseModel] | None, Any]:
+def _field_at(loc: tuple, method: str | None = None) -> tuple[type[BaseModel] | None, Any]:
     """(the model holding the field at ``loc``, that field's annotation); (model, None) if the last
-    part is not one of its fields."""
+    part is not one of its fields. ``method``: the method whose fields ``method.*`` are."""
     model: type[BaseModel] | None = ExperimentConfig
+    if method is not None and loc[:1] == ("method",) and len(loc) > 1:
+        model, loc = next(m for m in METHODS if m.model_fields["name"].default == method), loc[1:]
     annotation: Any = None
     for i, part in enumerate(loc):
         if model is None or not isinstance(part, str):
@@ -441,17 +443,23 @@ def _choice(value: Any) -> str:
 def _what(error: dict) -> tuple[tuple, str, tuple]:
     """(loc of the key at fault, what is wrong, locs of the other keys involved) of a pydantic error."""
     loc, kind, value, ctx = tuple(error["loc"]), error["type"], error.get("input"), error.get("ctx") or {}
+    method = None
+    if loc[:1] == ("method",) and len(loc) > 1:  # pydantic puts the method's name after `method`
+        method, loc = loc[1], ("method", *loc[2:])
+    if kind == "union_tag_invalid":
+        tag = ctx.get("tag")
+        return loc, f"{_shown(tag)} is not allowed{_hint(tag, list(NAMES))}; expected one of {', '.join(NAMES)}", ()
     if kind == "value_error" and isinstance(ctx.get("error"), Problem):
         problem = ctx["error"]
         key = (*loc, *problem.key.split("."))
         return key, str(problem), tuple((*loc, *k.split(".")) for k in problem.involves)
     if kind == "extra_forbidden":
-        model, _ = _field_at(loc)
+        model, _ = _field_at(loc, method)
         names = list(model.model_fields) if model is not None else []
         what = "unknown section" if len(loc) == 1 else "unknown field"
         return loc, f"{what}{_hint(loc[-1], names)}; expected one of {', '.join(names)}", ()
     if kind == "literal_error":
-        _, annotation = _field_at(loc)
+        _, annotation = _field_at(loc, method)
         choices = [_choice(c) for c in get_args(annotation)] if get_origin(annotation) is Literal else []
         expected = ", ".join(choices) if choices else ctx.get("expected", "")
         return loc, f"{_shown(value)} is not allowed{_hint(value, choices)}; expected one of {expected}", ()
