@@ -618,10 +618,9 @@ def from_flags(raw: dict[str, Any]) -> dict[str, Any]:
               **{key: flags.pop(f"loss.{key}", 0.0) for key in LOSS_WEIGHTS}}
     if method["name"] == "dgi":
         method.update(soft_gradient_flow=assignment == "gumbel_soft", weight_sharing=flags.pop("model.tie_heads", False),
-                      scaled_cosine=flags.pop("model.logits", "dot") == "cosine",
-                      tau_start=flags.pop("quantizer.tau_start", 1.0), tau_end=flags.pop("quantizer.tau_end", 0.1))
+                      scaled_cosine=flags.pop("model.logits", "dot") == "cosine")
     elif method["name"] == "diger":
-        method.update(decay=flags.pop("quantizer.decay", "none"), temperature=flags.pop("quantizer.dril_temperature", 2.0))
+        method.update(decay=flags.pop("quantizer.decay", "none"))
     raw["method"] = method
     _no_other_flags(flags)
     return raw

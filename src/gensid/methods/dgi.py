@@ -12,7 +12,7 @@ scaled cosine" is ``scaled_cosine: false`` with ``quantizer.geometry: euclidean`
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -31,9 +31,8 @@ class DGI(JointMethod):
                                  "latent size = model.d_model)")
     scaled_cosine: bool = Field(True, description="heads score gamma x cos(h, e) with a learnable gamma "
                                 "(30 at the start); off: the dot product")
-    tau_start: Float = Field(1.0, gt=0, description="Gumbel-Softmax temperature at the start, annealed "
-                             "exponentially ...")
-    tau_end: Float = Field(0.1, gt=0, description="... to this at the end of training")
+    TAU_START: ClassVar[float] = 1.0  # the Gumbel-Softmax temperature, annealed exponentially ...
+    TAU_END: ClassVar[float] = 0.1  # ... to this at the end of training
     global_cosine: Float = loss_weight("global_cosine", 1.0)
     codebook: Float = loss_weight("codebook", 0.25)
     diversity: Float = loss_weight("diversity", 0.01)
@@ -42,7 +41,7 @@ class DGI(JointMethod):
         return Assignment("gumbel_soft" if self.soft_gradient_flow else "argmax")
 
     def tau(self, progress: float) -> float:
-        return self.tau_start * (self.tau_end / self.tau_start) ** min(max(progress, 0.0), 1.0)
+        return self.TAU_START * (self.TAU_END / self.TAU_START) ** min(max(progress, 0.0), 1.0)
 
     @property
     def tie_heads(self) -> bool:

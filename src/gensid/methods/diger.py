@@ -11,7 +11,7 @@ used more than twice the uniform share); see :mod:`gensid.quantize.residual`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -26,7 +26,7 @@ class DIGER(JointMethod):
     name: Literal["diger"] = "diger"
     decay: Literal["none", "sdud", "frqud"] = Field("frqud", description="uncertainty decay of the assignment "
                                                     "noise: `none`, `sdud` or `frqud`")
-    temperature: Float = Field(2.0, gt=0, description="DRIL's Gumbel-Softmax temperature (fixed)")
+    TEMPERATURE: ClassVar[float] = 2.0  # DRIL's Gumbel-Softmax temperature, fixed
     codebook: Float = loss_weight("codebook", 1.0)
     rqvae_reconstruction: Float = loss_weight("rqvae_reconstruction", 1.0)
 
@@ -34,7 +34,7 @@ class DIGER(JointMethod):
         return Assignment("dril")
 
     def tau(self, progress: float) -> float:
-        return self.temperature
+        return self.TEMPERATURE
 
     @property
     def noise_decay(self) -> str:
