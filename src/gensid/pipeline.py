@@ -191,7 +191,7 @@ def tokenizer_and_sids(cfg: ExperimentConfig, text: torch.Tensor, run_dir: Path,
                        ) -> tuple[RQVAE, SemanticIDs]:
     """The fitted tokenizer (``quantizer.safetensors``) and the SIDs it gives; fitted once per run."""
     path, sids_path = run_dir / "quantizer.safetensors", run_dir / "index" / "sids.safetensors"
-    decay = cfg.method.noise_decay if cfg.method.joint else "none"
+    decay = cfg.method.noise_decay
     if path.exists() and sids_path.exists():
         tokenizer = RQVAE(text.shape[1], cfg.quantizer, decay)
         load_fitting_weights(tokenizer, path, cfg)

@@ -50,6 +50,11 @@ class Method(BaseModel):
     def joint(self) -> bool:
         return self.family == "joint"
 
+    @property
+    def noise_decay(self) -> str:
+        """The quantizer's uncertainty decay of the assignment noise (DIGER's; `none` otherwise)."""
+        return "none"
+
 
 class JointMethod(Method):
     """A method whose index learns with the recommender. The loss weights' defaults are each
@@ -73,11 +78,6 @@ class JointMethod(Method):
     def tau(self, progress: float) -> float:
         """The assignment's Gumbel-Softmax temperature at ``progress`` (0 -> 1) of training."""
         return 1.0
-
-    @property
-    def noise_decay(self) -> str:
-        """The quantizer's uncertainty decay of the assignment noise (DIGER's; `none` otherwise)."""
-        return "none"
 
     @property
     def tie_heads(self) -> bool:

@@ -17,7 +17,7 @@ that flow on. Swappable by name; each decides where gradients go.
 quantizer's uncertainty decay sets it (SDUD: a learned scale; FrqUD: 1 on hot codes only).
 
 ``tau`` is the Gumbel-Softmax temperature of ``gumbel_soft`` and ``dril``; the caller passes it
-(a method's schedule, :meth:`gensid.methods.JointMethod.temperature`). In eval mode
+(a method's schedule, :meth:`gensid.methods.JointMethod.tau`). In eval mode
 (``training=False``) every strategy is the deterministic argmax.
 """
 
