@@ -15,6 +15,7 @@ folder once and fills the template.
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import time
@@ -229,6 +230,9 @@ def png(draw: Callable[[io.BytesIO], object]) -> str:
 
 
 def short(text: str) -> str:
+    """A title as the page shows it: HTML entities of the source data decoded (Amazon titles hold
+    ``&amp;``), cut to ``TITLE_CHARS``."""
+    text = html.unescape(text)
     return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
 
 
@@ -307,6 +311,9 @@ def item_order(s: Subject) -> np.ndarray:
 
 def semantic_ids(s: Subject) -> dict:
     """The SID section: usage per level, collisions, drift, and the tree (or the digit values)."""
+    if s.run is None and not (s.folder / "index" / "sids.safetensors").exists():
+        return {"note": f"{s.folder} has neither model.safetensors nor index/sids.safetensors (a run's weights "
+                        "and index files stay on the machine that trained it): no codes to show"}
     codes, sizes = s.codes, s.sizes
     parallel = s.cfg.train.strategy == "parallel"
     title = lambda i: short(s.catalog.title(i))  # noqa: E731
