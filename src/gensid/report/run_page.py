@@ -27,13 +27,17 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
+from gensid.bundle import is_bundle, load_bundle
 from gensid.config import ExperimentConfig
 from gensid.data import Catalog, LeaveOneOut
 from gensid.errors import InputError
 from gensid.eval.analysis import popularity_buckets, sid_drift
 from gensid.io import atomic_write, load_tensors
+from gensid.pipeline import Run, load_run, load_task, run_config, split_digest, training_popularity
+from gensid.quantize.product import ProductQuantizer
 from gensid.quantize.sids import code_usage, collision_rate
 from gensid.report import plots
+from gensid.side_by_side import subset
 
 TITLES_PER_NODE = 3  # example titles shown on a tree node or digit value
 MAX_CHILDREN = 32  # children shown under a tree node, most items first
@@ -176,7 +180,7 @@ class Subject:
     metrics: dict
     log: list[dict]
     splits: LeaveOneOut | None  # None for a bundle
-    run: object | None  # a pipeline.Run with weights, or None (a run folder without model.safetensors)
+    run: Run | None  # with its weights; None for a run folder without model.safetensors
 
     @property
     def initial_codes(self) -> np.ndarray:
@@ -198,9 +202,6 @@ class Subject:
 
 def open_subject(folder: Path) -> Subject:
     """Load a run folder (with its data split, and its weights when it has them) or a bundle."""
-    from gensid.bundle import is_bundle, load_bundle
-    from gensid.pipeline import load_run, load_task, run_config
-
     if not (folder / "config.yaml").exists():
         raise InputError(f"{folder}: not a run folder or bundle (no config.yaml)")
     if (folder / "hybrid.json").exists():
@@ -304,8 +305,6 @@ def item_order(s: Subject) -> np.ndarray:
     """[N] item ids, most training-popular first (item-id order for a bundle, which has no data)."""
     if s.splits is None:
         return np.arange(len(s.catalog))
-    from gensid.pipeline import training_popularity
-
     return np.argsort(-training_popularity(s.splits, len(s.catalog)), kind="stable")
 
 
@@ -337,8 +336,6 @@ def semantic_ids(s: Subject) -> dict:
         if s.run is None:
             out["notes"].append("no model.safetensors: the codes shown are the initial ones, not the learned index")
     if parallel:
-        from gensid.quantize.product import ProductQuantizer
-
         quantizer = ProductQuantizer.load(s.folder / "index" / "pq.safetensors")
         text = load_tensors(s.folder / "index" / "item_text.safetensors")[0]["vectors"].numpy()
         shown = sorted(usage, key=lambda u: u["perplexity"])
@@ -355,8 +352,6 @@ def semantic_ids(s: Subject) -> dict:
 
 def popularity_section(s: Subject, against: Path | None) -> dict:
     """Hit@10 by the popularity bucket of the test target, this run against ``against``."""
-    from gensid.pipeline import split_digest, training_popularity
-
     if against is None:
         return {"note": "give --against SASREC_RUN_DIR to compare hit@10 per popularity bucket with SASRec"}
     if s.splits is None:
@@ -379,8 +374,6 @@ def popularity_section(s: Subject, against: Path | None) -> dict:
 
 def examples_section(s: Subject) -> dict:
     """A few test users: recent history, target, top 10 with the hit marked (needs the weights)."""
-    from gensid.side_by_side import subset
-
     if s.splits is None:
         return {"note": "a bundle holds no interactions: example users need the run folder and its data"}
     if s.run is None:
