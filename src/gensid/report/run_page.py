@@ -317,10 +317,10 @@ def semantic_ids(s: Subject) -> dict:
     parallel = s.cfg.train.strategy == "parallel"
     title = lambda i: short(s.catalog.title(i))  # noqa: E731
     usage = usage_rows(codes, sizes, "digit" if parallel else "level")
-    counts = {u["name"]: np.bincount(codes[:, i], minlength=sizes[i]) for i, u in enumerate(usage)}
-    if parallel:  # 32 digits: the least and the most evenly used, not 32 lines
-        by_perplexity = sorted(usage, key=lambda u: u["perplexity"])
-        counts = {u["name"]: counts[u["name"]] for u in (by_perplexity[0], by_perplexity[-1])}
+    by_perplexity = np.argsort([u["perplexity"] for u in usage], kind="stable")  # positions, least even first
+    # many digits: plot the least and the most evenly used, not one line each
+    plotted = [by_perplexity[0], by_perplexity[-1]] if parallel else range(len(usage))
+    counts = {usage[i]["name"]: np.bincount(codes[:, i], minlength=sizes[i]) for i in plotted}
     out = {"parallel": parallel, "usage": usage,
            "usage_plot": png(lambda b: plots.code_usage(counts, "items per code, sorted", b)),
            "collision_rate": collision_rate(codes),
@@ -338,12 +338,11 @@ def semantic_ids(s: Subject) -> dict:
     if parallel:
         quantizer = ProductQuantizer.load(s.folder / "index" / "pq.safetensors")
         text = load_tensors(s.folder / "index" / "item_text.safetensors")[0]["vectors"].numpy()
-        shown = sorted(usage, key=lambda u: u["perplexity"])
-        digits = sorted({int(u["name"].split()[-1]) - 1 for u in (shown[0], shown[len(shown) // 2], shown[-1])})
+        digits = sorted({int(by_perplexity[i]) for i in (0, len(usage) // 2, -1)})  # least, median, most even
         out["digits"] = [{**d, "usage": usage[d["digit"]],
                           "values": [{**v, "nearest": [title(int(i)) for i in v["nearest"]]} for v in d["values"]]}
                          for d in digit_values(codes, quantizer.digit_distances(text), digits, 8, 5)]
-        out["perplexity_plot"] = png(lambda b: plots.bars({u["name"].split()[-1]: u["perplexity"] for u in usage},
+        out["perplexity_plot"] = png(lambda b: plots.bars({str(i + 1): u["perplexity"] for i, u in enumerate(usage)},
                                                           "perplexity", "perplexity of each digit's codes", b))
     else:
         out["tree"] = sid_tree(codes, title, item_order(s))
