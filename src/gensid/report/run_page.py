@@ -32,7 +32,7 @@ from gensid.config import ExperimentConfig
 from gensid.data import Catalog, LeaveOneOut
 from gensid.errors import InputError
 from gensid.eval.analysis import popularity_buckets, sid_drift
-from gensid.io import atomic_write, load_tensors
+from gensid.io import JsonlLog, atomic_write, load_tensors
 from gensid.pipeline import Run, load_run, load_task, run_config, split_digest, training_popularity
 from gensid.quantize.product import ProductQuantizer
 from gensid.quantize.sids import code_usage, collision_rate
@@ -55,10 +55,7 @@ def split_metrics(folder: Path) -> dict[str, dict[str, float]]:
     if metrics_file.exists():
         saved = json.loads(metrics_file.read_text())
         return {split: saved[split] for split in ("valid", "test") if isinstance(saved.get(split), dict)}
-    if log_file.exists():
-        events = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
-        return {e["split"]: e["metrics"] for e in events if e.get("event") == "eval" and "split" in e}
-    return {}
+    return {e["split"]: e["metrics"] for e in JsonlLog(log_file).read() if e.get("event") == "eval" and "split" in e}
 
 
 def metric_columns(ks: list[int]) -> list[str]:
@@ -206,8 +203,7 @@ def open_subject(folder: Path) -> Subject:
         raise InputError(f"{folder}: not a run folder or bundle (no config.yaml)")
     if (folder / "hybrid.json").exists():
         raise InputError(f"{folder}: a hybrid folder; report the run it mixes")
-    log_file = folder / "log.jsonl"
-    log = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()] if log_file.exists() else []
+    log = JsonlLog(folder / "log.jsonl").read()  # [] for a bundle
     metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else {}
     if is_bundle(folder):
         run = load_bundle(folder)
