@@ -204,6 +204,21 @@ def export(run_dir: Path = typer.Argument(..., help="a trained run folder"),
 
 
 @app.command()
+def report(run_dir: Path = typer.Argument(..., help="a trained run folder, or a bundle (gensid export)"),
+           out: Path = typer.Option(None, help="the HTML file to write (default RUN_DIR/report.html)"),
+           against: Path | None = typer.Option(None, help="a SASRec run folder on the same data (benchmarks/sasrec.py, "
+                                                          "or RUN_DIR/sasrec): its metrics in the table and hit@10 "
+                                                          "by target popularity beside this run's")) -> None:
+    """Write one self-contained HTML page about a run: metrics beside the baselines, training curve,
+    config, the semantic IDs (code tree or digits, usage, collisions, drift), hit@10 by popularity
+    against SASRec, and example users. Opens from disk in any browser, no network."""
+    from gensid.report.run_page import write_report
+
+    written = write_report(run_dir, out or run_dir / "report.html", against)
+    console.print(f"report of {run_dir} in {written} ({written.stat().st_size / 1e6:.1f} MB)", soft_wrap=True)
+
+
+@app.command()
 def hybrid(run_dir: Path, out: Path = typer.Option(..., help="folder for the hybrid (hybrid.json, dense encoder)"),
            sasrec: Path | None = typer.Option(None, help="recommendation runs: a SASRec folder from benchmarks/sasrec.py "
                                                          "or gensid train --sasrec-minutes (RUN_DIR/sasrec)"),

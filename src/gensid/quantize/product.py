@@ -63,6 +63,20 @@ class ProductQuantizer:
         weights = 1 << np.arange(bits)
         return (unpacked.reshape(len(x), self.digits, bits) * weights).sum(-1).astype(np.int64)
 
+    def digit_distances(self, vectors: np.ndarray | torch.Tensor) -> np.ndarray:
+        """vectors [n, T] -> [n, m]: the distance of each of a vector's m sub-vectors (after the
+        index's PCA and OPQ transforms) to the centroid of its digit; small = typical of the digit."""
+        x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+        index = faiss.downcast_index(self.index)
+        if isinstance(index, faiss.IndexPreTransform):
+            for i in range(index.chain.size()):
+                x = faiss.downcast_VectorTransform(index.chain.at(i)).apply(x)
+            index = faiss.downcast_index(index.index)
+        pq = index.pq
+        centroids = faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
+        own = centroids[np.arange(pq.M), self.encode(vectors)]  # [n, m, dsub]
+        return np.linalg.norm(x.reshape(len(x), pq.M, pq.dsub) - own, axis=-1)
+
     def save(self, path: str | Path) -> None:
         blob = torch.from_numpy(faiss.serialize_index(self.index))
         save_tensors(path, {"faiss_index": blob}, {"digits": self.digits, "codebook_size": self.codebook_size})

@@ -1,0 +1,426 @@
+"""``gensid report``: one self-contained HTML page about a trained run or an exported bundle.
+
+The page (template ``run_page.html.j2``, inline CSS and JS, plots as base64 PNG) opens from disk
+with no server and no network. It shows the headline metrics beside the baselines found for the
+same data, the training curve, the config, the semantic IDs (a browsable code tree, or for
+parallel SIDs the digits' usage and the items nearest a few digit values), code usage and
+perplexity, collisions, drift, hit@10 by target popularity against SASRec (``against``), and a
+few test users with their top 10. What a folder cannot show (a bundle has no interactions; a
+run without weights cannot rank) is left out with a visible note.
+
+The numbers come from the functions below, each on plain arrays; :func:`build_report` loads the
+folder once and fills the template.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from gensid.bundle import is_bundle, load_bundle
+from gensid.config import ExperimentConfig
+from gensid.data import Catalog, LeaveOneOut
+from gensid.errors import InputError
+from gensid.eval.analysis import popularity_buckets, sid_drift
+from gensid.io import JsonlLog, atomic_write, load_tensors
+from gensid.pipeline import Run, load_run, load_task, run_config, split_digest, training_popularity
+from gensid.quantize.product import ProductQuantizer
+from gensid.quantize.sids import code_usage, collision_rate
+from gensid.report import plots
+from gensid.side_by_side import subset
+
+TITLES_PER_NODE = 3  # example titles shown on a tree node or digit value
+MAX_CHILDREN = 32  # children shown under a tree node, most items first
+TITLE_CHARS = 90
+
+
+# ---------------------------------------------------------------- the numbers the page shows
+
+
+def split_metrics(folder: Path) -> dict[str, dict[str, float]]:
+    """``{split: metrics}`` (valid and/or test) of a finished system's folder: a gensid run or bundle,
+    a ``RUN_DIR/sasrec`` (``metrics.json``), or a SASRec of ``benchmarks/sasrec.py`` (its ``log.jsonl``
+    "eval" events); {} when the folder records none."""
+    metrics_file, log_file = folder / "metrics.json", folder / "log.jsonl"
+    if metrics_file.exists():
+        saved = json.loads(metrics_file.read_text())
+        return {split: saved[split] for split in ("valid", "test") if isinstance(saved.get(split), dict)}
+    return {e["split"]: e["metrics"] for e in JsonlLog(log_file).read() if e.get("event") == "eval" and "split" in e}
+
+
+def metric_columns(ks: list[int]) -> list[str]:
+    """The table's columns: recall and NDCG at every K (hit@K equals recall@K with one target)."""
+    return [f"{name}@{k}" for name in ("recall", "ndcg") for k in ks]
+
+
+def metric_rows(systems: dict[str, dict[str, dict[str, float]]], columns: list[str]) -> list[dict]:
+    """One row per (system, split): ``{"system", "split", "values": [float | None per column]}``."""
+    return [{"system": name, "split": split, "values": [metrics.get(c) for c in columns]}
+            for name, splits in systems.items() for split, metrics in splits.items()]
+
+
+def usage_rows(codes: np.ndarray, sizes: list[int], label: str = "level") -> list[dict]:
+    """Per position of ``codes`` [N, L]: codes used and dead, perplexity ``exp(entropy)`` of the code
+    distribution and that perplexity as a share of the codebook size (1 = every code equally used)."""
+    return [{"name": f"{label} {i + 1}", **u, "share": u["perplexity"] / u["size"]}
+            for i, u in enumerate(code_usage(codes, sizes))]
+
+
+@dataclass
+class Node:
+    """A semantic-ID prefix: its last code, the path of codes, items under it and a few titles."""
+
+    code: int
+    path: str
+    count: int
+    titles: list[str]
+    children: list[Node] = field(default_factory=list)
+    hidden: int = 0  # children not shown (beyond MAX_CHILDREN)
+
+
+def sid_tree(codes: np.ndarray, title: Callable[[int], str], order: np.ndarray,
+             max_children: int = MAX_CHILDREN, titles: int = TITLES_PER_NODE) -> list[Node]:
+    """The code tree of ``codes`` [N, L]: level-1 nodes (every code used, most items first), each with
+    its level-2 children and so on to level L. A node's titles are its first items in ``order``
+    [N] (item ids, e.g. most popular first); a level-L node lists up to ``2 * titles``."""
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+
+    def grow(items: np.ndarray, level: int, prefix: str) -> tuple[list[Node], int]:
+        values, counts = np.unique(codes[items, level], return_counts=True)
+        shown = np.argsort(-counts, kind="stable")[:max_children]
+        nodes = []
+        for v in shown:
+            members = items[codes[items, level] == values[v]]
+            members = members[np.argsort(rank[members], kind="stable")]
+            path = f"{prefix}-{values[v]}" if prefix else str(values[v])
+            last = level == codes.shape[1] - 1
+            node = Node(int(values[v]), path, len(members), [title(int(i)) for i in members[:titles * (2 if last else 1)]])
+            if not last:
+                node.children, node.hidden = grow(members, level + 1, path)
+            nodes.append(node)
+        return nodes, len(values) - len(shown)
+
+    return grow(np.arange(len(codes)), 0, "")[0]
+
+
+def collision_groups(codes: np.ndarray, top: int = 5) -> list[np.ndarray]:
+    """The ``top`` largest groups of items [n_g] sharing all of their codes (``codes`` [N, L]),
+    largest first; only groups of two or more items."""
+    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    groups = [g for g in np.argsort(-counts, kind="stable")[:top] if counts[g] > 1]
+    return [np.flatnonzero(inverse == g) for g in groups]
+
+
+def digit_values(codes: np.ndarray, distances: np.ndarray, digits: list[int], values: int, nearest: int
+                 ) -> list[dict]:
+    """Parallel SIDs: for each digit of ``digits``, its ``values`` most used values, each with its item
+    count and its ``nearest`` items [n] (smallest ``distances`` [N, m] to the value's centroid)."""
+    out = []
+    for d in digits:
+        counts = np.bincount(codes[:, d])
+        top = np.argsort(-counts, kind="stable")[:values]
+        rows = []
+        for v in top:
+            members = np.flatnonzero(codes[:, d] == v)
+            rows.append({"value": int(v), "count": int(counts[v]),
+                         "nearest": members[np.argsort(distances[members, d], kind="stable")[:nearest]]})
+        out.append({"digit": d, "values": rows})
+    return out
+
+
+def hits_by_bucket(ranks: dict[str, np.ndarray], target_bucket: np.ndarray, k: int = 10, buckets: int = 5
+                   ) -> list[dict]:
+    """Hit@k per popularity bucket of the test targets (0 = head): ``ranks[system]`` [N] the target's
+    0-based rank (-1 = not ranked), ``target_bucket`` [N]. Rows ``{"bucket", "users", system: hit}``."""
+    rows = []
+    for b in range(buckets):
+        users = target_bucket == b
+        row = {"bucket": b, "users": int(users.sum())}
+        for name, r in ranks.items():
+            row[name] = float(((r[users] >= 0) & (r[users] < k)).mean()) if users.any() else float("nan")
+        rows.append(row)
+    return rows
+
+
+def example_rows(ranks: np.ndarray, hits: int = 3, misses: int = 3, k: int = 10) -> np.ndarray:
+    """Rows of the test split to show (``ranks`` [N]: each test target's 0-based rank, -1 = not
+    ranked): the first ``hits`` users whose target is in their top ``k`` and the first ``misses``
+    whose target is not, in test order."""
+    found = (ranks >= 0) & (ranks < k)
+    return np.sort(np.concatenate([np.flatnonzero(found)[:hits], np.flatnonzero(~found)[:misses]]))
+
+
+# ---------------------------------------------------------------- the folder
+
+
+@dataclass
+class Subject:
+    """What the page is about, loaded once: the config, the saved files, the catalog, and where
+    present the data split and the trained run."""
+
+    folder: Path
+    cfg: ExperimentConfig
+    bundle: bool
+    catalog: Catalog
+    metrics: dict
+    log: list[dict]
+    splits: LeaveOneOut | None  # None for a bundle
+    run: Run | None  # with its weights; None for a run folder without model.safetensors
+
+    @property
+    def initial_codes(self) -> np.ndarray:
+        """[N, L] the codes the run started with (``index/sids.safetensors``, without TIGER's extra code)."""
+        codes = load_tensors(self.folder / "index" / "sids.safetensors")[0]["codes"].numpy()
+        return codes if self.cfg.train.strategy == "parallel" else codes[:, : len(self.cfg.quantizer.codebook_sizes)]
+
+    @property
+    def codes(self) -> np.ndarray:
+        """[N, L] the quantizer codes the model ranks with (joint runs: its final assignment)."""
+        return self.run.quantizer_codes() if self.run is not None else self.initial_codes
+
+    @property
+    def sizes(self) -> list[int]:
+        if self.cfg.train.strategy == "parallel":
+            return [self.cfg.parallel.codebook_size] * self.cfg.parallel.digits
+        return list(self.cfg.quantizer.codebook_sizes)
+
+
+def open_subject(folder: Path) -> Subject:
+    """Load a run folder (with its data split, and its weights when it has them) or a bundle."""
+    if not (folder / "config.yaml").exists():
+        raise InputError(f"{folder}: not a run folder or bundle (no config.yaml)")
+    if (folder / "hybrid.json").exists():
+        raise InputError(f"{folder}: a hybrid folder; report the run it mixes")
+    log = JsonlLog(folder / "log.jsonl").read()  # [] for a bundle
+    metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else {}
+    if is_bundle(folder):
+        run = load_bundle(folder)
+        return Subject(folder, run.cfg, True, run.dataset.catalog, metrics, log, None, run)
+    if (folder / "model.safetensors").exists():
+        run = load_run(folder)
+        return Subject(folder, run.cfg, False, run.dataset.catalog, metrics, log, run.splits, run)
+    cfg = run_config(folder)
+    _, dataset, splits, _ = load_task(cfg, progress=False)
+    return Subject(folder, cfg, False, dataset.catalog, metrics, log, splits, None)
+
+
+# ---------------------------------------------------------------- the page
+
+
+def png(draw: Callable[[io.BytesIO], object]) -> str:
+    """A plot as a ``data:`` URI: ``draw(buffer)`` writes the PNG (a :mod:`gensid.report.plots` call)."""
+    buffer = io.BytesIO()
+    draw(buffer)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def short(text: str) -> str:
+    """A title as the page shows it: HTML entities of the source data decoded (Amazon titles hold
+    ``&amp;``), cut to ``TITLE_CHARS``."""
+    text = html.unescape(text)
+    return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
+
+
+def saved_test_ranks(folder: Path) -> tuple[np.ndarray, str] | None:
+    """(ranks [N], test-split digest) from ``folder/test_ranks.json``, or None when absent."""
+    path = folder / "test_ranks.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return np.asarray(saved["ranks"], dtype=np.int64), saved["test_users"]
+
+
+def headline(s: Subject, against: Path | None) -> dict:
+    """The metrics table (this run, its baselines, ``against``), training curve and summary."""
+    ks = s.cfg.eval.ks
+    systems = {f"{s.cfg.train.strategy} (this run)": split_metrics(s.folder)}
+    own_sasrec = s.folder / "sasrec"
+    if own_sasrec.is_dir() and (against is None or against.resolve() != own_sasrec.resolve()):
+        systems["SASRec (RUN_DIR/sasrec)"] = split_metrics(own_sasrec)
+    if against is not None:
+        systems[f"against: {against.name}"] = split_metrics(against)
+    if s.metrics.get("most_popular"):
+        systems["most popular"] = s.metrics["most_popular"]
+    columns = metric_columns(ks)
+    epochs = [e for e in s.log if e.get("event") == "epoch"]
+    curve = None
+    if epochs:
+        watched = [m for m in ("recall@10", "ndcg@10") if all(m in e.get("valid", {}) for e in epochs)]
+        curve = {"loss": png(lambda b: plots.per_epoch({"training loss": [(e["epoch"], e["loss"]) for e in epochs]},
+                                                         "loss", "training loss per epoch", b)),
+                 "valid": png(lambda b: plots.per_epoch(
+                     {f"valid {m}": [(e["epoch"], e["valid"][m]) for e in epochs] for m in watched},
+                     "metric", "validation per epoch", b)) if watched else None}
+    m = s.metrics
+    facts = [("dataset", m.get("dataset", "")), ("strategy", s.cfg.train.strategy), ("task", s.cfg.data.task),
+             ("items", len(s.catalog))]
+    if s.splits is not None:
+        facts.append(("test users", len(s.splits.test)))
+    if m:
+        facts += [("epochs (best)", f"{m.get('epochs')} ({m.get('best_epoch')})"),
+                  ("training minutes", f"{m.get('train_minutes', 0) + m.get('init_train_minutes', 0):.1f}"),
+                  ("commit", m.get("commit", ""))]
+    return {"columns": columns, "rows": metric_rows({k: v for k, v in systems.items() if v}, columns),
+            "missing": [k for k, v in systems.items() if not v], "curve": curve, "facts": facts}
+
+
+def config_summary(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    """The config fields a reader asks about first (the whole config.yaml is on the page too)."""
+    c = cfg
+    rows = [("data", f"{c.data.source} ({c.data.format}), history {c.data.max_history}, text {', '.join(c.data.text_fields)}"),
+            ("text model", c.text.model)]
+    if c.train.strategy == "parallel":
+        p = c.parallel
+        rows.append(("digits", f"{p.digits} x {p.codebook_size} codes, opq {p.opq}, head {p.head}, loss {p.loss}, "
+                               f"item vectors {p.item_ids}"))
+    else:
+        q = c.quantizer
+        rows.append(("quantizer", f"{q.method} {q.codebook_sizes}, assignment {q.assignment}, decay {q.decay}"))
+    md = c.model
+    rows += [("model", f"d_model {md.d_model}, heads {md.n_heads}, layers {md.encoder_layers}+{md.decoder_layers}, "
+                       f"d_ff {md.d_ff}, dropout {md.dropout}, history {md.history_input}"),
+             ("training", f"{c.train.epochs} epochs, batch {c.train.batch_size}, lr {c.train.lr}, seed {c.train.seed}, "
+                          f"max {c.train.max_minutes:g} min"),
+             ("evaluation", f"ks {c.eval.ks}, beam {c.eval.beam_size}")]
+    return rows
+
+
+def item_order(s: Subject) -> np.ndarray:
+    """[N] item ids, most training-popular first (item-id order for a bundle, which has no data)."""
+    if s.splits is None:
+        return np.arange(len(s.catalog))
+    return np.argsort(-training_popularity(s.splits, len(s.catalog)), kind="stable")
+
+
+def semantic_ids(s: Subject) -> dict:
+    """The SID section: usage per level, collisions, drift, and the tree (or the digit values)."""
+    if s.run is None and not (s.folder / "index" / "sids.safetensors").exists():
+        return {"note": f"{s.folder} has neither model.safetensors nor index/sids.safetensors (a run's weights "
+                        "and index files stay on the machine that trained it): no codes to show"}
+    codes, sizes = s.codes, s.sizes
+    parallel = s.cfg.train.strategy == "parallel"
+    title = lambda i: short(s.catalog.title(i))  # noqa: E731
+    usage = usage_rows(codes, sizes, "digit" if parallel else "level")
+    by_perplexity = np.argsort([u["perplexity"] for u in usage], kind="stable")  # positions, least even first
+    # many digits: plot the least and the most evenly used, not one line each
+    plotted = [by_perplexity[0], by_perplexity[-1]] if parallel else range(len(usage))
+    counts = {usage[i]["name"]: np.bincount(codes[:, i], minlength=sizes[i]) for i in plotted}
+    out = {"parallel": parallel, "usage": usage,
+           "usage_plot": png(lambda b: plots.code_usage(counts, "items per code, sorted", b)),
+           "collision_rate": collision_rate(codes),
+           "collisions": [[title(int(i)) for i in group[:6]] + ([f"… {len(group) - 6} more"] if len(group) > 6 else [])
+                          for group in collision_groups(codes)],
+           "notes": []}
+    if s.cfg.train.strategy == "joint":
+        drift = [(e["epoch"], e["analysis"]["drift_cumulative"]) for e in s.log
+                 if e.get("event") == "epoch" and "drift_cumulative" in e.get("analysis", {})]
+        out["drift"] = sid_drift(s.initial_codes, codes) if s.run is not None else None
+        out["drift_plot"] = png(lambda b: plots.per_epoch({"since the start": drift}, "share of items whose SID changed",
+                                                            "SID drift per epoch", b)) if drift else None
+        if s.run is None:
+            out["notes"].append("no model.safetensors: the codes shown are the initial ones, not the learned index")
+    if parallel:
+        quantizer = ProductQuantizer.load(s.folder / "index" / "pq.safetensors")
+        text = load_tensors(s.folder / "index" / "item_text.safetensors")[0]["vectors"].numpy()
+        digits = sorted({int(by_perplexity[i]) for i in (0, len(usage) // 2, -1)})  # least, median, most even
+        out["digits"] = [{**d, "usage": usage[d["digit"]],
+                          "values": [{**v, "nearest": [title(int(i)) for i in v["nearest"]]} for v in d["values"]]}
+                         for d in digit_values(codes, quantizer.digit_distances(text), digits, 8, 5)]
+        out["perplexity_plot"] = png(lambda b: plots.bars({str(i + 1): u["perplexity"] for i, u in enumerate(usage)},
+                                                          "perplexity", "perplexity of each digit's codes", b))
+    else:
+        out["tree"] = sid_tree(codes, title, item_order(s))
+    return out
+
+
+def popularity_section(s: Subject, against: Path | None) -> dict:
+    """Hit@10 by the popularity bucket of the test target, this run against ``against``."""
+    if against is None:
+        return {"note": "give --against SASREC_RUN_DIR to compare hit@10 per popularity bucket with SASRec"}
+    if s.splits is None:
+        return {"note": "a bundle holds no interactions: the popularity buckets need the run folder and its data"}
+    own, theirs = saved_test_ranks(s.folder), saved_test_ranks(against)
+    if own is None or theirs is None:
+        missing = s.folder if own is None else against
+        return {"note": f"{missing} has no test_ranks.json"}
+    digest = split_digest(s.splits.test)
+    if own[1] != digest or theirs[1] != digest:
+        raise InputError(f"--against {against}: ranked on other test users than {s.folder} "
+                         "(another data set or split); give a SASRec run of the same data")
+    bucket = popularity_buckets(training_popularity(s.splits, len(s.catalog)))[s.splits.test.targets]
+    name = against.name
+    rows = hits_by_bucket({"run": own[0], "against": theirs[0]}, bucket)
+    plot = png(lambda b: plots.buckets({"this run": [r["run"] for r in rows], name: [r["against"] for r in rows]},
+                                       "test hit@10", "hit@10 by the target's popularity", b))
+    return {"rows": rows, "against": name, "plot": plot}
+
+
+def examples_section(s: Subject) -> dict:
+    """A few test users: recent history, target, top 10 with the hit marked (needs the weights)."""
+    if s.splits is None:
+        return {"note": "a bundle holds no interactions: example users need the run folder and its data"}
+    if s.run is None:
+        return {"note": "this run folder has no model.safetensors: example users need the trained weights"}
+    if s.cfg.data.task != "rec":
+        return {"note": "example users are shown for recommendation runs"}
+    test = s.splits.test
+    saved = saved_test_ranks(s.folder)
+    ranks = saved[0] if saved is not None and len(saved[0]) == len(test) else s.run.target_ranks(test)
+    rows = example_rows(ranks)
+    ranked = s.run.rank(subset(test, rows), beam_size=max(10, s.cfg.eval.beam_size))
+    users = []
+    for row, top in zip(rows, ranked, strict=True):
+        target = int(test.targets[row])
+        history = [int(i) for i in test.histories[row] if i >= 0]
+        users.append({"rank": int(ranks[row]), "history": [short(s.catalog.title(i)) for i in history[-8:]],
+                      "older": max(len(history) - 8, 0), "target": short(s.catalog.title(target)),
+                      "top": [(short(s.catalog.title(int(i))), int(i) == target) for i in top[:10] if i >= 0]})
+    return {"users": users}
+
+
+def build_report(folder: str | Path, against: str | Path | None = None) -> str:
+    """The HTML page of the run folder or bundle ``folder``; ``against``: a SASRec run folder
+    (``test_ranks.json``, and its metrics) on the same data."""
+    folder = Path(folder)
+    against = Path(against) if against is not None else None
+    if against is not None and not (against / "test_ranks.json").exists():
+        raise InputError(f"--against {against}: no test_ranks.json there; give a SASRec run folder "
+                         "(benchmarks/sasrec.py, or RUN_DIR/sasrec of gensid train --sasrec-minutes)")
+    start = time.perf_counter()
+    s = open_subject(folder)
+    page = {"name": s.cfg.name, "folder": str(folder), "bundle": s.bundle,
+            "built": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "headline": headline(s, against), "config": config_summary(s.cfg),
+            "config_yaml": (folder / "config.yaml").read_text(), "sid": semantic_ids(s),
+            "popularity": popularity_section(s, against), "examples": examples_section(s)}
+    page["seconds"] = time.perf_counter() - start
+    return template().render(**page)
+
+
+def template() -> jinja2.Template:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda x, digits=4: "" if x is None else f"{x:.{digits}f}"
+    return env.get_template("run_page.html.j2")
+
+
+def write_report(folder: str | Path, out: str | Path, against: str | Path | None = None) -> Path:
+    """Write :func:`build_report` to ``out`` (atomically); returns ``out``."""
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(f"--out {out}: a folder; give the HTML file's name")
+    html = build_report(folder, against)
+    atomic_write(out, lambda path: path.write_text(html, encoding="utf-8"))
+    return out
