@@ -183,7 +183,7 @@ class Subject:
     def initial_codes(self) -> np.ndarray:
         """[N, L] the codes the run started with (``index/sids.safetensors``, without TIGER's extra code)."""
         codes = load_tensors(self.folder / "index" / "sids.safetensors")[0]["codes"].numpy()
-        return codes if self.cfg.train.strategy == "parallel" else codes[:, : len(self.cfg.quantizer.codebook_sizes)]
+        return codes if self.cfg.method.family == "parallel" else codes[:, : len(self.cfg.quantizer.codebook_sizes)]
 
     @property
     def codes(self) -> np.ndarray:
@@ -192,7 +192,7 @@ class Subject:
 
     @property
     def sizes(self) -> list[int]:
-        if self.cfg.train.strategy == "parallel":
+        if self.cfg.method.family == "parallel":
             return [self.cfg.parallel.codebook_size] * self.cfg.parallel.digits
         return list(self.cfg.quantizer.codebook_sizes)
 
@@ -245,7 +245,7 @@ def saved_test_ranks(folder: Path) -> tuple[np.ndarray, str] | None:
 def headline(s: Subject, against: Path | None) -> dict:
     """The metrics table (this run, its baselines, ``against``), training curve and summary."""
     ks = s.cfg.eval.ks
-    systems = {f"{s.cfg.train.strategy} (this run)": split_metrics(s.folder)}
+    systems = {f"{s.cfg.method.name} (this run)": split_metrics(s.folder)}
     own_sasrec = s.folder / "sasrec"
     if own_sasrec.is_dir() and (against is None or against.resolve() != own_sasrec.resolve()):
         systems["SASRec (RUN_DIR/sasrec)"] = split_metrics(own_sasrec)
@@ -264,7 +264,7 @@ def headline(s: Subject, against: Path | None) -> dict:
                      {f"valid {m}": [(e["epoch"], e["valid"][m]) for e in epochs] for m in watched},
                      "metric", "validation per epoch", b)) if watched else None}
     m = s.metrics
-    facts = [("dataset", m.get("dataset", "")), ("strategy", s.cfg.train.strategy), ("task", s.cfg.data.task),
+    facts = [("dataset", m.get("dataset", "")), ("method", s.cfg.method.name), ("task", s.cfg.data.task),
              ("items", len(s.catalog))]
     if s.splits is not None:
         facts.append(("test users", len(s.splits.test)))
@@ -281,13 +281,15 @@ def config_summary(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     c = cfg
     rows = [("data", f"{c.data.source} ({c.data.format}), history {c.data.max_history}, text {', '.join(c.data.text_fields)}"),
             ("text model", c.text.model)]
-    if c.train.strategy == "parallel":
+    if c.method.family == "parallel":
         p = c.parallel
         rows.append(("digits", f"{p.digits} x {p.codebook_size} codes, opq {p.opq}, head {p.head}, loss {p.loss}, "
                                f"item vectors {p.item_ids}"))
     else:
         q = c.quantizer
-        rows.append(("quantizer", f"{q.method} {q.codebook_sizes}, assignment {q.assignment}, decay {q.decay}"))
+        rows.append(("quantizer", f"{q.method} {q.codebook_sizes}, geometry {q.geometry}"))
+    settings = ", ".join(f"{k} {v}" for k, v in c.method.model_dump().items() if k != "name")
+    rows.insert(0, ("method", c.method.name + (f" ({settings})" if settings else "")))
     md = c.model
     rows += [("model", f"d_model {md.d_model}, heads {md.n_heads}, layers {md.encoder_layers}+{md.decoder_layers}, "
                        f"d_ff {md.d_ff}, dropout {md.dropout}, history {md.history_input}"),
@@ -310,7 +312,7 @@ def semantic_ids(s: Subject) -> dict:
         return {"note": f"{s.folder} has neither model.safetensors nor index/sids.safetensors (a run's weights "
                         "and index files stay on the machine that trained it): no codes to show"}
     codes, sizes = s.codes, s.sizes
-    parallel = s.cfg.train.strategy == "parallel"
+    parallel = s.cfg.method.family == "parallel"
     title = lambda i: short(s.catalog.title(i))  # noqa: E731
     usage = usage_rows(codes, sizes, "digit" if parallel else "level")
     by_perplexity = np.argsort([u["perplexity"] for u in usage], kind="stable")  # positions, least even first
@@ -323,7 +325,7 @@ def semantic_ids(s: Subject) -> dict:
            "collisions": [[title(int(i)) for i in group[:6]] + ([f"… {len(group) - 6} more"] if len(group) > 6 else [])
                           for group in collision_groups(codes)],
            "notes": []}
-    if s.cfg.train.strategy == "joint":
+    if s.cfg.method.family == "joint":
         drift = [(e["epoch"], e["analysis"]["drift_cumulative"]) for e in s.log
                  if e.get("event") == "epoch" and "drift_cumulative" in e.get("analysis", {})]
         out["drift"] = sid_drift(s.initial_codes, codes) if s.run is not None else None
