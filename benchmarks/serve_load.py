@@ -191,11 +191,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items-share", type=float, default=0.1, help="share of POST /items requests")
     parser.add_argument("--out", type=Path, default=RESULTS / "serve_load.json")
     args = parser.parse_args(argv)
+    from gensid.bundle import load_servable
     from gensid.fusion.hybrid import hybrid_run_dir
-    from gensid.pipeline import load_run
 
     run_dir = hybrid_run_dir(args.run_dir) or args.run_dir
-    run = load_run(run_dir)
+    run = load_servable(run_dir)
     if run.cfg.data.task != "rec":
         raise SystemExit(f"{run_dir}: a {run.cfg.data.task} run; this load test sends /recommend requests")
     known, text_fields = list(run.dataset.catalog.item_ids), list(run.cfg.data.text_fields)

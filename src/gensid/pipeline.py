@@ -13,6 +13,7 @@ A run directory holds ``config.yaml``, ``quantizer.safetensors``, ``index/``
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -76,6 +77,8 @@ class Run:
     items: ItemFeatures
     model: GenerativeRecommender | ParallelSIDRecommender
     queries: dict[str, torch.Tensor] | None = None  # search: query vectors [N_split, T] per split
+    # parallel runs: (items, weight versions, item table) of the last item_table() call
+    kept_table: tuple[ItemFeatures, tuple[int, ...], torch.Tensor] | None = dataclasses.field(default=None, repr=False)
 
     @property
     def joint(self) -> bool:
@@ -102,6 +105,18 @@ class Run:
         """An item's semantic ID as the index holds it (parallel runs: its digits)."""
         return (self.items.codes[item] if self.index is None else self.index.codes[item]).tolist()
 
+    def item_table(self) -> torch.Tensor:
+        """Parallel runs: the catalog's :meth:`~ParallelSIDRecommender.item_table` [N, .], kept while the
+        items and the weights stay the same: a served run builds it once per batch of added items (not
+        per request), a training run after each optimizer step."""
+        # every in-place update of a parameter (an optimizer step, loading weights) moves its version
+        versions = tuple(p._version for p in self.model.parameters())
+        if self.kept_table is None or self.kept_table[0] is not self.items or self.kept_table[1] != versions:
+            with torch.no_grad():
+                table = self.model.item_table(self.items.codes, torch.arange(len(self.items.codes)))
+            self.kept_table = (self.items, versions, table)
+        return self.kept_table[2]
+
     def split_queries(self, split: str) -> torch.Tensor | None:
         return self.queries[split] if self.queries is not None else None
 
@@ -126,7 +141,7 @@ class Run:
         e = self.cfg.eval
         if self.parallel:
             return rank_exact(self.model, samples, self.items, beam_size or e.beam_size, batch_size or e.batch_size,
-                              progress)
+                              progress, self.item_table())
         return recommend_items(self.model, self.index, samples, self.items, beam_size or e.beam_size,
                                batch_size or e.batch_size, progress, queries, e.verify_weight)
 
