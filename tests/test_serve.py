@@ -459,6 +459,30 @@ def test_gensid_serve_refuses_a_public_host_without_a_token_in_one_line(tmp_path
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_gensid_serve_runs_the_model_on_its_threads_not_the_runs_training_threads(run_dir, monkeypatch):
+    # the run was trained with train.threads=1; loading it for serving must not take that over --threads
+    import uvicorn
+
+    served = {}
+
+    def start(app, **options):  # what uvicorn.run would do first: the app's startup (loading the run)
+        with TestClient(app) as c:
+            served["threads"] = torch.get_num_threads()
+            served["status"] = c.post("/recommend", json={"history": ["1", "2"]}).status_code
+        served["options"] = options
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(uvicorn, "run", start)
+    try:
+        result = CliRunner().invoke(cli_app, ["serve", str(run_dir), "--threads", "2"])
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    assert load_config(run_dir / "config.yaml").train.threads == 1
+    assert served["threads"] == 2 and served["status"] == 200
+    assert served["options"]["access_log"] is False  # no log line per request
+
+
 def test_a_full_queue_answers_503_with_retry_after_at_once(run_dir):
     with client(run_dir, max_batch=1, max_queue=2) as c:
         batcher = c.app.state.batcher

@@ -246,8 +246,6 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True, splits:
     ``splits=False``: the catalog only, no data split (what serving needs; ``run.splits`` is None).
     """
     seed_everything(cfg.train.seed)
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
     if cfg.train.init_from:
         copy_item_side(cfg, run_dir)
     full, dataset, samples, query_texts = load_task(cfg, progress, splits)
@@ -506,6 +504,8 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     progress = progress and main
     commit = git_commit()  # the code this process runs; HEAD may move while it trains
     check_inputs(cfg, run_dir)  # a config that cannot run fails before anything is written
+    if cfg.train.threads > 0:  # training's threads; a loaded run keeps its caller's (gensid serve --threads)
+        torch.set_num_threads(cfg.train.threads)
     if main:
         write_text(config_path, cfg.to_yaml())
     log = JsonlLog(run_dir / "log.jsonl")

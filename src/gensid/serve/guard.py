@@ -86,15 +86,13 @@ def check_exposure(host: str, token: str | None, token_reads: bool) -> None:
                          "(POST /items then needs 'Authorization: Bearer T'), or serve on 127.0.0.1")
 
 
-def bearer_check(token: str | None) -> Callable[[Request], Awaitable[None]]:
-    """A FastAPI dependency: 401 unless the request carries ``Authorization: Bearer <token>``
-    (a no-op when ``token`` is None). Async, so FastAPI calls it on the event loop: a plain
-    function would go through the thread pool on every request (a thread hop per request)."""
-    expected = token.encode() if token else None
+def bearer_check(token: str) -> Callable[[Request], Awaitable[None]]:
+    """A FastAPI dependency: 401 unless the request carries ``Authorization: Bearer <token>``.
+    Async, so FastAPI calls it on the event loop: a plain function would go through the thread
+    pool on every request (a thread hop per request)."""
+    expected = token.encode()
 
     async def check(request: Request) -> None:
-        if expected is None:
-            return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
             raise HTTPException(401, "this endpoint needs 'Authorization: Bearer <token>' with the server's token",
