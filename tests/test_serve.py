@@ -522,6 +522,25 @@ def test_stopping_the_batcher_answers_every_queued_request_and_refuses_new_ones(
     assert asyncio.run(scenario()) == [i * 2 for i in range(9)]
 
 
+def test_a_batch_takes_every_queued_request_at_once_even_when_the_loop_is_slow():
+    # under load one turn of the event loop outlasts max_wait: the batch must not grow by one request per turn
+    calls = []
+
+    def model(items):
+        calls.append(len(items))
+        return items
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch=8, max_wait_ms=0, max_queue=100)
+        batcher.start()
+        pending = [asyncio.create_task(batcher.submit(i)) for i in range(20)]
+        await asyncio.sleep(0)  # all twenty queued before the batcher's first turn
+        return await asyncio.gather(*pending)
+
+    assert asyncio.run(scenario()) == list(range(20))
+    assert calls == [8, 8, 4]
+
+
 def test_large_bodies_get_413_before_parsing_and_errors_echo_little_input(run_dir):
     with client(run_dir, max_body_bytes=10_000) as c:
         big = {"items": [{"id": "x", "fields": {"movie_title": "A" * 20_000}}]}

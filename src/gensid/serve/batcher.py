@@ -85,13 +85,18 @@ class MicroBatcher(Generic[In, Out]):
         batch = [first]
         deadline = asyncio.get_running_loop().time() + self.max_wait
         while len(batch) < self.max_batch:
-            timeout = deadline - asyncio.get_running_loop().time()
-            if timeout <= 0:
-                break
-            try:
-                entry = await asyncio.wait_for(self.queue.get(), timeout)
-            except asyncio.TimeoutError:
-                break
+            if self.queue.empty():  # wait for the next request, until the deadline
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    entry = await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+            else:
+                # take what is queued without awaiting: under load one turn of the event loop can take
+                # longer than max_wait, and a request per turn made batches of 1-2 (and starved the model)
+                entry = self.queue.get_nowait()
             if entry[0] is STOP:
                 return batch, True
             batch.append(entry)
