@@ -191,7 +191,7 @@ def test_item_ids_add_a_free_vector_that_an_added_item_lacks():
                           states @ model.item_vectors(codes, items).T)
 
 
-def test_a_runs_item_table_is_kept_until_its_items_or_weights_change(rng):
+def test_a_runs_item_table_is_kept_and_grown_with_added_items_until_its_weights_change(rng):
     # serving ranks with the table kept between requests; training must never rank with a stale one
     cfg = ModelConfig(d_model=32, n_heads=4, encoder_layers=1, d_ff=64, dropout=0.0)
     model = ParallelSIDRecommender(M, K, cfg, ParallelConfig(head="shared", item_ids=True), 6, num_items=30).eval()
@@ -206,9 +206,11 @@ def test_a_runs_item_table_is_kept_until_its_items_or_weights_change(rng):
     assert run.item_table() is not table
     assert torch.allclose(run.item_table(), model.item_vectors(run.items.codes, torch.arange(30)))
     assert np.array_equal(run.rank(samples), rank_exact(model, samples, run.items, 20))
-    run.items = ItemFeatures(torch.cat([run.items.codes, run.items.codes[:1]]))  # an added item (ItemAdder)
-    assert len(run.item_table()) == 31 and torch.allclose(run.item_table()[30], model.item_vectors(
-        run.items.codes[:1], torch.tensor([30]))[0])
+    run.items = ItemFeatures(torch.cat([run.items.codes, run.items.codes[:2]]))  # two added items (ItemAdder)
+    assert torch.allclose(run.item_table(), model.item_vectors(run.items.codes, torch.arange(32)))
+    assert np.array_equal(run.rank(samples), rank_exact(model, samples, run.items, 20))
+    run.items = ItemFeatures(run.items.codes.flip(0))  # not an append: built again
+    assert torch.allclose(run.item_table(), model.item_vectors(run.items.codes, torch.arange(32)))
 
 
 def test_product_quantizer_warns_once_and_faiss_stays_quiet(capfd, rng):

@@ -107,15 +107,23 @@ class Run:
 
     def item_table(self) -> torch.Tensor:
         """Parallel runs: the catalog's :meth:`~ParallelSIDRecommender.item_table` [N, .], kept while the
-        items and the weights stay the same: a served run builds it once per batch of added items (not
-        per request), a training run after each optimizer step."""
+        weights stay the same: a served run builds it once, then only the rows of items added since
+        (not per request); a training run builds it again after each optimizer step."""
         # every in-place update of a parameter (an optimizer step, loading weights) moves its version
         versions = tuple(p._version for p in self.model.parameters())
-        if self.kept_table is None or self.kept_table[0] is not self.items or self.kept_table[1] != versions:
-            with torch.no_grad():
-                table = self.model.item_table(self.items.codes, torch.arange(len(self.items.codes)))
-            self.kept_table = (self.items, versions, table)
-        return self.kept_table[2]
+        codes, start, kept = self.items.codes, 0, None
+        if self.kept_table is not None and self.kept_table[1] == versions:
+            items, _, kept = self.kept_table
+            if items is self.items:
+                return kept
+            start = len(items.codes)
+            if not (len(codes) >= start and torch.equal(codes[:start], items.codes)):  # not only appended to
+                start, kept = 0, None
+        with torch.no_grad():
+            rows = self.model.item_table(codes[start:], torch.arange(start, len(codes)))
+        table = rows if kept is None else torch.cat([kept, rows])
+        self.kept_table = (self.items, versions, table)
+        return table
 
     def split_queries(self, split: str) -> torch.Tensor | None:
         return self.queries[split] if self.queries is not None else None

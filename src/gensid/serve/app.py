@@ -7,7 +7,7 @@ Endpoints: ``POST /recommend`` (runs of ``data.task: rec``), ``POST /search`` (r
 ``GET /health``, ``GET /metrics`` (Prometheus). Model calls and item inserts run in worker
 threads under one lock, so the event loop never blocks on the model; ``/recommend`` and
 ``/search`` calls are micro-batched (:class:`MicroBatcher`, a bounded queue: 503 with
-``Retry-After`` when full), queries embedded once per batch.
+``Retry-After`` when full, given before the request is parsed), queries embedded once per batch.
 With a token, ``POST /items`` needs it (and every read but ``/health`` too with ``token_reads``);
 request bodies over ``max_body_bytes`` get a 413 (:mod:`gensid.serve.guard`).
 ``exclude_seen`` drops the history's items from an answer, ranking deeper so that k remain.
@@ -34,7 +34,7 @@ from gensid.live import ItemAdder, ItemStore, replay
 from gensid.live.store import STORE_FILE, AddedItem
 from gensid.pipeline import Run, top_k
 from gensid.serve.batcher import MicroBatcher, Overloaded
-from gensid.serve.guard import BodyLimit, bearer_check, preview, preview_ids, validation_error
+from gensid.serve.guard import BodyLimit, Shed, bearer_check, preview, preview_ids, validation_error
 from gensid.serve.metrics import CONTENT_TYPE, RequestMetrics, ServiceMetrics
 from gensid.serve.schemas import (
     AddItemsRequest,
@@ -48,6 +48,7 @@ from gensid.serve.schemas import (
 from gensid.text import TextEncoder
 
 RETRY_AFTER_S = 1
+RANKING_PATHS = ("/recommend", "/search")  # the endpoints that wait for the micro-batcher
 
 
 @dataclass
@@ -190,6 +191,8 @@ def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.
     app = FastAPI(title="gensid", summary="Generative recommendation with semantic IDs", lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(Shed, full=lambda: getattr(app.state, "batcher", None) is not None and app.state.batcher.full,
+                       paths=RANKING_PATHS, retry_after_s=RETRY_AFTER_S)  # outside BodyLimit: reads no body
     app.add_middleware(RequestMetrics, metrics=metrics, routes=lambda: app.router.routes)
     app.state.metrics = metrics
     # a route checks the token only where there is one to check (no dependency to solve per request)

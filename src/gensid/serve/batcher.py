@@ -43,6 +43,11 @@ class MicroBatcher(Generic[In, Out]):
         """Requests waiting for a model call (not those in the running one)."""
         return self.queue.qsize() if self.queue is not None else 0
 
+    @property
+    def full(self) -> bool:
+        """Whether a request submitted now would be refused (:class:`Overloaded`)."""
+        return self.closing or self.queue is None or self.queue.qsize() >= self.max_queue
+
     def start(self) -> None:
         self.queue = asyncio.Queue()  # bounded by submit (stop's marker must always fit)
         self.closing = False
@@ -69,10 +74,9 @@ class MicroBatcher(Generic[In, Out]):
 
     async def submit(self, item: In) -> Out:
         """The output for ``item``, from a shared model call; :class:`Overloaded` if the queue is full."""
-        if self.closing or self.queue is None:
-            raise Overloaded("the server is shutting down")
-        if self.queue.qsize() >= self.max_queue:
-            raise Overloaded(f"{self.max_queue} requests are waiting already")
+        if self.full:
+            raise Overloaded("the server is shutting down" if self.closing or self.queue is None
+                             else f"{self.max_queue} requests are waiting already")
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait((item, future))
         return await future
