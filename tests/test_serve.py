@@ -498,6 +498,8 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(run_dir):
             r = c.post("/recommend", json={"history": history})
             assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
             assert time.perf_counter() - start < 5
+            # refused before the body is read or parsed (no 422 for a body that is not JSON)
+            assert c.post("/recommend", content=b"not json").status_code == 503
             metrics = c.get("/metrics").text
             assert "gensid_queue_depth 2.0" in metrics
             release.set()
