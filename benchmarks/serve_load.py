@@ -52,7 +52,6 @@ if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
 from benchmarks.speed import machine  # noqa: E402
 from gensid.io import write_json  # noqa: E402
@@ -324,14 +323,19 @@ def staged_copy(folder: Path, work: Path) -> Path:
 
 
 def served_method(run_dir: Path) -> dict:
-    """What the folder serves: its strategy and the settings that name the method."""
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    method = {"name": cfg.get("name"), "strategy": cfg["train"]["strategy"], "seed": cfg["train"]["seed"],
-              "items_ranked_by": "exact full-catalog scores" if cfg["train"]["strategy"] == "parallel"
-              else f"constrained beam search, beam {cfg['eval']['beam_size']}"}
-    if cfg["train"]["strategy"] == "parallel":
-        method["parallel"] = {key: cfg["parallel"][key] for key in ("digits", "codebook_size", "head", "item_ids")}
-    method["model"] = {key: cfg["model"][key] for key in ("d_model", "encoder_layers")}
+    """What the folder serves: its method and the settings that name it."""
+    from gensid.config import load_config
+
+    cfg = load_config(run_dir / "config.yaml")
+    parallel = cfg.method.family == "parallel"
+    method = {"run": cfg.name, "method": cfg.method.name, "seed": cfg.train.seed,
+              "items_ranked_by": "exact scores of every catalog item" if parallel
+              else f"constrained beam search, beam {cfg.eval.beam_size}",
+              "model": {"d_model": cfg.model.d_model, "layers": cfg.model.encoder_layers}}
+    if parallel:
+        p = cfg.parallel
+        method["parallel"] = {"digits": p.digits, "codebook_size": p.codebook_size, "head": p.head,
+                              "item_ids": p.item_ids}
     return method
 
 

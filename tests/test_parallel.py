@@ -195,7 +195,7 @@ def test_a_runs_item_table_is_kept_and_grown_with_added_items_until_its_weights_
     # serving ranks with the table kept between requests; training must never rank with a stale one
     cfg = ModelConfig(d_model=32, n_heads=4, encoder_layers=1, d_ff=64, dropout=0.0)
     model = ParallelSIDRecommender(M, K, cfg, ParallelConfig(head="shared", item_ids=True), 6, num_items=30).eval()
-    run = Run(load_config("configs/ml100k.yaml", ["train.strategy=parallel"]), None, None,
+    run = Run(load_config("configs/ml100k.yaml", ["method=parallel"]), None, None,
               None, torch.zeros(30, 1), None, ItemFeatures(torch.from_numpy(rng.integers(0, K, (30, M)))), model)
     samples = run.history_samples([[0, 5, 7], [29], [3, 3, 1, 2]])
     table = run.item_table()
