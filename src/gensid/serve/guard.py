@@ -158,7 +158,8 @@ class Shed:
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], full: Callable[[], bool],
                  paths: tuple[str, ...], retry_after_s: int):
         self.app, self.full, self.paths = app, full, paths
-        body = json.dumps({"detail": "busy: the queue of requests waiting for the model is full; retry shortly"})
+        body = json.dumps({"detail": "busy: the queue of requests waiting for the model is full (or the server is stopping); "
+                           "retry shortly"})
         self.body = body.encode()
         self.headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode()),
                         (b"retry-after", str(retry_after_s).encode())]
