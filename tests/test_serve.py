@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import shutil
@@ -481,6 +482,16 @@ def test_gensid_serve_runs_the_model_on_its_threads_not_the_runs_training_thread
     assert load_config(run_dir / "config.yaml").train.threads == 1
     assert served["threads"] == 2 and served["status"] == 200
     assert served["options"]["access_log"] is False  # no log line per request
+
+
+def test_startup_freezes_what_it_loaded_so_full_collections_do_not_pause_requests(run_dir):
+    gc.unfreeze()
+    try:
+        with client(run_dir) as c:
+            assert gc.get_freeze_count() > 10_000  # the run, the models: never garbage, never scanned again
+            assert c.post("/recommend", json={"history": ["1", "2"]}).status_code == 200
+    finally:
+        gc.unfreeze()
 
 
 def test_a_full_queue_answers_503_with_retry_after_at_once(run_dir):

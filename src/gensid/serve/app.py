@@ -17,6 +17,7 @@ request bodies over ``max_body_bytes`` get a 413 (:mod:`gensid.serve.guard`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -184,6 +185,9 @@ def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.
             await asyncio.to_thread(service.text_encoder)
         batcher = MicroBatcher(service.answer, max_batch, max_wait_ms, max_queue, metrics.batch_size.observe)
         batcher.start()
+        # what startup made (the run, the sentence encoder: millions of objects) lives as long as the
+        # process; frozen, the garbage collector's full passes skip it instead of pausing every request
+        gc.freeze()
         metrics.watch(lambda: batcher.depth, lambda: len(service.run.dataset.catalog),
                       lambda: len(service.run.dataset.catalog) - service.trained_items)
         app.state.service, app.state.batcher = service, batcher
