@@ -406,7 +406,7 @@ def crash_and_restart(server: subprocess.Popen, served: Path, port: int, load: L
                        "kind": "SIGKILL with requests in flight, then gensid serve on the same folder"}
 
 
-def targets(result: dict, args: argparse.Namespace) -> dict:
+def targets(result: dict) -> dict:
     """The issue's bar, checked on this run."""
     steady, overload = result["steady"], result["overload"]
     return {
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()
     alone = client_alone(args.requests, args.concurrency)
     result = load_test(args.run_dir, known, text_fields, args)
-    result["targets"] = targets(result, args)
+    result["targets"] = targets(result)
     if run_dir != args.run_dir:  # a hybrid: its run alone, same requests, for the ratio
         solo = load_test(run_dir, known, text_fields, args)
         result = {"hybrid": result, "run_alone": solo, "hybrid_over_run": {
