@@ -13,11 +13,12 @@ from gensid.config import ModelConfig, ParallelConfig, load_config
 from gensid.data.catalog import Interactions
 from gensid.data.splits import leave_one_out, sequence_windows
 from gensid.errors import ConfigError, GensidWarning
+from gensid.eval.evaluate import rank_exact
 from gensid.fusion.mixture import fused_rankings
 from gensid.model.parallel import ParallelSIDRecommender, score_items, top_items
-from gensid.pipeline import load_run, train_run
+from gensid.pipeline import Run, load_run, train_run
 from gensid.quantize.product import ProductQuantizer
-from gensid.train.batches import Batch
+from gensid.train.batches import Batch, ItemFeatures
 
 M, K = 4, 16
 
@@ -147,7 +148,7 @@ def test_parallel_run_on_movielens(tmp_path):
     mixed = fused_rankings(run, test, None, lambda rows: favourite.expand(len(rows), -1), [0.0, 1.0])
     batch = Batch.build(test, slice(None), run.items)
     states = run.model.user_states(batch.history_codes, batch.history_mask, batch.history_text, batch.history_items)
-    exact = run.model.catalog_scores(states, run.items.codes, torch.arange(len(run.items.codes)))
+    exact = run.model.catalog_scores(states, run.item_table())
     # the same scores in the same order (items whose scores tie within rounding may swap)
     assert torch.allclose(exact.gather(1, torch.from_numpy(mixed[0.0])), exact.gather(1, torch.from_numpy(ranked)),
                           atol=1e-4)
@@ -186,7 +187,30 @@ def test_item_ids_add_a_free_vector_that_an_added_item_lacks():
     moved = model.item_vectors(codes, items) - model.digit_embeddings(codes + model.offsets).mean(1)
     assert torch.allclose(moved[:5], torch.ones(5, 32)) and torch.equal(moved[5:], torch.zeros(2, 32))
     states = torch.randn(3, 32)
-    assert torch.allclose(model.catalog_scores(states, codes, items), states @ model.item_vectors(codes, items).T)
+    assert torch.allclose(model.catalog_scores(states, model.item_table(codes, items)),
+                          states @ model.item_vectors(codes, items).T)
+
+
+def test_a_runs_item_table_is_kept_and_grown_with_added_items_until_its_weights_change(rng):
+    # serving ranks with the table kept between requests; training must never rank with a stale one
+    cfg = ModelConfig(d_model=32, n_heads=4, encoder_layers=1, d_ff=64, dropout=0.0)
+    model = ParallelSIDRecommender(M, K, cfg, ParallelConfig(head="shared", item_ids=True), 6, num_items=30).eval()
+    run = Run(load_config("configs/ml100k.yaml", ["method=parallel"]), None, None,
+              None, torch.zeros(30, 1), None, ItemFeatures(torch.from_numpy(rng.integers(0, K, (30, M)))), model)
+    samples = run.history_samples([[0, 5, 7], [29], [3, 3, 1, 2]])
+    table = run.item_table()
+    assert run.item_table() is table  # kept
+    assert np.array_equal(run.rank(samples), rank_exact(model, samples, run.items, 20))  # built afresh there
+    with torch.no_grad():
+        model.item_embeddings.weight.normal_()  # as an optimizer step does: in place
+    assert run.item_table() is not table
+    assert torch.allclose(run.item_table(), model.item_vectors(run.items.codes, torch.arange(30)))
+    assert np.array_equal(run.rank(samples), rank_exact(model, samples, run.items, 20))
+    run.items = ItemFeatures(torch.cat([run.items.codes, run.items.codes[:2]]))  # two added items (ItemAdder)
+    assert torch.allclose(run.item_table(), model.item_vectors(run.items.codes, torch.arange(32)))
+    assert np.array_equal(run.rank(samples), rank_exact(model, samples, run.items, 20))
+    run.items = ItemFeatures(run.items.codes.flip(0))  # not an append: built again
+    assert torch.allclose(run.item_table(), model.item_vectors(run.items.codes, torch.arange(32)))
 
 
 def test_product_quantizer_warns_once_and_faiss_stays_quiet(capfd, rng):

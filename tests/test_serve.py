@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import shutil
@@ -459,6 +460,40 @@ def test_gensid_serve_refuses_a_public_host_without_a_token_in_one_line(tmp_path
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_gensid_serve_runs_the_model_on_its_threads_not_the_runs_training_threads(run_dir, monkeypatch):
+    # the run was trained with train.threads=1; loading it for serving must not take that over --threads
+    import uvicorn
+
+    served = {}
+
+    def start(app, **options):  # what uvicorn.run would do first: the app's startup (loading the run)
+        with TestClient(app) as c:
+            served["threads"] = torch.get_num_threads()
+            served["status"] = c.post("/recommend", json={"history": ["1", "2"]}).status_code
+        served["options"] = options
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(uvicorn, "run", start)
+    try:
+        result = CliRunner().invoke(cli_app, ["serve", str(run_dir), "--threads", "2"])
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    assert load_config(run_dir / "config.yaml").train.threads == 1
+    assert served["threads"] == 2 and served["status"] == 200
+    assert served["options"]["access_log"] is False  # no log line per request
+
+
+def test_startup_freezes_what_it_loaded_so_full_collections_do_not_pause_requests(run_dir):
+    gc.unfreeze()
+    try:
+        with client(run_dir) as c:
+            assert gc.get_freeze_count() > 10_000  # the run, the models: never garbage, never scanned again
+            assert c.post("/recommend", json={"history": ["1", "2"]}).status_code == 200
+    finally:
+        gc.unfreeze()
+
+
 def test_a_full_queue_answers_503_with_retry_after_at_once(run_dir):
     with client(run_dir, max_batch=1, max_queue=2) as c:
         batcher = c.app.state.batcher
@@ -474,6 +509,8 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(run_dir):
             r = c.post("/recommend", json={"history": history})
             assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
             assert time.perf_counter() - start < 5
+            # refused before the body is read or parsed (no 422 for a body that is not JSON)
+            assert c.post("/recommend", content=b"not json").status_code == 503
             metrics = c.get("/metrics").text
             assert "gensid_queue_depth 2.0" in metrics
             release.set()
@@ -496,6 +533,25 @@ def test_stopping_the_batcher_answers_every_queued_request_and_refuses_new_ones(
         return await asyncio.gather(*pending)
 
     assert asyncio.run(scenario()) == [i * 2 for i in range(9)]
+
+
+def test_a_batch_takes_every_queued_request_at_once_even_when_the_loop_is_slow():
+    # under load one turn of the event loop outlasts max_wait: the batch must not grow by one request per turn
+    calls = []
+
+    def model(items):
+        calls.append(len(items))
+        return items
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch=8, max_wait_ms=0, max_queue=100)
+        batcher.start()
+        pending = [asyncio.create_task(batcher.submit(i)) for i in range(20)]
+        await asyncio.sleep(0)  # all twenty queued before the batcher's first turn
+        return await asyncio.gather(*pending)
+
+    assert asyncio.run(scenario()) == list(range(20))
+    assert calls == [8, 8, 4]
 
 
 def test_large_bodies_get_413_before_parsing_and_errors_echo_little_input(run_dir):

@@ -187,7 +187,8 @@ def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="interface t
     torch.set_num_threads(threads)
     app_ = create_app(run_dir, max_batch, max_wait_ms, preload_text_encoder=True, token=token or None,
                       token_reads=token_reads, max_queue=max_queue, max_body_bytes=max_body_bytes)
-    uvicorn.run(app_, host=host, port=port, timeout_graceful_shutdown=30)
+    # no access log: a log line per request costs more than the request's JSON (GET /metrics counts them)
+    uvicorn.run(app_, host=host, port=port, timeout_graceful_shutdown=30, access_log=False)
 
 
 @app.command()

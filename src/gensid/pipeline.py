@@ -13,6 +13,7 @@ A run directory holds ``config.yaml``, ``quantizer.safetensors``, ``index/``
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -76,6 +77,8 @@ class Run:
     items: ItemFeatures
     model: GenerativeRecommender | ParallelSIDRecommender
     queries: dict[str, torch.Tensor] | None = None  # search: query vectors [N_split, T] per split
+    # parallel runs: (items, weight versions, item table) of the last item_table() call
+    kept_table: tuple[ItemFeatures, tuple[int, ...], torch.Tensor] | None = dataclasses.field(default=None, repr=False)
 
     @property
     def joint(self) -> bool:
@@ -102,6 +105,26 @@ class Run:
         """An item's semantic ID as the index holds it (parallel runs: its digits)."""
         return (self.items.codes[item] if self.index is None else self.index.codes[item]).tolist()
 
+    def item_table(self) -> torch.Tensor:
+        """Parallel runs: the catalog's :meth:`~ParallelSIDRecommender.item_table` [N, .], kept while the
+        weights stay the same: a served run builds it once, then only the rows of items added since
+        (not per request); a training run builds it again after each optimizer step."""
+        # every in-place update of a parameter (an optimizer step, loading weights) moves its version
+        versions = tuple(p._version for p in self.model.parameters())
+        codes, start, kept = self.items.codes, 0, None
+        if self.kept_table is not None and self.kept_table[1] == versions:
+            items, _, kept = self.kept_table
+            if items is self.items:
+                return kept
+            start = len(items.codes)
+            if not (len(codes) >= start and torch.equal(codes[:start], items.codes)):  # not only appended to
+                start, kept = 0, None
+        with torch.no_grad():
+            rows = self.model.item_table(codes[start:], torch.arange(start, len(codes)))
+        table = rows if kept is None else torch.cat([kept, rows])
+        self.kept_table = (self.items, versions, table)
+        return table
+
     def split_queries(self, split: str) -> torch.Tensor | None:
         return self.queries[split] if self.queries is not None else None
 
@@ -126,7 +149,7 @@ class Run:
         e = self.cfg.eval
         if self.parallel:
             return rank_exact(self.model, samples, self.items, beam_size or e.beam_size, batch_size or e.batch_size,
-                              progress)
+                              progress, self.item_table())
         return recommend_items(self.model, self.index, samples, self.items, beam_size or e.beam_size,
                                batch_size or e.batch_size, progress, queries, e.verify_weight)
 
@@ -231,8 +254,6 @@ def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True, splits:
     ``splits=False``: the catalog only, no data split (what serving needs; ``run.splits`` is None).
     """
     seed_everything(cfg.train.seed)
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
     if cfg.train.init_from:
         copy_item_side(cfg, run_dir)
     full, dataset, samples, query_texts = load_task(cfg, progress, splits)
@@ -491,6 +512,8 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     progress = progress and main
     commit = git_commit()  # the code this process runs; HEAD may move while it trains
     check_inputs(cfg, run_dir)  # a config that cannot run fails before anything is written
+    if cfg.train.threads > 0:  # training's threads; a loaded run keeps its caller's (gensid serve --threads)
+        torch.set_num_threads(cfg.train.threads)
     if main:
         write_text(config_path, cfg.to_yaml())
     log = JsonlLog(run_dir / "log.jsonl")

@@ -47,19 +47,22 @@ def recommend_items(model: GenerativeRecommender, index: SIDIndex, samples: Samp
 
 @torch.no_grad()
 def rank_exact(model: ParallelSIDRecommender, samples: Samples, items: ItemFeatures, k: int,
-               batch_size: int = 256, progress: bool = False) -> np.ndarray:
-    """Top ``k`` item ids per sample [N, k], best first, every catalog item scored exactly."""
+               batch_size: int = 256, progress: bool = False, table: torch.Tensor | None = None) -> np.ndarray:
+    """Top ``k`` item ids per sample [N, k], best first, every catalog item scored exactly;
+    ``table``: the catalog's :meth:`~ParallelSIDRecommender.item_table` when the caller keeps it
+    (built here otherwise)."""
     model.eval()
+    if table is None:
+        table = model.item_table(items.codes, torch.arange(len(items.codes)))
     ranked = np.full((len(samples), k), -1, dtype=np.int64)
     for rows, batch in evaluation_batches(samples, items, batch_size=batch_size, desc="full ranking",
                                           progress=progress):
         states = model.user_states(batch.history_codes, batch.history_mask, batch.history_text, batch.history_items)
-        scores_of = partial(catalog_slice, model, states, items.codes)
-        ranked[rows] = top_items(scores_of, len(items.codes), k)[1].numpy()
+        ranked[rows] = top_items(partial(catalog_slice, model, states, table), len(table), k)[1].numpy()
     return ranked
 
 
-def catalog_slice(model: ParallelSIDRecommender, states: torch.Tensor, codes: torch.Tensor, start: int, end: int
+def catalog_slice(model: ParallelSIDRecommender, states: torch.Tensor, table: torch.Tensor, start: int, end: int
                   ) -> torch.Tensor:
-    """Ranking scores [B, end - start] of items start..end-1 (codes [N, m]) for user states [B, d]."""
-    return model.catalog_scores(states, codes[start:end], torch.arange(start, end))
+    """Ranking scores [B, end - start] of items start..end-1 (their item table rows) for user states [B, d]."""
+    return model.catalog_scores(states, table[start:end])

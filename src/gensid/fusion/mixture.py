@@ -77,7 +77,7 @@ def fused_rankings(run: Run, samples: Samples, queries: torch.Tensor | None,
         if run.parallel:  # every item's exact score: the generative distribution over the whole catalog
             states = run.model.user_states(batch.history_codes, batch.history_mask, batch.history_text,
                                            batch.history_items)
-            scores = run.model.catalog_scores(states, run.items.codes, torch.arange(len(run.items.codes)))
+            scores = run.model.catalog_scores(states, run.item_table())
             gen, gen_items = scores.log_softmax(-1).sort(1, descending=True)
         else:
             beam = constrained_beam_search(run.model, run.index, batch.history_codes, batch.history_mask,

@@ -5,9 +5,10 @@ Serves a run directory, a bundle (``gensid export``: no data needed) or a hybrid
 Endpoints: ``POST /recommend`` (runs of ``data.task: rec``), ``POST /search`` (runs of
 ``data.task: search``: query text plus history), ``POST /items``, ``GET /items/{id}``,
 ``GET /health``, ``GET /metrics`` (Prometheus). Model calls and item inserts run in worker
-threads under one lock, so the event loop never blocks on the model; ``/recommend`` and
+threads (the run's lock taken by a model call, and by an insert only to change the run, after
+encoding and committing the items), so the event loop never blocks on the model; ``/recommend`` and
 ``/search`` calls are micro-batched (:class:`MicroBatcher`, a bounded queue: 503 with
-``Retry-After`` when full), queries embedded once per batch.
+``Retry-After`` when full, given before the request is parsed), queries embedded once per batch.
 With a token, ``POST /items`` needs it (and every read but ``/health`` too with ``token_reads``);
 request bodies over ``max_body_bytes`` get a 413 (:mod:`gensid.serve.guard`).
 ``exclude_seen`` drops the history's items from an answer, ranking deeper so that k remain.
@@ -16,6 +17,7 @@ request bodies over ``max_body_bytes`` get a 413 (:mod:`gensid.serve.guard`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Response
 from fastapi.exceptions import RequestValidationError
+from pydantic_core import to_json
 
 from gensid.bundle import load_servable
 from gensid.data.catalog import render_text
@@ -33,14 +36,13 @@ from gensid.live import ItemAdder, ItemStore, replay
 from gensid.live.store import STORE_FILE, AddedItem
 from gensid.pipeline import Run, top_k
 from gensid.serve.batcher import MicroBatcher, Overloaded
-from gensid.serve.guard import BodyLimit, bearer_check, preview, preview_ids, validation_error
+from gensid.serve.guard import BodyLimit, Shed, bearer_check, preview, preview_ids, validation_error
 from gensid.serve.metrics import CONTENT_TYPE, RequestMetrics, ServiceMetrics
 from gensid.serve.schemas import (
     AddItemsRequest,
     AddItemsResponse,
     Health,
     ItemOut,
-    Recommendation,
     RecommendRequest,
     RecommendResponse,
     SearchRequest,
@@ -48,6 +50,7 @@ from gensid.serve.schemas import (
 from gensid.text import TextEncoder
 
 RETRY_AFTER_S = 1
+RANKING_PATHS = ("/recommend", "/search")  # the endpoints that wait for the micro-batcher
 
 
 @dataclass
@@ -70,7 +73,8 @@ class Service:
         self.run: Run = self.hybrid.run if self.hybrid else load_servable(run_dir)
         self.adder = ItemAdder(self.run)
         self.store = ItemStore(self.run.run_dir / STORE_FILE)  # a hybrid adds items to its run
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the run: held by a model call, and by a writer changing the run
+        self.write_lock = threading.Lock()  # POST /items, one at a time (encoding and committing need no model)
         self.trained_items = len(self.run.dataset.catalog)
         self.encoder: TextEncoder | None = None  # loaded by text_encoder(), at startup or on first use
         self.encoder_lock = threading.Lock()
@@ -122,12 +126,13 @@ class Service:
         texts = [render(f, catalog.text_fields) for f in fields]
         self.refuse_existing(request)  # before the slow part; again under the lock for racing requests
         vectors = torch.from_numpy(self.text_encoder().encode(texts, progress=False))
-        with self.lock:
+        with self.write_lock:  # one writer at a time; rankings go on until the run itself changes
             self.refuse_existing(request)
             sids = self.adder.sids(vectors)
             self.store.add([AddedItem(it.id, f, s.tolist(), v.numpy())
                             for it, f, s, v in zip(request.items, fields, sids, vectors, strict=True)])
-            internal = self.adder.add([it.id for it in request.items], fields, vectors, sids)
+            with self.lock:  # committed to the store (durable) before any answer can hold the items
+                internal = self.adder.add([it.id for it in request.items], fields, vectors, sids)
         return [self.item_out(i) for i in internal]
 
     def refuse_existing(self, request: AddItemsRequest) -> None:
@@ -180,6 +185,9 @@ def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.
             await asyncio.to_thread(service.text_encoder)
         batcher = MicroBatcher(service.answer, max_batch, max_wait_ms, max_queue, metrics.batch_size.observe)
         batcher.start()
+        # what startup made (the run, the sentence encoder: millions of objects) lives as long as the
+        # process; frozen, the garbage collector's full passes skip it instead of pausing every request
+        gc.freeze()
         metrics.watch(lambda: batcher.depth, lambda: len(service.run.dataset.catalog),
                       lambda: len(service.run.dataset.catalog) - service.trained_items)
         app.state.service, app.state.batcher = service, batcher
@@ -190,10 +198,13 @@ def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.
     app = FastAPI(title="gensid", summary="Generative recommendation with semantic IDs", lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(Shed, full=lambda: getattr(app.state, "batcher", None) is not None and app.state.batcher.full,
+                       paths=RANKING_PATHS, retry_after_s=RETRY_AFTER_S)  # outside BodyLimit: reads no body
     app.add_middleware(RequestMetrics, metrics=metrics, routes=lambda: app.router.routes)
     app.state.metrics = metrics
-    write = [Depends(bearer_check(token))]
-    read = [Depends(bearer_check(token if token_reads else None))]
+    # a route checks the token only where there is one to check (no dependency to solve per request)
+    write = [Depends(bearer_check(token))] if token else []
+    read = write if token_reads else []
 
     def service() -> Service:
         return app.state.service
@@ -208,7 +219,9 @@ def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.
         return svc
 
     async def ranked(svc: Service, history: list[str], k: int, exclude_seen: bool | None,
-                     query: str | None = None) -> RecommendResponse:
+                     query: str | None = None) -> Response:
+        """The top ``k`` as a ready JSON body of :class:`RecommendResponse`: no pydantic model per item
+        for FastAPI to validate again and serialize (about 30 µs of the event loop per answer)."""
         internal = svc.internal_ids(history)
         exclude = svc.run.exclude_seen_default if exclude_seen is None else exclude_seen
         try:
@@ -217,15 +230,16 @@ def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.
             raise HTTPException(503, f"busy: {exc}; retry shortly",
                                 headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         catalog = svc.run.dataset.catalog
-        return RecommendResponse(items=[Recommendation(rank=r, id=catalog.item_ids[i], title=catalog.title(i))
-                                        for r, i in enumerate(top_k(ranking, k, internal if exclude else ()), 1)])
+        items = [{"rank": r, "id": catalog.item_ids[i], "title": catalog.title(i)}
+                 for r, i in enumerate(top_k(ranking, k, internal if exclude else ()), 1)]
+        return Response(to_json({"items": items}), media_type="application/json")
 
     @app.post("/recommend", response_model=RecommendResponse, dependencies=read)
-    async def recommend(request: RecommendRequest) -> RecommendResponse:
+    async def recommend(request: RecommendRequest) -> Response:
         return await ranked(checked("rec", request.k), request.history, request.k, request.exclude_seen)
 
     @app.post("/search", response_model=RecommendResponse, dependencies=read)
-    async def search(request: SearchRequest) -> RecommendResponse:
+    async def search(request: SearchRequest) -> Response:
         svc = checked("search", request.k)
         if svc.encoder is None:  # first query: load the sentence encoder off the event loop
             await asyncio.to_thread(svc.text_encoder)

@@ -43,6 +43,11 @@ class MicroBatcher(Generic[In, Out]):
         """Requests waiting for a model call (not those in the running one)."""
         return self.queue.qsize() if self.queue is not None else 0
 
+    @property
+    def full(self) -> bool:
+        """Whether a request submitted now would be refused (:class:`Overloaded`)."""
+        return self.closing or self.queue is None or self.queue.qsize() >= self.max_queue
+
     def start(self) -> None:
         self.queue = asyncio.Queue()  # bounded by submit (stop's marker must always fit)
         self.closing = False
@@ -69,10 +74,9 @@ class MicroBatcher(Generic[In, Out]):
 
     async def submit(self, item: In) -> Out:
         """The output for ``item``, from a shared model call; :class:`Overloaded` if the queue is full."""
-        if self.closing or self.queue is None:
-            raise Overloaded("the server is shutting down")
-        if self.queue.qsize() >= self.max_queue:
-            raise Overloaded(f"{self.max_queue} requests are waiting already")
+        if self.full:
+            raise Overloaded("the server is shutting down" if self.closing or self.queue is None
+                             else f"{self.max_queue} requests are waiting already")
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait((item, future))
         return await future
@@ -85,13 +89,18 @@ class MicroBatcher(Generic[In, Out]):
         batch = [first]
         deadline = asyncio.get_running_loop().time() + self.max_wait
         while len(batch) < self.max_batch:
-            timeout = deadline - asyncio.get_running_loop().time()
-            if timeout <= 0:
-                break
-            try:
-                entry = await asyncio.wait_for(self.queue.get(), timeout)
-            except asyncio.TimeoutError:
-                break
+            if self.queue.empty():  # wait for the next request, until the deadline
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    entry = await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+            else:
+                # take what is queued without awaiting: under load one turn of the event loop can take
+                # longer than max_wait, and a request per turn made batches of 1-2 (and starved the model)
+                entry = self.queue.get_nowait()
             if entry[0] is STOP:
                 return batch, True
             batch.append(entry)

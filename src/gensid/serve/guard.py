@@ -5,6 +5,8 @@
   token (:func:`check_exposure`). ``GET /health`` stays open (liveness probes).
 - :class:`BodyLimit` answers 413 to a body larger than ``max_bytes`` before anything parses it
   (by its ``Content-Length``, or while reading a body sent without one).
+- :class:`Shed` answers 503 with ``Retry-After`` to a ranking request while the model's queue is
+  full, before anything reads or parses it.
 - Error replies quote at most a short preview of the input (:func:`preview`): a validation
   error lists at most ``MAX_ERRORS`` errors, each input and location part cut to ``PREVIEW_CHARS``.
 """
@@ -86,14 +88,13 @@ def check_exposure(host: str, token: str | None, token_reads: bool) -> None:
                          "(POST /items then needs 'Authorization: Bearer T'), or serve on 127.0.0.1")
 
 
-def bearer_check(token: str | None) -> Callable[[Request], None]:
-    """A FastAPI dependency: 401 unless the request carries ``Authorization: Bearer <token>``
-    (a no-op when ``token`` is None)."""
-    expected = token.encode() if token else None
+def bearer_check(token: str) -> Callable[[Request], Awaitable[None]]:
+    """A FastAPI dependency: 401 unless the request carries ``Authorization: Bearer <token>``.
+    Async, so FastAPI calls it on the event loop: a plain function would go through the thread
+    pool on every request (a thread hop per request)."""
+    expected = token.encode()
 
-    def check(request: Request) -> None:
-        if expected is None:
-            return
+    async def check(request: Request) -> None:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
             raise HTTPException(401, "this endpoint needs 'Authorization: Bearer <token>' with the server's token",
@@ -146,3 +147,26 @@ class BodyLimit:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
+
+
+class Shed:
+    """ASGI middleware: 503 with ``Retry-After`` for a request to one of ``paths`` while ``full()``,
+    before its body is read or parsed. Under overload most requests are refused, and a refusal that
+    went through FastAPI cost as much of the event loop as an answer, which the admitted requests
+    were waiting for."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], full: Callable[[], bool],
+                 paths: tuple[str, ...], retry_after_s: int):
+        self.app, self.full, self.paths = app, full, paths
+        body = json.dumps({"detail": "busy: the queue of requests waiting for the model is full (or the server is stopping); "
+                           "retry shortly"})
+        self.body = body.encode()
+        self.headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode()),
+                        (b"retry-after", str(retry_after_s).encode())]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths or not self.full():
+            await self.app(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 503, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})

@@ -60,6 +60,10 @@ class RequestMetrics:
         self.app, self.metrics, self.routes = app, metrics, routes
 
     def endpoint(self, scope: Scope) -> str:
+        """The route template of a request: the route the router matched (it sets ``scope["route"]``),
+        else (a 413 answered before routing, a 404) the first route that matches."""
+        if "route" in scope:
+            return getattr(scope["route"], "path", "other")
         for route in self.routes():
             match, _ = route.matches(scope)
             if match != Match.NONE:
