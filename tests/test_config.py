@@ -21,7 +21,8 @@ from gensid.experiment import load_plan
 OLD_DEFAULTS = {
     "name": "default",
     "data": {"source": "movielens-100k", "format": "auto", "task": "rec", "query_field": "categories",
-             "max_history": 20, "text_fields": ["title", "brand", "categories"], "max_users": 0},
+             "max_history": 20, "text_fields": ["title", "brand", "categories"], "max_users": 0,
+             "split": "leave_one_out", "cold_share": 0.15},
     "text": {"model": "all-MiniLM-L6-v2", "batch_size": 128},
     "quantizer": {"method": "rqkmeans", "codebook_sizes": [256, 256, 256], "geometry": "euclidean",
                   "euclidean_scale": 1.0, "latent_dim": 64, "disambiguation": False, "hidden_dims": [256, 128],
