@@ -479,7 +479,9 @@ def test_analysis(run: Run, progress: bool = False) -> tuple[dict, np.ndarray]:
         new = run.splits.new_targets(test)
         out["cold_start"] = {"share": run.cfg.data.cold_share, "new_items": len(run.splits.cold_items),
                              "test_new_targets": int(new.sum()), "test_seen_targets": int((~new).sum()),
-                             "valid_new_targets": int(run.splits.new_targets(run.splits.valid).sum())}
+                             "valid_new_targets": int(run.splits.new_targets(run.splits.valid).sum()),
+                             # how often the model ranks a new item at all: against new_items / catalog size
+                             "new_share_of_ranked": float(np.isin(ranked[ranked >= 0], run.splits.cold_items).mean())}
     if run.parallel:
         out["sid"] = digit_stats(codes, run.cfg.parallel.codebook_size)
     else:
