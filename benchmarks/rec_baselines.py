@@ -105,8 +105,7 @@ def main() -> None:
                 row["test_by_popularity"] = hit_rate_by_bucket(ranked, samples.targets, buckets)
                 run_dir = Path(args.runs) / f"{method}-{args.dataset}-s{args.seed}"
                 run_dir.mkdir(parents=True, exist_ok=True)
-                save_test_ranks(run_dir, samples, ranks, max(KS), split.new_targets(samples) if cold is not None
-                                else None)
+                save_test_ranks(run_dir, samples, ranks, max(KS), split.new_targets(samples))
             upsert_row(args.dataset, "rec", row, args.results_dir)
             shown = {"all": metrics, **subsets}
             print(f"{name} {method}: " + "  ".join(f"{subset} R@10 {m['recall@10']:.4f} N@10 {m['ndcg@10']:.4f}"

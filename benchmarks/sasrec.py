@@ -131,7 +131,7 @@ def main() -> None:
         log.write(event="eval", split=name, metrics=metrics, metrics_exclude_history=excluded,
                   **{f"metrics_{subset}": m for subset, m in subsets.items()})
         if name == "test":
-            save_test_ranks(run_dir, samples, ranks, max(KS), split.new_targets(samples) if cold is not None else None)
+            save_test_ranks(run_dir, samples, ranks, max(KS), split.new_targets(samples))
         if not args.no_write:
             path = upsert_row(args.dataset, "rec", {
                 "method": method, "variant": variant, "split": name, "seed": cfg.seed,

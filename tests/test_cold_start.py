@@ -59,7 +59,7 @@ def test_cold_start_split_on_movielens(movielens):
     for part in ("valid", "test"):
         ours, theirs = getattr(split, part), getattr(loo, part)
         assert np.array_equal(ours.targets, theirs.targets) and np.array_equal(ours.histories, theirs.histories)
-    assert 0 < split.new_targets(split.test).sum() < len(split.test)
+    assert 0 < split.new_targets(split.test).sum() < len(split.test) and loo.new_targets(loo.test) is None
     assert np.array_equal(split.new_targets(split.test), np.isin(split.test.targets, cold))
     # training is leave-one-out's on the sequences without the new items
     assert len(split.train) == sum(max(len(s) - 1, 0) for s in training_sequences(inter, cold)) < len(loo.train)

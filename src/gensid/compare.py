@@ -44,8 +44,7 @@ def target_popularity_buckets(run_dirs: list[str], digest: str) -> np.ndarray:
         source = Path(hybrid_run_dir(run_dir) or run_dir)
         if (source / "config.yaml").exists():
             _, dataset, splits, _ = load_task(run_config(source), progress=False)
-            new = splits.new_targets(splits.test) if splits.cold_items is not None else None
-            if split_digest(splits.test, new) != digest:
+            if split_digest(splits.test, splits.new_targets(splits.test)) != digest:
                 raise RunError(f"{source / 'config.yaml'}: its data no longer gives the test users it was ranked on "
                                "(the data files changed?)")
             return popularity_buckets(training_popularity(splits, len(dataset.catalog)))[splits.test.targets]

@@ -506,7 +506,7 @@ def save_test_ranks(run_dir: str | Path, test: Samples, ranks: np.ndarray, depth
                     new_targets: np.ndarray | None = None) -> None:
     """Write ``test_ranks.json``: each test user's target rank [N] (-1 = not in the ranked list),
     the split's digest and ``depth``, the length of the ranked lists (a metric @K needs K <= depth);
-    on a cold-start split (``new_targets`` [N] bool given) also ``new_targets``, the rows whose target
+    on a cold-start split (``new_targets`` [N] bool, :meth:`LeaveOneOut.new_targets`) also ``new_targets``, the rows whose target
     is a new item. Baselines outside the pipeline (SASRec, BM25, dense) write the same file, so
     ``gensid compare`` pairs any two systems ranked on the same test users (``--subset new|seen``)."""
     saved = {"test_users": split_digest(test, new_targets), "depth": depth, "ranks": ranks.tolist()}
@@ -597,9 +597,7 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
         "most_popular": {**popularity_metrics(run, "valid"), **popularity_metrics(run, "test")},
     }
     metrics["eval_seconds"] = time.perf_counter() - start
-    cold_start = run.splits.cold_items is not None
-    save_test_ranks(run_dir, run.splits.test, ranks, cfg.eval.beam_size,
-                    run.splits.new_targets(run.splits.test) if cold_start else None)
+    save_test_ranks(run_dir, run.splits.test, ranks, cfg.eval.beam_size, run.splits.new_targets(run.splits.test))
     write_json(run_dir / "metrics.json", metrics)
     log.write(event="done", test=metrics["test"])
     return metrics

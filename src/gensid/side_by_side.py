@@ -95,8 +95,7 @@ def sasrec_beside(run: Run, minutes: float, progress: bool = True) -> tuple[SASR
                **subset_metrics(run, test, ranks, "test")}
     folder.mkdir(parents=True, exist_ok=True)
     result.model.save(folder / "model.safetensors", best_epoch=result.best_epoch)
-    save_test_ranks(folder, test, ranks, run.cfg.eval.beam_size, run.splits.new_targets(test) if cold is not None
-                    else None)
+    save_test_ranks(folder, test, ranks, run.cfg.eval.beam_size, run.splits.new_targets(test))
     write_json(done, summary)
     return result.model, summary
 

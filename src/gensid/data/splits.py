@@ -43,11 +43,9 @@ class LeaveOneOut:
     test: Samples
     cold_items: np.ndarray | None = None  # cold start: the sorted ids of the items training never saw
 
-    def new_targets(self, samples: Samples) -> np.ndarray:
-        """[N] bool: whether each sample's target is a cold item (all False without a cold-start split)."""
-        if self.cold_items is None:
-            return np.zeros(len(samples), dtype=bool)
-        return np.isin(samples.targets, self.cold_items)
+    def new_targets(self, samples: Samples) -> np.ndarray | None:
+        """[N] bool: whether each sample's target is a cold item; None without a cold-start split."""
+        return None if self.cold_items is None else np.isin(samples.targets, self.cold_items)
 
     def trained_items(self, num_items: int) -> np.ndarray:
         """The ids of the items training may see: every item but the cold ones, sorted."""
