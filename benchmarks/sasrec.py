@@ -116,7 +116,7 @@ def main() -> None:
 
     command = command_line()
     print(f"\nbest epoch {result.best_epoch} of {result.epochs}, {result.train_minutes:.1f} min")
-    print(f"{'split':<6} {'protocol':<16}" + "".join(f"{m + '@' + str(k):>10}"
+    print(f"{'split':<6} {'protocol':<18}" + "".join(f"{m + '@' + str(k):>10}"
                                                  for k in KS for m in ("R", "N")))
     for name, samples in (("valid", split.valid), ("test", split.test)):
         ranks = rank_of_targets(result.model.rank(samples, max(KS)), samples.targets)
@@ -126,7 +126,7 @@ def main() -> None:
         shown = [("gensid", metrics), ("exclude history", excluded)]
         shown += [(f"{subset}-item targets", m) for subset, m in subsets.items()]
         for label, m in shown:
-            print(f"{name:<6} {label:<16}" + "".join(
+            print(f"{name:<6} {label:<18}" + "".join(
                 f"{m[f'{key}@{k}']:>10.4f}" for k in KS for key in ("recall", "ndcg")))
         log.write(event="eval", split=name, metrics=metrics, metrics_exclude_history=excluded,
                   **{f"metrics_{subset}": m for subset, m in subsets.items()})

@@ -338,7 +338,8 @@ def check_inputs(cfg: ExperimentConfig, run_dir: Path) -> None:
 
 
 # what decides a run's items and their tokenizer: a warm start must agree on all of them
-ITEM_SIDE = {"data": ("source", "format", "task", "query_field", "text_fields", "max_users", "split", "cold_share"), "text": ("model",),
+ITEM_SIDE = {"data": ("source", "format", "task", "query_field", "text_fields", "max_users", "split", "cold_share"),
+             "text": ("model",),
              "quantizer": ("method", "codebook_sizes", "geometry", "latent_dim", "hidden_dims", "epochs", "lr",
                            "beta", "batch_size")}
 ITEM_SIDE_FILES = ("quantizer.safetensors", "index/sids.safetensors", "index/sid_stats.json",
