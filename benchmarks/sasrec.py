@@ -40,7 +40,6 @@ from gensid.report.results import upsert_row  # noqa: E402
 from gensid.text import embed_texts  # noqa: E402
 
 KS = [1, 5, 10, 20]
-MAX_HISTORY = 20
 
 
 def command_line() -> str:
@@ -64,7 +63,8 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=defaults.hidden)
     p.add_argument("--layers", type=int, default=defaults.layers)
     p.add_argument("--heads", type=int, default=defaults.heads)
-    p.add_argument("--max-len", type=int, default=defaults.max_len)
+    p.add_argument("--max-len", type=int, default=defaults.max_len,
+                   help="history length (the split's max_history too), e.g. 50 for RPG's protocol")
     p.add_argument("--dropout", type=float, default=defaults.dropout)
     p.add_argument("--attn-dropout", type=float, default=defaults.attn_dropout)
     p.add_argument("--lr", type=float, default=defaults.lr)
@@ -81,7 +81,8 @@ def main() -> None:
     p.add_argument("--text-model", default="all-MiniLM-L6-v2", help="the sentence encoder (as text.model)")
     p.add_argument("--variant", default=None, help="results 'variant' (default: from the sizes)")
     p.add_argument("--run-dir", default=None,
-                   help="default research/experiments/baselines/runs/sasrec-<dataset>-s<seed>")
+                   help="default research/experiments/baselines/runs/sasrec-<dataset>-s<seed> "
+                        "(-h<max-len> when it is not 20)")
     p.add_argument("--results-dir", type=Path, default=ROOT / "research" / "results", help="folder of the results JSON")
     p.add_argument("--no-write", action="store_true", help="do not write the results rows")
     args = p.parse_args()
@@ -96,13 +97,13 @@ def main() -> None:
                                f"max_len {cfg.max_len}" + (", items = text projection + free vector"
                                                            if cfg.text_items else ""))
     run_dir = Path(args.run_dir or ROOT / "research" / "experiments" / "baselines" / "runs"
-                   / f"{method}-{args.dataset}-s{cfg.seed}")
+                   / f"{method}-{args.dataset}{'' if cfg.max_len == 20 else f'-h{cfg.max_len}'}-s{cfg.seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(run_dir / "log.jsonl")
 
     data = load_dataset(args.data, "auto", args.text_fields)
     num_items = len(data.catalog)
-    split = next_item_split(data.interactions, num_items, MAX_HISTORY, args.split, args.cold_share)
+    split = next_item_split(data.interactions, num_items, args.max_len, args.split, args.cold_share)  # the history SASRec reads
     cold = split.cold_items
     print(f"{data.name}: {len(data.interactions)} users, {num_items} items, "
           f"{len(split.valid)} valid / {len(split.test)} test samples"

@@ -34,7 +34,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "research" / "results"  # the de
 def sweep(run_dir: str, weights: list[float], split: str) -> dict:
     run = load_run(run_dir)
     if not run.joint:
-        raise SystemExit(f"{run_dir}: a {run.cfg.train.strategy} run has no context and item vectors to fuse")
+        raise SystemExit(f"{run_dir}: a {run.cfg.method.name} run has no context and item vectors to fuse")
     model, index, items, e = run.model, run.index, run.items, run.cfg.eval
     samples, queries = getattr(run.splits, split), run.split_queries(split)
     item_vectors = F.normalize(items.item_vectors, dim=-1)

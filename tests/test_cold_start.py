@@ -105,7 +105,7 @@ def test_tokenizers_are_fitted_without_the_new_items(rng):
 
 @pytest.mark.parametrize("strategy", ["two_stage", "parallel"])
 def test_a_run_fits_its_tokenizer_on_the_trained_items(tmp_path, strategy):
-    parallel = ["train.strategy=parallel", "parallel.digits=8", "parallel.codebook_size=16", "parallel.opq=false",
+    parallel = ["method=parallel", "parallel.digits=8", "parallel.codebook_size=16", "parallel.opq=false",
                 "model.history_input=codes"] if strategy == "parallel" else []
     cfg = load_config("configs/ml100k.yaml", [*tiny_ml100k(1), "data.split=cold_start", *parallel])
     run = prepare(cfg, tmp_path, progress=False)
@@ -174,7 +174,7 @@ def test_sasrec_never_moves_a_new_items_embedding(rng):
 def test_cold_start_runs_end_to_end(tmp_path):
     # parallel, shared head with item vectors: a new item's vector stays zero through training
     cfg = load_config("configs/ml100k.yaml", [*tiny_ml100k(2), "data.split=cold_start", "data.max_users=120",
-                                              "train.strategy=parallel", "parallel.digits=8", "parallel.codebook_size=16",
+                                              "method=parallel", "parallel.digits=8", "parallel.codebook_size=16",
                                               "parallel.opq=false", "parallel.head=shared", "parallel.loss=items",
                                               "parallel.item_ids=true", "model.history_input=codes"])
     metrics = train_run(cfg, tmp_path / "parallel", progress=False)

@@ -16,9 +16,9 @@ from gensid.pipeline import load_run, train_run
 
 TINY = tiny_ml100k(epochs=3)
 # DGI on an RQ-VAE item encoder, with a learning rate that moves codes in one epoch
-JOINT = ["train.strategy=joint", "quantizer.method=rqvae", "quantizer.latent_dim=32", "quantizer.hidden_dims=[64]",
-         "quantizer.epochs=5", "quantizer.geometry=cosine", "quantizer.assignment=gumbel_soft",
-         "train.quantizer_lr=3e-2", "loss.codebook=0.25"]
+JOINT = ["method={name: dgi, weight_sharing: false, global_cosine: 0, infonce: 0, diversity: 0}",
+         "quantizer.method=rqvae", "quantizer.latent_dim=32", "quantizer.hidden_dims=[64]", "quantizer.epochs=5",
+         "quantizer.geometry=cosine", "train.quantizer_lr=3e-2"]
 
 
 def epoch_records(run_dir) -> list[dict]:
@@ -47,7 +47,7 @@ def test_the_index_learns_until_the_freeze_epoch_and_then_stays(tmp_path, precis
 
 
 def test_freezing_needs_an_index_that_learns():
-    with pytest.raises(ConfigError, match="train.freeze_index_epoch: 1 needs train.strategy joint"):
+    with pytest.raises(ConfigError, match="train.freeze_index_epoch: 1 needs a joint method"):
         load_config("configs/ml100k.yaml", [*TINY, "train.freeze_index_epoch=1"])
 
 

@@ -47,8 +47,8 @@ def test_padding_is_ignored():
 
 
 def test_cosine_heads_and_text_input():
-    cfg = ModelConfig(**{**CFG.__dict__, "logits": "cosine", "history_input": "codes+text"})
-    model = GenerativeRecommender(SIZES, cfg, max_history=7, text_dim=12)
+    cfg = ModelConfig(**{**CFG.__dict__, "history_input": "codes+text"})
+    model = GenerativeRecommender(SIZES, cfg, max_history=7, text_dim=12, logits="cosine")
     codes, mask, target = batch()
     logits = model(codes, mask, target, torch.randn(5, 7, 12))
     gamma = model.heads[0].log_gamma.exp()

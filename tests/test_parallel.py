@@ -128,7 +128,7 @@ def test_product_quantizer_round_trip_and_errors(tmp_path, rng):
 @pytest.mark.slow
 def test_parallel_run_on_movielens(tmp_path):
     overrides = [o for o in tiny_ml100k(epochs=2) if not o.startswith(("quantizer", "model.decoder"))]
-    cfg = load_config("configs/ml100k.yaml", [*overrides, "data.max_users=200", "train.strategy=parallel",
+    cfg = load_config("configs/ml100k.yaml", [*overrides, "data.max_users=200", "method=parallel",
                                               "parallel.digits=8", "parallel.codebook_size=16",
                                               "parallel.opq=false", "model.history_input=codes"])
     metrics = train_run(cfg, tmp_path, progress=False)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from gensid.config import QuantizerConfig
 from gensid.errors import ConfigError, GensidWarning
-from gensid.quantize import ResidualQuantizer, SemanticIDs, code_usage, fit_semantic_ids
+from gensid.quantize import Assignment, ResidualQuantizer, SemanticIDs, code_usage, fit_semantic_ids
 
 
 def test_disambiguation_makes_sids_unique_in_item_order():
@@ -69,10 +69,10 @@ def test_residual_levels_reduce_reconstruction_error():
 def test_gradient_paths_of_a_downstream_loss(assignment, reaches_input, reaches_codebooks):
     """Only a loss on the vectors that flow on (not the quantizer's own losses)."""
     torch.manual_seed(0)
-    rq = ResidualQuantizer(8, [4, 4], assignment=assignment)
+    rq = ResidualQuantizer(8, [4, 4])
     x = torch.randn(10, 8, requires_grad=True)
     target = torch.randn(10, 8)
-    loss = (rq(x).quantized - target).pow(2).sum()
+    loss = (rq(x, Assignment(assignment)).quantized - target).pow(2).sum()
     if loss.requires_grad:  # argmax: nothing upstream of the codes can learn from this loss
         loss.backward()
     got_input = x.grad is not None and bool(x.grad.abs().sum() > 0)
@@ -83,11 +83,11 @@ def test_gradient_paths_of_a_downstream_loss(assignment, reaches_input, reaches_
 @pytest.mark.parametrize("assignment", ["gumbel_soft", "dril"])
 def test_noisy_assignments_are_deterministic_in_eval_mode(assignment):
     torch.manual_seed(0)
-    rq = ResidualQuantizer(8, [6, 6], assignment=assignment)
+    rq = ResidualQuantizer(8, [6, 6])
     x = torch.randn(200, 8)
-    train_codes = rq(x).codes
+    train_codes = rq(x, Assignment(assignment)).codes
     rq.eval()
-    assert torch.equal(rq(x).codes, rq.encode(x))
+    assert torch.equal(rq(x, Assignment(assignment)).codes, rq.encode(x))
     assert not torch.equal(train_codes, rq.encode(x))  # Gumbel noise changed some codes
 
 
@@ -97,13 +97,14 @@ def test_a_hard_residual_keeps_the_training_codes_the_index_codes_and_the_gradie
     input and every codebook."""
     torch.manual_seed(0)
     x = torch.randn(300, 8, requires_grad=True)
-    soft = ResidualQuantizer(8, [6, 6, 6], assignment="gumbel_soft")
-    hard = ResidualQuantizer(8, [6, 6, 6], assignment="gumbel_soft", hard_residual=True)
+    soft = ResidualQuantizer(8, [6, 6, 6])
+    hard = ResidualQuantizer(8, [6, 6, 6], hard_residual=True)
     hard.load_state_dict(soft.state_dict())
-    soft_codes = soft(x).codes
+    gumbel_soft = Assignment("gumbel_soft")
+    soft_codes = soft(x, gumbel_soft).codes
     assert torch.equal(soft_codes[:, 0], soft.encode(x)[:, 0])  # level 1 sees the same residual
     assert not torch.equal(soft_codes, soft.encode(x))
-    out = hard(x)
+    out = hard(x, gumbel_soft)
     assert torch.equal(out.codes, hard.encode(x))
     out.level_vectors.pow(2).sum().backward()
     assert x.grad.abs().sum() > 0
@@ -116,11 +117,11 @@ def test_an_item_on_its_own_centroid_gets_a_bounded_gradient_and_keeps_its_codes
     gradient (the default normalisation eps gave norms near 1e12 / 1e8 in training), and the
     small-residual rescaling must not change any deterministic code."""
     torch.manual_seed(0)
-    rq = ResidualQuantizer(8, [4, 4], geometry="cosine", assignment="gumbel_soft", hard_residual=True)
+    rq = ResidualQuantizer(8, [4, 4], geometry="cosine", hard_residual=True)
     with torch.no_grad():
         rq.codebooks[0][0] = F.normalize(rq.codebooks[0][0], dim=-1)
     x = torch.cat([rq.codebooks[0][:1].detach(), torch.randn(5, 8)]).requires_grad_(True)
-    rq(x).level_vectors.pow(2).sum().backward()
+    rq(x, Assignment("gumbel_soft")).level_vectors.pow(2).sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.norm() < 1e3
     # tiny residuals: the same argmax codes as an exact unit normalisation
     residual = torch.randn(50, 8) * 1e-5
@@ -143,8 +144,8 @@ def test_rqvae_trains_and_rqkmeans_fits():
 def test_unknown_geometry_and_assignment_are_rejected():
     with pytest.raises(ConfigError, match="quantizer.geometry"):
         ResidualQuantizer(4, [2], geometry="manhattan")
-    with pytest.raises(ConfigError, match="quantizer.assignment"):
-        ResidualQuantizer(4, [2], assignment="magic")
+    with pytest.raises(ConfigError, match="assignment 'magic'"):
+        Assignment("magic")
 
 
 def test_too_few_items_for_the_codebooks_is_said_once_with_the_collision_rate(capfd):

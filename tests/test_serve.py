@@ -40,11 +40,10 @@ from gensid.serve.guard import check_exposure, is_loopback
 TINY = ["data.max_users=40", "train.epochs=1", "train.threads=1", "train.batch_size=64", "model.d_model=32",
         "model.d_ff=64", "model.encoder_layers=1", "model.decoder_layers=1", "quantizer.codebook_sizes=[16,16]",
         "eval.ks=[5,10]", "eval.beam_size=10"]
-JOINT = ["train.strategy=joint", "quantizer.method=rqvae", "quantizer.latent_dim=32", "quantizer.hidden_dims=[32]",
-         "quantizer.epochs=2", "quantizer.geometry=cosine", "quantizer.assignment=dril", "model.logits=cosine",
-         "model.tie_heads=true"]
+JOINT = ["method=dgi", "quantizer.method=rqvae", "quantizer.latent_dim=32", "quantizer.hidden_dims=[32]",
+         "quantizer.epochs=2", "quantizer.geometry=cosine"]
 SEARCH = ["data.task=search", "data.query_field=class", "data.max_history=10"]
-PARALLEL = ["train.strategy=parallel", "parallel.digits=8", "parallel.codebook_size=16", "parallel.opq=false",
+PARALLEL = ["method=parallel", "parallel.digits=8", "parallel.codebook_size=16", "parallel.opq=false",
             "parallel.head=shared", "parallel.loss=items"]
 NEW = {"movie_title": "A Brand New Space Opera", "release_year": "2026", "class": "Sci-Fi Adventure"}
 

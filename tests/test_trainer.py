@@ -31,7 +31,7 @@ def make_trainer(run_dir, split, items, epochs=3, before_epoch=None, stop_epoch=
                             bf16=bf16)
     # a validation score that changes with the weights, so "best model" bookkeeping is exercised
     validate = lambda m: {"ndcg@10": float(m.heads[0].weight.detach().sum())}  # noqa: E731
-    return Trainer(model, train_cfg, split.train, items, run_dir, validate, NextTokenObjective(ExperimentConfig()),
+    return Trainer(model, train_cfg, split.train, lambda: items, run_dir, validate, NextTokenObjective(ExperimentConfig()),
                    progress=False, before_epoch=before_epoch)
 
 

@@ -23,9 +23,9 @@ from gensid.report.results import run_rows
 TINY = tiny_ml100k(epochs=1)
 # joint on the two-stage tokenizer: DGI's soft gradient flow into the RQ-KMeans codebooks, the
 # soft codebook vector beside the learned code embedding as decoder input
-WARM_JOINT = ["train.strategy=joint", "quantizer.assignment=gumbel_soft", "quantizer.euclidean_scale=30",
-              "quantizer.disambiguation=true", "model.decoder_input=embedding+codebook", "train.quantizer_lr=1e-5",
-              "loss.codebook=0.25", "loss.infonce=0.1"]
+WARM_JOINT = ["method={name: dgi, weight_sharing: false, scaled_cosine: false, decoder_input: embedding+codebook, "
+              "global_cosine: 0, diversity: 0}", "quantizer.euclidean_scale=30", "quantizer.disambiguation=true",
+              "train.quantizer_lr=1e-5"]
 
 
 @pytest.fixture(scope="module")
@@ -147,5 +147,5 @@ def test_sids_from_names_what_is_wrong(two_stage_run, tmp_path):
     with pytest.raises(ConfigError, match="a two-stage run"):
         prepare(load_config("configs/ml100k.yaml", [*TINY, f"quantizer.sids_from={two_stage_run}"]),
                 tmp_path / "a", progress=False)
-    with pytest.raises(ConfigError, match="quantizer.sids_from: needs train.strategy two_stage"):
+    with pytest.raises(ConfigError, match="quantizer.sids_from: needs method two_stage"):
         load_config("configs/ml100k.yaml", [*TINY, *WARM_JOINT, f"quantizer.sids_from={two_stage_run}"])

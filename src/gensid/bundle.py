@@ -78,7 +78,7 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path) -> dict:
         raise InputError(f"{run_dir}: a hybrid folder; a bundle holds a run: export the run it mixes")
     config, _ = run_files(run_dir)
     cfg = load_config(config)
-    files = inference_files(cfg.train.strategy)
+    files = inference_files(cfg.method.family)
     missing = [name for name in files if not (run_dir / name).exists()]
     if missing:
         raise RunError(f"{run_dir}: the run has no {missing[0]}; it cannot be bundled")
@@ -102,7 +102,7 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path) -> dict:
             store = ItemStore(tmp / STORE_FILE)
             store.add(added)
             store.close()
-        manifest = {"format": FORMAT, "version": VERSION, "gensid": __version__, "strategy": cfg.train.strategy,
+        manifest = {"format": FORMAT, "version": VERSION, "gensid": __version__, "strategy": cfg.method.family,
                     "task": cfg.data.task, "dataset": dataset.name, "items": len(dataset.catalog),
                     "added_items": len(added), "text_fields": dataset.catalog.text_fields,
                     "exported_from": str(run_dir.resolve()),

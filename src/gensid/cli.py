@@ -83,7 +83,7 @@ def train(config: Path = typer.Argument(..., help="a config YAML, e.g. configs/m
         return
     excluded = cfg.serve.exclude_seen and cfg.data.task == "rec"  # answers skip seen items: show that too
     run = load_run(run_dir) if sasrec_minutes or examples or excluded else None
-    labels = {"gensid": f"{cfg.train.strategy} (gensid)", "sasrec": "", "most_popular": "most_popular"}
+    labels = {"gensid": f"{cfg.method.name} (gensid)", "sasrec": "", "most_popular": "most_popular"}
     rows, sasrec, sasrec_summary = {labels["gensid"]: metrics["test"]}, None, None
     if sasrec_minutes:
         console.print(f"SASRec beside it: the same split, at most {sasrec_minutes:g} min, in {run_dir / 'sasrec'}")
@@ -119,7 +119,7 @@ def evaluate(run_dir: Path, split: str = typer.Option("test", help="valid or tes
         raise InputError(f"--split {split!r}: expected valid or test")
     run = load_run(run_dir)
     console.print(_table(f"{run.dataset.name} {split}",
-                         {f"{run.cfg.train.strategy} (gensid)": evaluate_split(run, split, progress=True)}))
+                         {f"{run.cfg.method.name} (gensid)": evaluate_split(run, split, progress=True)}))
 
 
 def history_ids(history: str) -> list[str]:

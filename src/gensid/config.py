@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gensid.errors import ConfigError
+from gensid.fields import Count, Float
+from gensid.methods import METHODS, NAMES, JointMethod, MethodConfig, TwoStage
 
 # the choices of every choice field (the modules that consume them check the same sets)
 DataFormat = Literal["auto", "letter", "recbole", "csv", "search_log"]
@@ -29,32 +31,12 @@ Task = Literal["rec", "search"]
 Split = Literal["leave_one_out", "cold_start"]
 QuantizerMethod = Literal["rqkmeans", "rqvae"]
 Geometry = Literal["euclidean", "cosine"]
-AssignmentName = Literal["argmax", "ste", "gumbel_soft", "dril"]
-Decay = Literal["none", "sdud", "frqud"]
 HistoryInput = Literal["codes", "codes+text", "quantized", "quantized+text", "code_tokens"]
-Logits = Literal["dot", "cosine"]
 ParallelHead = Literal["digits", "shared"]
 ParallelLoss = Literal["digits", "items", "both"]
-DecoderInput = Literal["embedding", "codebook", "embedding+codebook", None]
-Strategy = Literal["two_stage", "joint", "parallel"]
-
-STRATEGIES: tuple[str, ...] = get_args(Strategy)
 TASKS: tuple[str, ...] = get_args(Task)
 PARALLEL_HISTORY_INPUTS = ("codes", "codes+text")
-
-
-def _yaml_float(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-3`` (no dot) as a string: a numeric string is a float here."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-Float = Annotated[float, BeforeValidator(_yaml_float)]
-Count = Annotated[int, Field(ge=1)]  # a list item that must be positive
+JOINT = ", ".join(m.model_fields["name"].default for m in METHODS if m.family == "joint")
 
 
 class Section(BaseModel):
@@ -96,8 +78,8 @@ class TextConfig(Section):
 
 
 class QuantizerConfig(Section):
-    """The tokenizer: item text vectors -> semantic IDs (a residual quantizer, and how joint
-    training assigns codes while the index learns)."""
+    """The tokenizer: item text vectors -> semantic IDs (a residual quantizer; how a joint method
+    assigns codes while the index learns is the method's)."""
 
     method: QuantizerMethod = Field("rqkmeans", description="`rqkmeans`: residual k-means on the text "
                                                             "vectors; `rqvae`: an MLP encoder before it")
@@ -116,14 +98,6 @@ class QuantizerConfig(Section):
     lr: Float = Field(1e-3, ge=0, description="rqvae pretraining learning rate")
     beta: Float = Field(0.25, ge=0, description="commitment weight")
     batch_size: int = Field(1024, ge=1, description="rqvae pretraining batch size")
-    assignment: AssignmentName = Field("argmax", description="joint training (train.strategy joint): how "
-                                                             "items are assigned codes while the index learns; "
-                                                             "`gumbel_soft` is DGI's, `dril` DIGER's")
-    decay: Decay = Field("none", description="dril uncertainty decay")
-    frqud_ratio: Float = Field(2.0, gt=0, description="frqud: noise only on codes used more than ratio / K")
-    tau_start: Float = Field(1.0, gt=0, description="gumbel_soft temperature, annealed exponentially ...")
-    tau_end: Float = Field(0.1, gt=0, description="... to this by the end of training")
-    dril_temperature: Float = Field(2.0, gt=0, description="dril's Gumbel-Softmax temperature")
     hard_residual: bool = Field(False, description="joint: the next level's residual subtracts the "
                                                    "deterministic code's codebook row instead of the "
                                                    "assignment's (soft / noisy) vector, so the training "
@@ -138,7 +112,7 @@ class QuantizerConfig(Section):
 
 
 class ParallelConfig(Section):
-    """train.strategy parallel (RPG): long unordered SIDs from product quantization, all digits
+    """method parallel (RPG): long unordered SIDs from product quantization, all digits
     predicted at once, every catalog item scored exactly."""
 
     digits: int = Field(32, ge=1, description="digits per item; must divide the text vector's dimensions")
@@ -183,17 +157,9 @@ class ModelConfig(Section):
     dropout: Float = Field(0.1, ge=0, lt=1, description="dropout in the Transformer layers")
     history_input: HistoryInput = Field("codes", description="one token per history item: `codes`, "
                                                              "`codes+text`, `quantized`, `quantized+text` "
-                                                             "(the item's quantized vector, joint only); or "
+                                                             "(the item's quantized vector, joint methods "
+                                                             "only); or "
                                                              "`code_tokens` (one token per code, TIGER's input)")
-    logits: Logits = Field("dot", description="`cosine`: scaled cosine with a learnable gamma")
-    tie_heads: bool = Field(False, description="joint only: the head of level m *is* codebook m (DGI)")
-    decoder_input: DecoderInput = Field(None, description="the decoder's input for a code: `embedding` (a "
-                                                          "learned per-code vector; the only choice for "
-                                                          "two-stage), `codebook` (joint, DGI: the codebook "
-                                                          "vector, during training the assignment's soft / "
-                                                          "straight-through vector) or `embedding+codebook` "
-                                                          "(joint: both, summed); null: the strategy's own "
-                                                          "(two-stage embedding, joint codebook)")
     embedding_init_std: Float = Field(0.02, ge=0, description="code embeddings ~ N(0, std); 0 keeps torch's "
                                                               "N(0, 1)")
 
@@ -205,32 +171,13 @@ class ModelConfig(Section):
         return self
 
 
-class LossConfig(Section):
-    """Weights of the loss terms (joint strategy; two-stage uses next-token only)."""
-
-    next_token: Float = Field(1.0, ge=0, description="cross-entropy of the target's codes")
-    global_cosine: Float = Field(0.0, ge=0, description="DGI: 1 - cos(z_base, sum_j z~_j)")
-    codebook: Float = Field(0.0, ge=0, description="per-level codebook + beta * commitment")
-    rqvae_reconstruction: Float = Field(0.0, ge=0, description="DIGER: MSE of the RQ-VAE decoder's text "
-                                                               "reconstruction")
-    infonce: Float = Field(0.0, ge=0, description="in-batch InfoNCE between context vector and target item "
-                                                  "vector")
-    infonce_temperature: Float = Field(0.05, gt=0, description="InfoNCE's softmax temperature")
-    diversity: Float = Field(0.0, ge=0, description="1 - normalised entropy of the batch's mean code "
-                                                    "distribution")
-    sdud: Float = Field(1.0, ge=0, description="SDUD's sigma objective (only with quantizer.decay sdud)")
-
-
 class TrainConfig(Section):
     """What learns, for how long, on which schedule."""
 
-    strategy: Strategy = Field("two_stage", description="`two_stage`: frozen SIDs; `joint`: the index "
-                                                        "learns with the model; `parallel`: long unordered "
-                                                        "SIDs, every digit at once (see the parallel section)")
     epochs: int = Field(20, ge=1, description="epochs the schedules span")
     batch_size: int = Field(256, ge=1, description="training samples per step")
     lr: Float = Field(1e-3, ge=0, description="peak learning rate (warmup, then linear decay)")
-    quantizer_lr: Float = Field(1e-3, ge=0, description="joint: item encoder + quantizer learning rate")
+    quantizer_lr: Float = Field(1e-3, ge=0, description="joint methods: item encoder + quantizer learning rate")
     weight_decay: Float = Field(0.01, ge=0, description="AdamW weight decay")
     warmup_steps: int = Field(200, ge=0, description="linear warmup steps")
     label_smoothing: Float = Field(0.0, ge=0, lt=1, description="of the next-token cross-entropy")
@@ -243,7 +190,7 @@ class TrainConfig(Section):
     init_from: str = Field("", description="a finished run to start from: its item side (text vectors, "
                                            "tokenizer, SIDs) and weights; e.g. joint training on top of a "
                                            "trained two-stage run")
-    freeze_index_epoch: int = Field(0, ge=0, description="joint: >0 freezes the item side after this many "
+    freeze_index_epoch: int = Field(0, ge=0, description="joint methods: >0 freezes the item side after this many "
                                                          "epochs (argmax codes, no gradient into the "
                                                          "tokenizer); the epochs left train the recommender "
                                                          "on fixed SIDs")
@@ -264,7 +211,7 @@ class EvalConfig(Section):
     batch_size: int = Field(256, ge=1, description="users per ranking batch")
     max_users: int = Field(0, ge=0, description=">0: validate during training on a fixed random subset of N "
                                                 "users (final valid/test use every user)")
-    verify_weight: Float = Field(0.0, ge=0, description="joint runs' geometric verification: items are ranked "
+    verify_weight: Float = Field(0.0, ge=0, description="joint methods' geometric verification: items are ranked "
                                                         "by beam log-probability plus verify_weight x "
                                                         "cosine(context vector, item vector). 0 is DGI's rule "
                                                         "(the cosine only orders items that share a SID); "
@@ -284,13 +231,15 @@ class ExperimentConfig(Section):
 
     name: str = Field("default", description="the run's name; `gensid train` writes to `runs/<name>` unless "
                                              "given `--run-dir`")
+    method: MethodConfig = Field(default_factory=TwoStage, description="the training method: "
+                                 f"{', '.join(f'`{n}`' for n in NAMES)}; a name (`method: dgi`) or a mapping of "
+                                 "its settings (`{name: dgi, weight_sharing: false}`), see below")
     data: DataConfig = Field(default_factory=DataConfig)
     text: TextConfig = Field(default_factory=TextConfig)
     quantizer: QuantizerConfig = Field(default_factory=QuantizerConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
@@ -336,30 +285,29 @@ def _cold_start_needs_rec(cfg: ExperimentConfig) -> None:
 
 @_rule
 def _freeze_needs_joint(cfg: ExperimentConfig) -> None:
-    """`train.freeze_index_epoch` > 0 needs `train.strategy: joint` (two-stage SIDs never move)."""
-    if cfg.train.freeze_index_epoch and cfg.train.strategy != "joint":
-        raise Problem("train.freeze_index_epoch", f"{cfg.train.freeze_index_epoch} needs train.strategy joint, "
-                      f"not {cfg.train.strategy} (two-stage SIDs never move)", "train.strategy")
+    """`train.freeze_index_epoch` > 0 needs a joint method (two-stage SIDs never move)."""
+    if cfg.train.freeze_index_epoch and not cfg.method.joint:
+        raise Problem("train.freeze_index_epoch", f"{cfg.train.freeze_index_epoch} needs a joint method "
+                      f"({JOINT}), not {cfg.method.name} (its SIDs never move)", "method")
 
 
 @_rule
 def _adapter_needs_joint_rqkmeans(cfg: ExperimentConfig) -> None:
-    """`quantizer.item_adapter` needs `train.strategy: joint` and `quantizer.method: rqkmeans`."""
-    q, strategy = cfg.quantizer, cfg.train.strategy
-    if q.item_adapter and (strategy != "joint" or q.method != "rqkmeans"):
-        raise Problem("quantizer.item_adapter", f"needs train.strategy joint and quantizer.method rqkmeans, not "
-                      f"{strategy} and {q.method} (two-stage items never move; the rqvae encoder already "
-                      "learns)", "train.strategy", "quantizer.method")
+    """`quantizer.item_adapter` needs a joint method and `quantizer.method: rqkmeans`."""
+    q, method = cfg.quantizer, cfg.method
+    if q.item_adapter and (not method.joint or q.method != "rqkmeans"):
+        raise Problem("quantizer.item_adapter", f"needs a joint method ({JOINT}) and quantizer.method rqkmeans, "
+                      f"not {method.name} and {q.method} (two-stage items never move; the rqvae encoder already "
+                      "learns)", "method", "quantizer.method")
 
 
 @_rule
 def _sids_from_needs_two_stage(cfg: ExperimentConfig) -> None:
-    """`quantizer.sids_from` needs `train.strategy: two_stage` and no `train.init_from`."""
-    if cfg.quantizer.sids_from and (cfg.train.strategy != "two_stage" or cfg.train.init_from):
-        raise Problem("quantizer.sids_from", "needs train.strategy two_stage and no train.init_from (a warm "
-                      f"start takes its source's item side, learned or not); here train.strategy is "
-                      f"{cfg.train.strategy}, train.init_from {cfg.train.init_from!r}",
-                      "train.strategy", "train.init_from")
+    """`quantizer.sids_from` needs `method: two_stage` and no `train.init_from`."""
+    if cfg.quantizer.sids_from and (cfg.method.name != "two_stage" or cfg.train.init_from):
+        raise Problem("quantizer.sids_from", "needs method two_stage and no train.init_from (a warm "
+                      f"start takes its source's item side, learned or not); here the method is "
+                      f"{cfg.method.name}, train.init_from {cfg.train.init_from!r}", "method", "train.init_from")
 
 
 @_rule
@@ -372,12 +320,10 @@ def _beam_covers_ks(cfg: ExperimentConfig) -> None:
 
 @_rule
 def _verify_weight_needs_joint(cfg: ExperimentConfig) -> None:
-    """`eval.verify_weight` > 0 needs `train.strategy: joint` (only joint models have context and
-    item vectors)."""
-    if cfg.eval.verify_weight and cfg.train.strategy != "joint":
-        raise Problem("eval.verify_weight", f"{cfg.eval.verify_weight}: > 0 only with train.strategy joint, not "
-                      f"{cfg.train.strategy} (two-stage models have no context and item vectors)",
-                      "train.strategy")
+    """`eval.verify_weight` > 0 needs a joint method (only joint models have context and item vectors)."""
+    if cfg.eval.verify_weight and not cfg.method.joint:
+        raise Problem("eval.verify_weight", f"{cfg.eval.verify_weight}: > 0 only with a joint method ({JOINT}), "
+                      f"not {cfg.method.name} (it has no context and item vectors)", "method")
 
 
 @_rule
@@ -389,35 +335,26 @@ def _search_log_is_search(cfg: ExperimentConfig) -> None:
 
 @_rule
 def _parallel_is_rec(cfg: ExperimentConfig) -> None:
-    """`train.strategy: parallel` needs `data.task: rec` (no query token yet) and a
-    `model.history_input` of `codes` or `codes+text`."""
-    if cfg.train.strategy != "parallel":
+    """`method: parallel` needs `data.task: rec` (no query token yet) and a `model.history_input` of
+    `codes` or `codes+text`."""
+    if cfg.method.name != "parallel":
         return
     if cfg.data.task != "rec":
-        raise Problem("train.strategy", f"parallel: only data.task rec so far (no query token), not "
-                      f"{cfg.data.task}", "data.task")
+        raise Problem("method", f"parallel: only data.task rec so far (no query token), not {cfg.data.task}",
+                      "data.task")
     if cfg.model.history_input not in PARALLEL_HISTORY_INPUTS:
         raise Problem("model.history_input", f"{cfg.model.history_input!r}: the parallel model takes one of "
-                      f"{', '.join(PARALLEL_HISTORY_INPUTS)}", "train.strategy")
+                      f"{', '.join(PARALLEL_HISTORY_INPUTS)}", "method")
 
 
 @_rule
-def _joint_only_model_options(cfg: ExperimentConfig) -> None:
-    """A `model.history_input` of `quantized` or `quantized+text`, `model.tie_heads` and a
-    `model.decoder_input` of `codebook` or `embedding+codebook` need `train.strategy: joint`
-    (only a joint model holds the codebooks)."""
-    m, strategy = cfg.model, cfg.train.strategy
-    if strategy == "joint":
-        return
-    if m.history_input.startswith("quantized"):
-        raise Problem("model.history_input", f"{m.history_input} needs train.strategy joint, not {strategy}",
-                      "train.strategy")
-    if m.tie_heads:
-        raise Problem("model.tie_heads", f"needs train.strategy joint, not {strategy} (the heads would be the "
-                      "codebooks)", "train.strategy")
-    if m.decoder_input not in (None, "embedding"):
-        raise Problem("model.decoder_input", f"{m.decoder_input} needs train.strategy joint, not {strategy} (a "
-                      "codebook)", "train.strategy")
+def _quantized_history_needs_joint(cfg: ExperimentConfig) -> None:
+    """A `model.history_input` of `quantized` or `quantized+text` needs a joint method (only a joint
+    model holds the quantizer)."""
+    m = cfg.model
+    if m.history_input.startswith("quantized") and not cfg.method.joint:
+        raise Problem("model.history_input", f"{m.history_input} needs a joint method ({JOINT}), not "
+                      f"{cfg.method.name}", "method")
 
 
 @_rule
@@ -430,11 +367,12 @@ def _search_has_one_token_per_item(cfg: ExperimentConfig) -> None:
 
 @_rule
 def _tied_heads_match_the_latent(cfg: ExperimentConfig) -> None:
-    """`model.tie_heads` with `quantizer.method: rqvae` needs `quantizer.latent_dim` = `model.d_model`
-    (hidden states are scored against the codebooks)."""
+    """Heads tied to the codebooks (DGI's `weight_sharing`) with `quantizer.method: rqvae` need
+    `quantizer.latent_dim` = `model.d_model` (hidden states are scored against the codebooks)."""
     q, m = cfg.quantizer, cfg.model
-    if m.tie_heads and q.method == "rqvae" and q.latent_dim != m.d_model:
-        raise Problem("model.tie_heads", f"scores hidden states against the codebooks: quantizer.latent_dim "
+    if isinstance(cfg.method, JointMethod) and cfg.method.tie_heads and q.method == "rqvae" \
+            and q.latent_dim != m.d_model:
+        raise Problem("method.weight_sharing", f"scores hidden states against the codebooks: quantizer.latent_dim "
                       f"({q.latent_dim}) must equal model.d_model ({m.d_model})", "quantizer.latent_dim",
                       "model.d_model")
 
@@ -478,10 +416,12 @@ def _dotted(loc: tuple) -> str:
     return out
 
 
-def _field_at(loc: tuple) -> tuple[type[BaseModel] | None, Any]:
+def _field_at(loc: tuple, method: str | None = None) -> tuple[type[BaseModel] | None, Any]:
     """(the model holding the field at ``loc``, that field's annotation); (model, None) if the last
-    part is not one of its fields."""
+    part is not one of its fields. ``method``: the method whose fields ``method.*`` are."""
     model: type[BaseModel] | None = ExperimentConfig
+    if method is not None and loc[:1] == ("method",) and len(loc) > 1:
+        model, loc = next(m for m in METHODS if m.model_fields["name"].default == method), loc[1:]
     annotation: Any = None
     for i, part in enumerate(loc):
         if model is None or not isinstance(part, str):
@@ -517,17 +457,23 @@ def _choice(value: Any) -> str:
 def _what(error: dict) -> tuple[tuple, str, tuple]:
     """(loc of the key at fault, what is wrong, locs of the other keys involved) of a pydantic error."""
     loc, kind, value, ctx = tuple(error["loc"]), error["type"], error.get("input"), error.get("ctx") or {}
+    method = None
+    if loc[:1] == ("method",) and len(loc) > 1:  # pydantic puts the method's name after `method`
+        method, loc = loc[1], ("method", *loc[2:])
+    if kind == "union_tag_invalid":
+        tag = ctx.get("tag")
+        return loc, f"{_shown(tag)} is not allowed{_hint(tag, list(NAMES))}; expected one of {', '.join(NAMES)}", ()
     if kind == "value_error" and isinstance(ctx.get("error"), Problem):
         problem = ctx["error"]
         key = (*loc, *problem.key.split("."))
         return key, str(problem), tuple((*loc, *k.split(".")) for k in problem.involves)
     if kind == "extra_forbidden":
-        model, _ = _field_at(loc)
+        model, _ = _field_at(loc, method)
         names = list(model.model_fields) if model is not None else []
         what = "unknown section" if len(loc) == 1 else "unknown field"
         return loc, f"{what}{_hint(loc[-1], names)}; expected one of {', '.join(names)}", ()
     if kind == "literal_error":
-        _, annotation = _field_at(loc)
+        _, annotation = _field_at(loc, method)
         choices = [_choice(c) for c in get_args(annotation)] if get_origin(annotation) is Literal else []
         expected = ", ".join(choices) if choices else ctx.get("expected", "")
         return loc, f"{_shown(value)} is not allowed{_hint(value, choices)}; expected one of {expected}", ()
@@ -579,6 +525,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
 
 
 def _set(raw: dict[str, Any], parts: list[str], value: Any, assignment: str) -> None:
+    _expand_method(raw)
     node = raw
     for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
@@ -586,6 +533,15 @@ def _set(raw: dict[str, Any], parts: list[str], value: Any, assignment: str) -> 
             raise ConfigError(f"--set {assignment}: {'.'.join(parts[: i + 1])}: not a section (it holds "
                               f"{_shown(node)})")
     node[parts[-1]] = value
+
+
+def _expand_method(raw: dict[str, Any]) -> dict[str, Any]:
+    """``method: dgi`` as ``method: {name: dgi}``, so that files and overrides can change one of its
+    fields (``--set method.weight_sharing=false``, or ``method: {weight_sharing: false}`` in a file
+    that extends another)."""
+    if isinstance(raw.get("method"), str):
+        raw["method"] = {"name": raw["method"]}
+    return raw
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -617,7 +573,7 @@ def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
 
 def _read_config(path: Path, sources: _Sources, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A config file with its ``extends`` chain resolved (base first, each file over it)."""
-    raw = _read_yaml(path)
+    raw = _expand_method(_read_yaml(path))
     base_name = raw.pop("extends", None)
     merged: dict[str, Any] = {}
     if base_name is not None:
@@ -636,6 +592,67 @@ def _read_config(path: Path, sources: _Sources, chain: tuple[Path, ...] = ()) ->
     return _merge(merged, raw)
 
 
+# ---------------------------------------------------------------------------------------------
+# configs written before methods were objects (run folders' config.yaml up to gensid 0.1.0)
+
+# the flags a method replaced, by section: a config with any of them and no `method` is translated
+FLAGS = {"train": ("strategy",), "quantizer": ("assignment", "decay", "frqud_ratio", "tau_start", "tau_end",
+                                               "dril_temperature"),
+         "model": ("logits", "tie_heads", "decoder_input"), "loss": ()}
+LOSS_WEIGHTS = ("global_cosine", "codebook", "rqvae_reconstruction", "infonce", "diversity")
+# the flags' values every config used, which no method has a field for
+FIXED = {"quantizer.frqud_ratio": 2.0, "loss.next_token": 1.0, "loss.sdud": 1.0, "loss.infonce_temperature": 0.05}
+JOINT_NAME = {"argmax": "dgi", "gumbel_soft": "dgi", "ste": "ste", "dril": "diger"}  # a joint run's method
+
+
+def from_flags(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config of the flags that were there before ``method`` (``train.strategy``,
+    ``quantizer.assignment``, ``model.tie_heads``, the ``loss`` weights, ...) as the same run's
+    config with a ``method`` section; any other config unchanged. Every run folder of
+    ``research/experiments`` loads through this and equals its plan's config (tests/test_config.py).
+    A joint run with ``argmax`` codes is DGI without soft gradient flow (its only use)."""
+    if "method" in raw or not any(key in raw.get(section, {}) or (section == "loss" and section in raw)
+                                  for section, keys in FLAGS.items() for key in keys or (section,)):
+        return raw
+    raw = {section: dict(value) if isinstance(value, dict) else value for section, value in raw.items()}
+    flags = {f"{section}.{key}": raw.get(section, {}).pop(key)
+             for section, keys in FLAGS.items() if section != "loss" for key in keys if key in raw.get(section, {})}
+    flags.update({f"loss.{key}": value for key, value in (raw.pop("loss", None) or {}).items()})
+    for key, value in FIXED.items():
+        if flags.pop(key, value) != value:
+            raise ConfigError(f"{key}: {flags.get(key)!r} is no longer a setting (always {value})")
+    strategy = flags.pop("train.strategy", "two_stage")
+    if strategy != "joint":
+        raw["method"] = {"name": strategy}
+        _no_other_flags(flags, "model.decoder_input")
+        return raw
+    assignment = flags.pop("quantizer.assignment", "argmax")
+    method = {"name": JOINT_NAME.get(assignment, assignment),
+              "decoder_input": flags.pop("model.decoder_input", None) or "codebook",
+              **{key: flags.pop(f"loss.{key}", 0.0) for key in LOSS_WEIGHTS}}
+    if method["name"] == "dgi":
+        method.update(soft_gradient_flow=assignment == "gumbel_soft", weight_sharing=flags.pop("model.tie_heads", False),
+                      scaled_cosine=flags.pop("model.logits", "dot") == "cosine")
+    elif method["name"] == "diger":
+        method.update(decay=flags.pop("quantizer.decay", "none"))
+    raw["method"] = method
+    _no_other_flags(flags)
+    return raw
+
+
+# the flags' values that had no effect on the method a run translates to
+NO_EFFECT = {"quantizer.assignment": "argmax", "quantizer.decay": "none", "quantizer.tau_start": 1.0,
+             "quantizer.tau_end": 0.1, "quantizer.dril_temperature": 2.0, "model.tie_heads": False,
+             "model.logits": "dot", "model.decoder_input": None, **{f"loss.{key}": 0.0 for key in LOSS_WEIGHTS}}
+
+
+def _no_other_flags(flags: dict[str, Any], *also: str) -> dict[str, Any]:
+    """Raise if a flag left untranslated had an effect (a combination no method stands for)."""
+    for key, value in flags.items():
+        if value != NO_EFFECT[key] and not (key in also and value == "embedding"):
+            raise ConfigError(f"{key}: {value!r} has no equivalent in any method; see docs/config.md")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML experiment config (or the defaults), resolve its ``extends``, apply ``--set``
     overrides and check everything; :class:`ConfigError` names the file or override, the key and
@@ -647,7 +664,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _set(raw, parts, value, assignment)
         sources.record(value, f"--set {assignment}", tuple(parts))
     try:
-        return ExperimentConfig.model_validate(raw)
+        return ExperimentConfig.model_validate(from_flags(raw))
     except ValidationError as exc:
         raise ConfigError(_explain(exc, sources)) from None
 
@@ -655,7 +672,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 # ---------------------------------------------------------------------------------------------
 # the reference (docs/config.md)
 
-SECTIONS = ("data", "text", "quantizer", "parallel", "model", "train", "loss", "eval")
+SECTIONS = ("data", "text", "quantizer", "parallel", "model", "train", "eval", "serve")
 _TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "true / false"}
 
 
@@ -728,7 +745,21 @@ def reference_markdown() -> str:
         "## top level",
         "",
         *_table(ExperimentConfig, ["name"]),
+        "",
+        "## `method`",
+        "",
+        " ".join((ExperimentConfig.model_fields["method"].description or "").split()) + ". A method's fields "
+        "have the paper's defaults; the switches of its ablations are among them. The joint methods "
+        "(the index learns with the model) share the decoder input and the loss weights (the total is "
+        "next-token + the weighted terms). Run folders written before `method` existed (with "
+        "`train.strategy`, `quantizer.assignment`, `model.tie_heads`, `loss`, ...) load as the same run "
+        "with its method (`gensid.config.from_flags`).",
     ]
+    for method in METHODS:
+        fields = [name for name in method.model_fields if name != "name"]
+        lines += ["", f"### `method: {method.model_fields['name'].default}`", "",
+                  " ".join((sys.modules[method.__module__].__doc__ or "").split()), ""]
+        lines += _table(method, fields) if fields else ["No settings of its own."]
     for name in SECTIONS:
         model = ExperimentConfig.model_fields[name].annotation
         lines += ["", f"## `{name}`", "", " ".join((model.__doc__ or "").split()), "",

@@ -1,8 +1,8 @@
 """A run end to end (two-stage or joint), and loading a finished run.
 
 ``train_run``: data -> text vectors -> tokenizer and semantic IDs (fitted once, saved)
--> SID index -> generative recommender (trained, resumable; with ``train.strategy:
-joint`` the tokenizer learns inside it and the index is rebuilt from its final
+-> SID index -> generative recommender (trained, resumable; with a joint ``method``
+the tokenizer learns inside it and the index is rebuilt from its final
 deterministic assignment) -> valid/test metrics and analyses.
 A run directory holds ``config.yaml``, ``quantizer.safetensors``, ``index/``
 (``sids.safetensors``, ``item_text.safetensors``), ``model.safetensors``,
@@ -44,7 +44,6 @@ from gensid.model import GenerativeRecommender
 from gensid.model.parallel import ParallelSIDRecommender
 from gensid.quantize import (
     RQVAE,
-    Assignment,
     ItemAdapter,
     SemanticIDs,
     code_usage,
@@ -80,31 +79,19 @@ class Run:
 
     @property
     def joint(self) -> bool:
-        return self.cfg.train.strategy == "joint"
+        return self.cfg.method.joint
 
     @property
     def parallel(self) -> bool:
-        return self.cfg.train.strategy == "parallel"
+        return self.cfg.method.family == "parallel"
 
     def refresh_index(self) -> None:
-        """Joint runs: rebuild items and the SID index from the model's deterministic assignment.
-        The item features change in place, so a trainer holding them sees the new codes."""
+        """Joint runs: new item features and SID index from the model's deterministic assignment
+        (a trainer reads ``run.items`` at every epoch)."""
         if not self.joint:
             return
-        snap = item_snapshot(self.model, self.text, keep_text=self.cfg.model.history_input.endswith("+text"))
-        if self.items is None:
-            self.items = snap
-        else:
-            self.items.__dict__.update(snap.__dict__)
+        self.items = item_snapshot(self.model, self.text, keep_text=self.cfg.model.history_input.endswith("+text"))
         self.index = SIDIndex(self.items.codes.numpy(), self.model.code_sizes)
-
-    def freeze_item_side(self) -> None:
-        """Joint runs: stop the index learning. Codes become the deterministic argmax (the index's
-        own), and no gradient reaches the tokenizer (nor tied heads, which are its codebooks), so
-        every later refresh rebuilds the same SIDs. Idempotent, so a resumed run can repeat it."""
-        tokenizer = self.model.tokenizer
-        tokenizer.quantizer.assign = Assignment("argmax")
-        tokenizer.requires_grad_(False)
 
     @property
     def disambiguation(self) -> bool:
@@ -205,15 +192,17 @@ def tokenizer_and_sids(cfg: ExperimentConfig, text: torch.Tensor, run_dir: Path,
     """The fitted tokenizer (``quantizer.safetensors``) and the SIDs it gives; fitted once per run
     (on the ``fit_items`` only when given: a cold-start split's trained items)."""
     path, sids_path = run_dir / "quantizer.safetensors", run_dir / "index" / "sids.safetensors"
+    decay = cfg.method.noise_decay
     if path.exists() and sids_path.exists():
-        tokenizer = RQVAE(text.shape[1], cfg.quantizer)
+        tokenizer = RQVAE(text.shape[1], cfg.quantizer, decay)
         load_fitting_weights(tokenizer, path, cfg)
         tensors, meta = load_tensors(sids_path)
         return tokenizer.eval(), SemanticIDs(tensors["codes"].numpy(), meta["sizes"])
     if cfg.quantizer.sids_from:
         tokenizer, sids, stats = learned_semantic_ids(cfg, text.shape[1], run_dir)
     else:
-        tokenizer, sids, stats = fit_semantic_ids(text.numpy(), cfg.quantizer, cfg.train.seed, progress, fit_items)
+        tokenizer, sids, stats = fit_semantic_ids(text.numpy(), cfg.quantizer, cfg.train.seed, progress, decay,
+                                                  fit_items)
     save_tensors(path, tokenizer.state_dict())
     write_json(run_dir / "index" / "sid_stats.json", stats)
     save_tensors(sids_path, {"codes": torch.from_numpy(sids.codes)}, {"sizes": sids.sizes})
@@ -241,7 +230,7 @@ def product_codes(cfg: ExperimentConfig, text: torch.Tensor, run_dir: Path, fit_
 def prepare(cfg: ExperimentConfig, run_dir: Path, progress: bool = True, splits: bool = True) -> Run:
     """Load data and text vectors, fit (or reload) the tokenizer, build an untrained model.
 
-    Two-stage: the SIDs are fixed now (plus a disambiguation code). Joint: the tokenizer
+    Two-stage: the SIDs are fixed now (plus a disambiguation code). A joint method: the tokenizer
     moves into the model and learns with it; the index is rebuilt from its deterministic
     assignment whenever the model is evaluated (:meth:`Run.refresh_index`).
     ``splits=False``: the catalog only, no data split (what serving needs; ``run.splits`` is None).
@@ -268,7 +257,8 @@ def assemble(cfg: ExperimentConfig, run_dir: Path, dataset: Dataset, splits: Lea
     uses_text = cfg.model.history_input.endswith("+text")
     # a cold-start split: the tokenizer is fitted on the trained items only (when it is fitted: a new run)
     fit_items = splits.trained_items(len(text)) if splits is not None and splits.cold_items is not None else None
-    if cfg.train.strategy == "parallel":
+    method = cfg.method
+    if method.family == "parallel":
         codes = product_codes(cfg, text, run_dir, fit_items)
         p = cfg.parallel
         model = ParallelSIDRecommender(p.digits, p.codebook_size, cfg.model, p, cfg.data.max_history,
@@ -279,13 +269,13 @@ def assemble(cfg: ExperimentConfig, run_dir: Path, dataset: Dataset, splits: Lea
     text_dim = text.shape[1] if uses_text else None
     # search runs: the queries are embedded by the items' text model, so their vectors are [., T]
     query_dim = text.shape[1] if cfg.data.task == "search" else None
-    if cfg.train.strategy == "joint":
-        tokenizer.quantizer.assign = Assignment(cfg.quantizer.assignment)
+    if method.joint:
         if cfg.quantizer.item_adapter:  # part of the joint model, not of the fitted tokenizer's file
             tokenizer.encoder = ItemAdapter(text.shape[1])
         # the disambiguation position's vocabulary: the largest collision group of the initial SIDs
         sizes = sids.sizes if cfg.quantizer.disambiguation else cfg.quantizer.codebook_sizes
-        model = GenerativeRecommender(sizes, cfg.model, cfg.data.max_history, text_dim, tokenizer, query_dim)
+        model = GenerativeRecommender(sizes, cfg.model, cfg.data.max_history, text_dim, tokenizer, query_dim,
+                                      method.decoder_input, method.tie_heads, method.logits)
         run = Run(cfg, run_dir, dataset, splits, text, None, None, model, queries)
         run.refresh_index()
         return run
@@ -314,7 +304,7 @@ def learned_index_source(cfg: ExperimentConfig) -> tuple[Path, dict]:
     over the same items, without an item adapter."""
     source, metrics = finished_source(cfg, cfg.quantizer.sids_from, "quantizer.sids_from")
     theirs = load_config(source / "config.yaml")
-    if theirs.train.strategy != "joint":
+    if not theirs.method.joint:
         raise ConfigError(f"quantizer.sids_from {source}: a two-stage run, whose SIDs were fitted on text; "
                           "use train.init_from to continue it")
     if theirs.quantizer.item_adapter:
@@ -562,7 +552,8 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     train = run.splits.train
     if run.joint:
         objective = JointObjective(cfg, run.text)
-        observe = SIDMonitor(run.text, run.quantizer_codes(), run_dir / "index" / "codes_last_epoch.safetensors")
+        observe = SIDMonitor(run.text, run.quantizer_codes(), run_dir / "index" / "codes_last_epoch.safetensors",
+                             lambda: objective.assignment)
     elif run.parallel:  # every history position is a prediction: windows, not one sample per prefix
         trained = torch.from_numpy(run.splits.trained_items(len(run.dataset.catalog)))
         objective, observe = ParallelObjective(cfg, run.items.codes, trained), None
@@ -576,10 +567,10 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
             # a run resumed inside the freeze epoch has logged it already
             if main and epochs_done == freeze and not any(e.get("event") == "index_frozen" for e in log.read()):
                 log.write(event="index_frozen", epoch=epochs_done)
-            run.freeze_item_side()
+            objective.freeze_item_side(run.model)
         run.refresh_index()
 
-    trainer = Trainer(run.model, cfg.train, train, run.items, run_dir, validate, objective, observe,
+    trainer = Trainer(run.model, cfg.train, train, lambda: run.items, run_dir, validate, objective, observe,
                       progress=progress, queries=run.split_queries("train"), before_epoch=before_epoch)
     summary = trainer.fit()
     if not main:
@@ -589,7 +580,8 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     metrics = {
         "dataset": run.dataset.name,
         "task": cfg.data.task,
-        "strategy": cfg.train.strategy,
+        "strategy": cfg.method.family,
+        "method": cfg.method.name,
         "commit": commit,
         **summary,
         **started,

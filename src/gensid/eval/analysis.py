@@ -3,6 +3,7 @@ hubness, isotropy and hit rate by item popularity. All work on plain arrays so t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from scipy.stats import spearmanr
 
 from gensid.io import load_tensors, save_tensors
 from gensid.model.recommender import GenerativeRecommender
+from gensid.quantize.assign import Assignment
 from gensid.quantize.sids import code_usage, collision_rate
 from gensid.train.objectives import item_snapshot
 
@@ -21,12 +23,14 @@ def sid_drift(before: np.ndarray, after: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def assignment_agreement(model: GenerativeRecommender, text: torch.Tensor, deterministic: np.ndarray) -> dict:
-    """Share of items whose training-time (noisy) codes equal the inference codes, overall and per level."""
+def assignment_agreement(model: GenerativeRecommender, text: torch.Tensor, deterministic: np.ndarray,
+                         assignment: Assignment) -> dict:
+    """Share of items whose training-time (noisy) codes under ``assignment`` equal the inference codes,
+    overall and per level."""
     tokenizer = model.tokenizer
     was_training = tokenizer.training
     tokenizer.train()
-    codes = tokenizer.quantizer(tokenizer.encoder(text), track_usage=False).codes.numpy()
+    codes = tokenizer.quantizer(tokenizer.encoder(text), assignment, track_usage=False).codes.numpy()
     tokenizer.train(was_training)
     same = codes == deterministic
     return {"all": float(same.all(1).mean()), "per_level": same.mean(0).round(4).tolist()}
@@ -36,11 +40,14 @@ class SIDMonitor:
     """Per-epoch analysis of a joint run's item side; remembers the initial and last SIDs.
 
     The last epoch's codes are kept in ``codes_path`` so a resumed run measures drift
-    against the epoch before the interruption.
+    against the epoch before the interruption. ``assignment()``: the training assignment now
+    (the objective's), whose codes are compared with the index's.
     """
 
-    def __init__(self, text: torch.Tensor, initial_codes: np.ndarray, codes_path: Path):
+    def __init__(self, text: torch.Tensor, initial_codes: np.ndarray, codes_path: Path,
+                 assignment: Callable[[], Assignment]):
         self.text, self.initial, self.codes_path = text, np.asarray(initial_codes), Path(codes_path)
+        self.assignment = assignment
 
     def __call__(self, model: GenerativeRecommender) -> dict:
         levels = model.tokenizer.quantizer.num_levels  # without a disambiguation code
@@ -53,7 +60,7 @@ class SIDMonitor:
         for level, entry in enumerate(usage):
             entry["histogram"] = np.bincount(codes[:, level], minlength=sizes[level]).tolist()
         out = {"drift_incremental": sid_drift(previous, codes), "drift_cumulative": sid_drift(self.initial, codes),
-               "agreement": assignment_agreement(model, self.text, codes), "code_usage": usage,
+               "agreement": assignment_agreement(model, self.text, codes, self.assignment()), "code_usage": usage,
                "collision_rate": collision_rate(codes)}
         quantizer = model.tokenizer.quantizer
         if quantizer.log_sigma is not None:

@@ -157,12 +157,13 @@ class ParallelSIDRecommender(nn.Module):
         the cross-entropy of each digit (RPG's)."""
         return F.cross_entropy(logits.float().reshape(-1, self.codebook_size), target_codes.reshape(-1))
 
-    def item_loss(self, hidden: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+    def item_loss(self, hidden: torch.Tensor, logits: torch.Tensor | None, targets: torch.Tensor,
                   target_codes: torch.Tensor, candidates: torch.Tensor, candidate_codes: torch.Tensor
                   ) -> torch.Tensor:
         """Softmax over items of :meth:`item_logits` for rows hidden [R, d] (digit logits [R, m, K]):
         each row's target [R] (codes [R, m]) against shared candidate items [S] (codes [S, m]), every
-        catalog item or a sample; a candidate that is the row's target counts once, as the target."""
+        catalog item or a sample; a candidate that is the row's target counts once, as the target.
+        Head ``shared`` ignores ``logits`` (None is fine)."""
         if self.head == "shared":
             positive = (hidden * self.item_vectors(target_codes, targets)).sum(-1, keepdim=True).float()
         else:
@@ -172,7 +173,7 @@ class ParallelSIDRecommender(nn.Module):
         scores = torch.cat([positive, negative], 1)
         return F.cross_entropy(scores, scores.new_zeros(len(scores), dtype=torch.long))
 
-    def item_logits(self, hidden: torch.Tensor, digit_logits: torch.Tensor, item_codes: torch.Tensor,
+    def item_logits(self, hidden: torch.Tensor, digit_logits: torch.Tensor | None, item_codes: torch.Tensor,
                     items: torch.Tensor | None = None) -> torch.Tensor:
         """hidden [R, d] (its digit_logits [R, m, K]) x items (codes [N, m], ids [N]) -> [R, N]: the mean
         of each item's digit logits (the ranking score up to a per-row constant, on one digit's

@@ -12,11 +12,11 @@ disambiguation code), d = ``d_model``.
 - A head's weight is a ``[K_m, d]`` matrix; scoring is dot product or scaled cosine
   (``gamma * cos``, learnable ``gamma``).
 
-With a ``tokenizer`` (the joint strategies) the item side lives in the model and
-learns with it: the decoder's input for a code is the quantizer's codebook vector
-(during training the assignment's soft/straight-through vector, so the next-token
-loss reaches the codebooks and the item encoder), optionally plus a learned code
-embedding (``decoder_input``), history items can be fed as their quantized vectors,
+With a ``tokenizer`` (the joint methods, :mod:`gensid.methods`, which choose the options
+below) the item side lives in the model and learns with it: the decoder's input for a code
+is the quantizer's codebook vector (during training the assignment's soft/straight-through
+vector, so the next-token loss reaches the codebooks and the item encoder), optionally plus a
+learned code embedding (``decoder_input``), history items can be fed as their quantized vectors,
 the heads can *be* the codebooks (``tie_heads``: DGI's symmetric weight sharing), and
 a context vector (pooled memory) is scored against item vectors for in-batch InfoNCE
 and to order items that share a SID. A quantizer latent wider than ``d_model`` (say
@@ -45,7 +45,7 @@ class CodeHead(nn.Module):
     def __init__(self, num_codes: int, dim: int, logits: str = "dot", gamma_init: float = 30.0):
         super().__init__()
         if logits not in ("dot", "cosine"):
-            raise ConfigError(f"model.logits {logits!r}: expected dot or cosine")
+            raise ConfigError(f"head logits {logits!r}: expected dot or cosine")
         self.logits = logits
         self.weight = nn.Parameter(torch.randn(num_codes, dim) * dim**-0.5)
         self.log_gamma = nn.Parameter(torch.tensor(float(gamma_init)).log()) if logits == "cosine" else None
@@ -79,26 +79,31 @@ def score(h: torch.Tensor, weight: torch.Tensor, log_gamma: torch.Tensor | None)
 
 
 class GenerativeRecommender(nn.Module):
+    """``decoder_input``, ``tie_heads`` and ``logits`` (``dot`` or ``cosine``) are a joint method's
+    choices (:class:`gensid.methods.JointMethod`); without a ``tokenizer`` the decoder reads code
+    embeddings and the heads are separate dot-product heads."""
+
     def __init__(self, code_sizes: list[int], cfg: ModelConfig, max_history: int,
-                 text_dim: int | None = None, tokenizer: RQVAE | None = None, query_dim: int | None = None):
+                 text_dim: int | None = None, tokenizer: RQVAE | None = None, query_dim: int | None = None,
+                 decoder_input: str = "embedding", tie_heads: bool = False, logits: str = "dot"):
         super().__init__()
         if cfg.history_input not in HISTORY_INPUTS:
             raise ConfigError(f"model.history_input {cfg.history_input!r}: expected one of {HISTORY_INPUTS}")
         if cfg.history_input.endswith("+text") and text_dim is None:
             raise ConfigError(f"model.history_input {cfg.history_input} needs item text vectors")
-        if tokenizer is None and (cfg.history_input.startswith("quantized") or cfg.tie_heads):
-            raise ConfigError("model.history_input quantized and model.tie_heads need train.strategy=joint")
+        if tokenizer is None and (cfg.history_input.startswith("quantized") or tie_heads):
+            raise ConfigError("model.history_input quantized and tied heads need a joint method (a tokenizer)")
         if query_dim is not None and cfg.history_input == "code_tokens":
             raise ConfigError("search (a query token) needs one token per history item, not code_tokens")
-        self.decoder_input = cfg.decoder_input or ("codebook" if tokenizer is not None else "embedding")
-        if self.decoder_input not in DECODER_INPUTS:
-            raise ConfigError(f"model.decoder_input {cfg.decoder_input!r}: expected one of {DECODER_INPUTS}")
-        if tokenizer is None and self.decoder_input != "embedding":
-            raise ConfigError(f"model.decoder_input {cfg.decoder_input} needs train.strategy=joint (a codebook)")
+        self.decoder_input = decoder_input
+        if decoder_input not in DECODER_INPUTS:
+            raise ConfigError(f"method.decoder_input {decoder_input!r}: expected one of {DECODER_INPUTS}")
+        if tokenizer is None and decoder_input != "embedding":
+            raise ConfigError(f"method.decoder_input {decoder_input} needs a joint method (a codebook)")
         d = cfg.d_model
         latent = tokenizer.quantizer.dim if tokenizer is not None else d
-        if cfg.tie_heads and latent != d:
-            raise ConfigError(f"model.tie_heads scores hidden states against the codebooks: quantizer.latent_dim "
+        if tie_heads and latent != d:
+            raise ConfigError(f"tied heads score hidden states against the codebooks: quantizer.latent_dim "
                               f"({latent}) must equal model.d_model ({d})")
         self.code_sizes = list(code_sizes)
         self.cfg = cfg
@@ -130,9 +135,9 @@ class GenerativeRecommender(nn.Module):
         self.decoder = nn.TransformerDecoder(layer(nn.TransformerDecoderLayer), cfg.decoder_layers,
                                              norm=nn.LayerNorm(d))
         # tied heads are the quantizer's codebooks; a disambiguation position has no codebook
-        levels = tokenizer.quantizer.num_levels if cfg.tie_heads else 0
-        self.heads = nn.ModuleList([TiedHead(tokenizer.quantizer, m, cfg.logits) if m < levels
-                                    else CodeHead(k, d, cfg.logits) for m, k in enumerate(code_sizes)])
+        levels = tokenizer.quantizer.num_levels if tie_heads else 0
+        self.heads = nn.ModuleList([TiedHead(tokenizer.quantizer, m, logits) if m < levels
+                                    else CodeHead(k, d, logits) for m, k in enumerate(code_sizes)])
         self.context_proj = nn.Linear(d, latent) if tokenizer is not None else None
         self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(len(code_sizes)),
                              persistent=False)

@@ -16,7 +16,9 @@ that flow on. Swappable by name; each decides where gradients go.
 ``noise_weight`` (a scalar or a per-code [K] tensor) multiplies the Gumbel noise: the
 quantizer's uncertainty decay sets it (SDUD: a learned scale; FrqUD: 1 on hot codes only).
 
-In eval mode (``training=False``) every strategy is the deterministic argmax.
+``tau`` is the Gumbel-Softmax temperature of ``gumbel_soft`` and ``dril``; the caller passes it
+(a method's schedule, :meth:`gensid.methods.JointMethod.tau`). In eval mode
+(``training=False``) every strategy is the deterministic argmax.
 """
 
 from __future__ import annotations
@@ -33,19 +35,18 @@ def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
     return -torch.log(-torch.log(u))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Assignment:
     """``__call__(logits [N, K], codebook [K, D], residual [N, D]) -> (codes [N], vectors [N, D])``."""
 
     name: str = "argmax"
-    tau: float = 1.0  # gumbel_soft temperature (annealed by the caller) / dril temperature
 
     def __post_init__(self) -> None:
         if self.name not in ASSIGNMENTS:
-            raise ConfigError(f"quantizer.assignment {self.name!r}: expected one of {sorted(ASSIGNMENTS)}")
+            raise ConfigError(f"assignment {self.name!r}: expected one of {sorted(ASSIGNMENTS)}")
 
     def __call__(self, logits: torch.Tensor, codebook: torch.Tensor, residual: torch.Tensor,
-                 training: bool = True, noise_weight: torch.Tensor | float = 1.0
+                 training: bool = True, noise_weight: torch.Tensor | float = 1.0, tau: float = 1.0
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         if not training or self.name == "argmax":
             codes = logits.argmax(-1)
@@ -55,7 +56,7 @@ class Assignment:
             hard = codebook[codes]
             return codes, residual + (hard - residual).detach()
         noisy = logits + noise_weight * gumbel_noise(logits)
-        probs = (noisy / self.tau).softmax(-1)
+        probs = (noisy / tau).softmax(-1)
         soft = probs @ codebook
         codes = noisy.argmax(-1)
         if self.name == "gumbel_soft":
@@ -65,3 +66,4 @@ class Assignment:
 
 
 ASSIGNMENTS = ("argmax", "ste", "gumbel_soft", "dril")
+ARGMAX = Assignment("argmax")  # the index's own codes: a frozen item side, and every eval-mode call

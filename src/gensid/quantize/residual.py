@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gensid.errors import ConfigError, GensidWarning
-from gensid.quantize.assign import Assignment
+from gensid.quantize.assign import ARGMAX, Assignment
 
 
 @dataclass
@@ -51,17 +51,16 @@ class QuantizerOutput:
 
 class ResidualQuantizer(nn.Module):
     def __init__(self, dim: int, codebook_sizes: list[int], geometry: str = "euclidean",
-                 assignment: str = "argmax", beta: float = 0.25, gamma_init: float = 30.0,
+                 beta: float = 0.25, gamma_init: float = 30.0,
                  decay: str = "none", frqud_ratio: float = 2.0, frqud_momentum: float = 0.99,
                  euclidean_scale: float = 1.0, hard_residual: bool = False):
         super().__init__()
         if geometry not in ("euclidean", "cosine"):
             raise ConfigError(f"quantizer.geometry {geometry!r}: expected euclidean or cosine")
         if decay not in DECAYS:
-            raise ConfigError(f"quantizer.decay {decay!r}: expected one of {DECAYS}")
+            raise ConfigError(f"method.decay {decay!r}: expected one of {DECAYS}")
         if euclidean_scale <= 0:
             raise ConfigError(f"quantizer.euclidean_scale {euclidean_scale}: must be positive")
-        self.assign = Assignment(assignment)
         self.dim, self.geometry, self.beta = dim, geometry, beta
         self.decay, self.frqud_ratio, self.frqud_momentum = decay, frqud_ratio, frqud_momentum
         self.euclidean_scale, self.hard_residual = euclidean_scale, hard_residual
@@ -116,8 +115,9 @@ class ResidualQuantizer(nn.Module):
         log_k = float(np.log(max(self.codebook_sizes)))
         return next_sid_loss.detach() / (2 * log_k) * torch.exp(-2 * self.log_sigma) + self.log_sigma
 
-    def forward(self, x: torch.Tensor, track_usage: bool = True) -> QuantizerOutput:
-        """x [N, dim] -> codes, vectors and losses under the assignment strategy (the
+    def forward(self, x: torch.Tensor, assignment: Assignment = ARGMAX, tau: float = 1.0,
+                track_usage: bool = True) -> QuantizerOutput:
+        """x [N, dim] -> codes, vectors and losses under ``assignment`` at temperature ``tau`` (the
         deterministic argmax in eval mode). ``track_usage=False``: leave FrqUD's EMA alone."""
         residual = self.prepare(x)
         codes, vectors, logits = [], [], []
@@ -125,7 +125,7 @@ class ResidualQuantizer(nn.Module):
         for level in range(self.num_levels):
             book = self.codebook(level)
             scores = self.level_logits(level, residual)
-            code, vector = self.assign(scores, book, residual, self.training, self.noise_weight(level))
+            code, vector = assignment(scores, book, residual, self.training, self.noise_weight(level), tau)
             if self.training and track_usage and self.decay == "frqud":
                 freq = torch.bincount(code, minlength=len(book)).float() / len(code)
                 self.usage(level).lerp_(freq, 1 - self.frqud_momentum)

@@ -7,16 +7,23 @@ trained for reconstruction + commitment with the straight-through estimator (TIG
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from gensid.config import QuantizerConfig
+if TYPE_CHECKING:  # gensid.config imports the methods, which import this package
+    from gensid.config import QuantizerConfig
+
 from gensid.errors import ConfigError
+from gensid.quantize.assign import Assignment
 from gensid.quantize.residual import ResidualQuantizer, too_few_points
 from gensid.quantize.sids import SemanticIDs
+
+STRAIGHT_THROUGH = Assignment("ste")
 
 
 def mlp(dims: list[int]) -> nn.Module:
@@ -60,9 +67,10 @@ class ItemAdapter(nn.Module):
 
 
 class RQVAE(nn.Module):
-    """Item vectors [N, in_dim] -> latent [N, latent] -> codes [N, L] -> reconstruction [N, in_dim]."""
+    """Item vectors [N, in_dim] -> latent [N, latent] -> codes [N, L] -> reconstruction [N, in_dim].
+    ``decay``: the uncertainty decay of a DIGER run's quantizer (its SDUD scale is a parameter)."""
 
-    def __init__(self, in_dim: int, cfg: QuantizerConfig, assignment: str = "ste"):
+    def __init__(self, in_dim: int, cfg: QuantizerConfig, decay: str = "none"):
         super().__init__()
         self.method = cfg.method
         if cfg.method == "rqkmeans":
@@ -73,13 +81,12 @@ class RQVAE(nn.Module):
             raise ConfigError(f"quantizer.method {cfg.method!r}: expected rqkmeans or rqvae")
         self.encoder = nn.Sequential(Center(in_dim), mlp(dims)) if dims else nn.Identity()
         self.decoder = mlp(dims[::-1])
-        self.quantizer = ResidualQuantizer(latent, cfg.codebook_sizes, cfg.geometry, assignment, cfg.beta,
-                                           decay=cfg.decay, frqud_ratio=cfg.frqud_ratio,
+        self.quantizer = ResidualQuantizer(latent, cfg.codebook_sizes, cfg.geometry, cfg.beta, decay=decay,
                                            euclidean_scale=cfg.euclidean_scale, hard_residual=cfg.hard_residual)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (reconstruction [N, in_dim], loss scalar)."""
-        out = self.quantizer(self.encoder(x))
+        """Returns (reconstruction [N, in_dim], loss scalar); codes by straight-through, as TIGER trains."""
+        out = self.quantizer(self.encoder(x), STRAIGHT_THROUGH)
         recon, mse = self.reconstruct(out.quantized, x)
         return recon, mse + out.loss
 
@@ -132,14 +139,14 @@ class RQVAE(nn.Module):
 
 
 def fit_semantic_ids(vectors: np.ndarray, cfg: QuantizerConfig, seed: int = 0, progress: bool = True,
-                     fit_items: np.ndarray | None = None) -> tuple[RQVAE, SemanticIDs, dict]:
+                     decay: str = "none", fit_items: np.ndarray | None = None) -> tuple[RQVAE, SemanticIDs, dict]:
     """Fit the tokenizer on item vectors [N, D]; return it, the SIDs and their statistics.
     ``fit_items``: fit on these rows only (a cold-start split's trained items), then encode every
     item with the frozen tokenizer, as a live service encodes a new one; the fitted items take the
     disambiguation codes first, the others the next free ones."""
     torch.manual_seed(seed)
     x = torch.from_numpy(vectors).float()
-    model = RQVAE(x.shape[1], cfg)
+    model = RQVAE(x.shape[1], cfg, decay)
     losses = model.fit(x if fit_items is None else x[torch.from_numpy(fit_items)], cfg, seed=seed, progress=progress)
     model.eval()
     order = None if fit_items is None else np.concatenate([fit_items, np.setdiff1d(np.arange(len(x)), fit_items)])

@@ -250,7 +250,7 @@ def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.
     @app.get("/health", response_model=Health)
     async def health() -> Health:
         svc = service()
-        return Health(status="ok", strategy=svc.run.cfg.train.strategy, items=len(svc.run.dataset.catalog),
+        return Health(status="ok", strategy=svc.run.cfg.method.family, items=len(svc.run.dataset.catalog),
                       added_items=len(svc.run.dataset.catalog) - svc.trained_items,
                       sid_sizes=svc.run.index.sizes if svc.run.index is not None
                       else [svc.run.cfg.parallel.codebook_size] * svc.run.cfg.parallel.digits,

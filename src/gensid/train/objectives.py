@@ -3,12 +3,13 @@
 - :class:`NextTokenObjective` (two-stage): SIDs are fixed; next-code cross-entropy.
 - :class:`ParallelObjective` (parallel): fixed long SIDs; the multi-token loss at every history
   position of a training window (each position predicts all digits of the item after it).
-- :class:`JointObjective` (ste / DGI / DIGER): every step re-tokenizes the batch's items
-  with the model's tokenizer under the configured assignment; the hard codes are the
-  targets, the assignment's vectors are the decoder's teacher-forcing inputs (and the
-  history tokens with ``history_input: quantized*``), and the weighted loss terms of
-  ``LossConfig`` are added. With a disambiguation position, its codes come from the batch
-  (the item features of the last index refresh).
+- :class:`JointObjective` (the joint methods: STE, DGI, DIGER): every step re-tokenizes the
+  batch's items with the model's tokenizer under the method's assignment, at the method's
+  temperature for that point of training; the hard codes are the targets, the assignment's
+  vectors are the decoder's teacher-forcing inputs (and the history tokens with
+  ``history_input: quantized*``), and the method's weighted loss terms are added. With a
+  disambiguation position, its codes come from the batch (the item features of the last
+  index refresh).
 
 An objective returns named loss terms (``total`` is what is minimised) and says which
 parameters learn at which rate.
@@ -22,8 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from gensid.config import ExperimentConfig
+from gensid.methods import JointMethod
 from gensid.model.parallel import ParallelSIDRecommender
 from gensid.model.recommender import GenerativeRecommender
+from gensid.quantize.assign import ARGMAX, Assignment
 from gensid.quantize.sids import SemanticIDs
 from gensid.train.batches import Batch, ItemFeatures
 
@@ -62,7 +65,9 @@ class ParallelObjective:
         next_items = torch.cat([batch.history_items[:, 1:], batch.targets[:, None]], 1)[real]  # [R]
         next_codes = torch.cat([batch.history_codes[:, 1:], batch.target_codes[:, None]], 1)[real]  # [R, m]
         hidden = hidden[real]
-        logits = model.digit_logits(hidden)  # [R, m, K]
+        # the shared head's item softmax needs no digit logits: skip the [R, d] x [d, m*K] matmul
+        needs_digits = self.loss != "items" or model.head != "shared"
+        logits = model.digit_logits(hidden) if needs_digits else None  # [R, m, K]
         terms = {}
         if self.loss in ("digits", "both"):
             terms["next_digits"] = model.loss(logits, next_codes)
@@ -80,27 +85,35 @@ class ParallelObjective:
 
 
 class JointObjective:
-    """``text`` [N, T]: every item's frozen text vector, the tokenizer's input."""
+    """``method``: the joint method (its assignment, temperature schedule and loss weights);
+    ``text`` [N, T]: every item's frozen text vector, the tokenizer's input."""
 
     def __init__(self, cfg: ExperimentConfig, text: torch.Tensor):
         self.cfg, self.text = cfg, text
+        self.method: JointMethod = cfg.method
+        self.weights = self.method.loss_weights()
+        self.frozen = False
 
-    def temperature(self, progress: float) -> float:
-        """gumbel_soft: exponential annealing tau_start -> tau_end; dril: fixed."""
-        q = self.cfg.quantizer
-        if q.assignment == "gumbel_soft":
-            return q.tau_start * (q.tau_end / q.tau_start) ** min(max(progress, 0.0), 1.0)
-        return q.dril_temperature
+    @property
+    def assignment(self) -> Assignment:
+        """How the batch's items get codes: the method's, or the index's own argmax once frozen."""
+        return ARGMAX if self.frozen else self.method.assignment()
+
+    def freeze_item_side(self, model: GenerativeRecommender) -> None:
+        """Stop the index learning (``train.freeze_index_epoch``): argmax codes from now on, and no
+        gradient reaches the tokenizer (nor tied heads, which are its codebooks), so every later
+        refresh rebuilds the same SIDs. Idempotent, so a resumed run can repeat it."""
+        self.frozen = True
+        model.tokenizer.requires_grad_(False)
 
     def __call__(self, model: GenerativeRecommender, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
-        tokenizer, weights = model.tokenizer, self.cfg.loss
+        tokenizer, weights = model.tokenizer, self.weights
         quantizer = tokenizer.quantizer
-        quantizer.assign.tau = self.temperature(progress)
         b, h = batch.history_items.shape
         items, where = torch.unique(torch.cat([batch.history_items.reshape(-1), batch.targets]), return_inverse=True)
         x = self.text[items]
         z_base = tokenizer.encoder(x)  # [U, d]
-        out = quantizer(z_base)
+        out = quantizer(z_base, self.assignment, self.method.tau(progress))
         hist, target = where[:-b].view(b, h), where[-b:]
         target_codes, history_codes = out.codes[target], out.codes[hist]
         if model.num_levels > quantizer.num_levels:  # the disambiguation code of the last refresh
@@ -111,26 +124,26 @@ class JointObjective:
         prefix = target_codes[:, :-1]  # teacher forcing: the codes (and vectors) of every level but the last
         logits = model.code_logits(memory, batch.history_mask, prefix, out.level_vectors[target][:, : prefix.shape[1]])
         terms = {"next_token": model.loss(logits, target_codes, self.cfg.train.label_smoothing)}
-        if weights.global_cosine:
+        if weights["global_cosine"]:
             terms["global_cosine"] = (1 - F.cosine_similarity(quantizer.prepare(z_base), out.quantized, -1)).mean()
-        if weights.codebook:
+        if weights["codebook"]:
             terms["codebook"] = out.loss
-        if weights.rqvae_reconstruction:
+        if weights["rqvae_reconstruction"]:
             terms["rqvae_reconstruction"] = tokenizer.reconstruct(out.quantized, x)[1]
-        if weights.infonce:
+        if weights["infonce"]:
             context = model.context(memory, model.memory_mask(batch.history_mask))
             terms["infonce"] = self.infonce(context, z_base[target], batch.targets)
-        if weights.diversity:
+        if weights["diversity"]:
             terms["diversity"] = sum(1 - entropy(lg.softmax(-1).mean(0)) / math.log(lg.shape[-1])
                                      for lg in out.logits) / len(out.logits)
-        if quantizer.decay == "sdud":
+        if "sdud" in weights:
             terms["sdud"] = quantizer.sdud_loss(terms["next_token"])
-        terms["total"] = sum(getattr(weights, name) * value for name, value in terms.items())
+        terms["total"] = sum(weights[name] * value for name, value in terms.items())
         return terms
 
     def infonce(self, context: torch.Tensor, item: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """In-batch InfoNCE [B, d] x [B, d]; other rows with the same target are not negatives."""
-        scores = F.normalize(context, dim=-1) @ F.normalize(item, dim=-1).T / self.cfg.loss.infonce_temperature
+        scores = F.normalize(context, dim=-1) @ F.normalize(item, dim=-1).T / INFONCE_TEMPERATURE
         same = targets.unsqueeze(0) == targets.unsqueeze(1)
         scores = scores.masked_fill(same & ~torch.eye(len(targets), dtype=torch.bool), float("-inf"))
         return F.cross_entropy(scores, torch.arange(len(targets)))
@@ -141,6 +154,9 @@ class JointObjective:
         rest = [p for p in model.parameters() if id(p) not in item_side]
         return [{"params": list(model.tokenizer.parameters()), "lr": self.cfg.train.quantizer_lr},
                 {"params": rest, "lr": self.cfg.train.lr}]
+
+
+INFONCE_TEMPERATURE = 0.05
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:

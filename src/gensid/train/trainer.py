@@ -93,14 +93,16 @@ def length_bucketed_batches(samples: Samples, batch_size: int, rng: np.random.Ge
 class Trainer:
     """Trains ``model`` on ``train`` with ``objective`` (see :mod:`gensid.train.objectives`).
 
-    ``validate(model) -> metrics`` picks the best epoch; ``observe(model) -> dict`` (optional)
+    ``items()`` gives the item features batches are built from, asked at every epoch (a joint
+    run's change with its index). ``validate(model) -> metrics`` picks the best epoch; ``observe(model) -> dict`` (optional)
     adds per-epoch analyses (SID drift, code usage, ...) to the log; ``queries`` [N, T] are
     the training samples' query vectors (search). ``before_epoch(epochs_done)`` (optional) runs on
     every rank before each epoch, also the first after a resume: joint runs rebuild the item codes
     there, so every rank trains on targets from the current model, not from its last validation.
     """
 
-    def __init__(self, model: GenerativeRecommender, cfg: TrainConfig, train: Samples, items: ItemFeatures,
+    def __init__(self, model: GenerativeRecommender, cfg: TrainConfig, train: Samples,
+                 items: Callable[[], ItemFeatures],
                  run_dir: str | Path, validate: Callable[[GenerativeRecommender], dict[str, float]],
                  objective: Objective, observe: Callable[[GenerativeRecommender], dict] | None = None,
                  monitor: str = "ndcg@10", progress: bool = True, queries: torch.Tensor | None = None,
@@ -166,6 +168,7 @@ class Trainer:
         item_encoder = tokenizer.encoder if tokenizer is not None else None
         if item_encoder is not None and next(item_encoder.parameters(), None) is None:
             item_encoder = None
+        items = self.items()
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", disable=not self.progress,
                    leave=False)
         total_steps = self.cfg.epochs * self.steps_per_epoch
@@ -173,7 +176,7 @@ class Trainer:
             if len(rows) < self.world:  # a last batch too small to give every rank a row
                 continue
             rows = np.array_split(rows, self.world)[self.rank]  # this rank's share of the batch
-            batch = Batch.build(self.train, rows, self.items, self.queries)
+            batch = Batch.build(self.train, rows, items, self.queries)
             with autocast(self.cfg.bf16):
                 terms = self.step_module(batch, (self.epoch * self.steps_per_epoch + step) / total_steps)
             self.opt.zero_grad(set_to_none=True)
