@@ -49,7 +49,7 @@ def unreachable(*args, **kwargs):
 def no_data(monkeypatch):
     """Every way to the raw data (and to building splits) fails from here on."""
     for module, name in ((gensid.pipeline, "load_dataset"), (gensid.pipeline, "load_search_log"),
-                         (gensid.pipeline, "leave_one_out"), (gensid.data.loaders, "load_dataset"),
+                         (gensid.pipeline, "next_item_split"), (gensid.data.loaders, "load_dataset"),
                          (gensid.data.movielens, "movielens_100k_dir")):
         monkeypatch.setattr(module, name, unreachable)
 
@@ -199,7 +199,7 @@ def test_gensid_serve_refuses_another_bundle_version_in_one_line(trained, tmp_pa
 
 def test_serving_a_run_folder_builds_no_data_split(trained, tmp_path, monkeypatch):
     run_dir = shutil.copytree(trained["two_stage"], tmp_path / "run")
-    monkeypatch.setattr(gensid.pipeline, "leave_one_out", unreachable)
+    monkeypatch.setattr(gensid.pipeline, "next_item_split", unreachable)
     with TestClient(create_app(run_dir)) as c:
         assert c.app.state.service.run.splits is None
         assert len(served(c, c.app.state.service.run.dataset.catalog.item_ids[:3])) == 10

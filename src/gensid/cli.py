@@ -84,15 +84,22 @@ def train(config: Path = typer.Argument(..., help="a config YAML, e.g. configs/m
     excluded = cfg.serve.exclude_seen and cfg.data.task == "rec"  # answers skip seen items: show that too
     run = load_run(run_dir) if sasrec_minutes or examples or excluded else None
     labels = {"gensid": f"{cfg.method.name} (gensid)", "sasrec": "", "most_popular": "most_popular"}
-    rows, sasrec = {labels["gensid"]: metrics["test"]}, None
+    rows, sasrec, sasrec_summary = {labels["gensid"]: metrics["test"]}, None, None
     if sasrec_minutes:
         console.print(f"SASRec beside it: the same split, at most {sasrec_minutes:g} min, in {run_dir / 'sasrec'}")
-        sasrec, summary = sasrec_beside(run, sasrec_minutes)
-        labels["sasrec"] = sasrec_label(summary)
-        rows[labels["sasrec"]] = summary["test"]
+        sasrec, sasrec_summary = sasrec_beside(run, sasrec_minutes)
+        labels["sasrec"] = sasrec_label(sasrec_summary)
+        rows[labels["sasrec"]] = sasrec_summary["test"]
     rows["most_popular"] = metrics["most_popular"]["test"]
-    protocol = "leave-one-out" if cfg.data.task == "rec" else "search"
+    protocol = cfg.data.split.replace("_", "-") if cfg.data.task == "rec" else "search"
     console.print(_table(f"{metrics['dataset']} test (full catalog, {protocol})", rows))
+    cold = metrics.get("cold_start")
+    for subset in ("new", "seen") if cold else ():  # the same ranks, by whether the target is a new item
+        key = f"test_{subset}"
+        blocks = {labels["gensid"]: metrics, labels["sasrec"]: sasrec_summary or {},
+                  "most_popular": metrics["most_popular"]}
+        console.print(_table(f"the same, {subset}-item targets ({cold[f'{key}_targets']} users)",
+                             {label: block[key] for label, block in blocks.items() if key in block}))
     if excluded:
         console.print(_table("the same, each user's seen items excluded as serve.exclude_seen answers "
                              "(RecBole's full-sort protocol; not the published one above)",
@@ -313,6 +320,8 @@ def compare(control: str = typer.Argument(..., help="run directory; '{seed}' in 
             resamples: int = typer.Option(10_000, min=100, help="bootstrap and randomization resamples"),
             by_popularity: bool = typer.Option(False, help="also test within each item-popularity bucket of the "
                                                               "targets (5 buckets, head -> tail)"),
+            subset: str = typer.Option("all", help="a cold-start split's test users: all, new (target is a new "
+                                                   "item) or seen"),
             out: Path = typer.Option(None, help="also write the result as JSON here")) -> None:
     """Paired per-user test of TREATMENT against CONTROL on the same test users (see eval.significance)."""
     from gensid.compare import compare_runs
@@ -320,8 +329,9 @@ def compare(control: str = typer.Argument(..., help="run directory; '{seed}' in 
 
     seed_list = [s.strip() for s in seeds.split(",") if s.strip()]
     result = compare_runs(control, treatment, seed_list, [m.strip() for m in metrics.split(",") if m.strip()],
-                          resamples, progress=True, by_popularity=by_popularity)
-    table = Table(title=f"treatment {treatment}\nagainst {control}\n{result['test_users']} test users, "
+                          resamples, progress=True, by_popularity=by_popularity, subset=subset)
+    users = f"{result['test_users']} test users" + (f" ({subset} targets)" if subset != "all" else "")
+    table = Table(title=f"treatment {treatment}\nagainst {control}\n{users}, "
                         f"{len(result['pairs'])} pair(s); p: users resampled; p over pairs: t-test of the pairs' differences; "
                         "per pair: difference (p)")
     groups = [("all", result["test_users"], result["metrics"])]

@@ -44,7 +44,7 @@ def target_popularity_buckets(run_dirs: list[str], digest: str) -> np.ndarray:
         source = Path(hybrid_run_dir(run_dir) or run_dir)
         if (source / "config.yaml").exists():
             _, dataset, splits, _ = load_task(run_config(source), progress=False)
-            if split_digest(splits.test) != digest:
+            if split_digest(splits.test, splits.new_targets(splits.test)) != digest:
                 raise RunError(f"{source / 'config.yaml'}: its data no longer gives the test users it was ranked on "
                                "(the data files changed?)")
             return popularity_buckets(training_popularity(splits, len(dataset.catalog)))[splits.test.targets]
@@ -52,12 +52,28 @@ def target_popularity_buckets(run_dirs: list[str], digest: str) -> np.ndarray:
                      "(a run directory with config.yaml); these are all baselines")
 
 
+def subset_users(run_dir: str | Path, subset: str) -> np.ndarray:
+    """[N] bool: the test users of ``subset`` (``new``: whose target is a new item of a cold-start
+    split; ``seen``: the others), from the run's ``test_ranks.json``."""
+    path = Path(run_dir) / "test_ranks.json"
+    saved = json.loads(path.read_text())
+    if "new_targets" not in saved:
+        raise InputError(f"{path}: --subset {subset} needs a run on a cold-start split (data.split cold_start)")
+    new = np.zeros(len(saved["ranks"]), dtype=bool)
+    new[saved["new_targets"]] = True
+    return new if subset == "new" else ~new
+
+
 def compare_runs(control: str, treatment: str, seeds: list[str], metrics: list[str], resamples: int = 10_000,
-                 progress: bool = False, by_popularity: bool = False) -> dict:
+                 progress: bool = False, by_popularity: bool = False, subset: str = "all") -> dict:
     """Paired per-user test (``eval.significance.compare_ranks``) of the run ``treatment`` against
     ``control``; with ``seeds``, each side is a pattern whose ``{seed}`` names one run per seed
     and the runs pair up seed by seed. Returns the inputs, the pairs and the test per metric;
-    with ``by_popularity`` also the test within each item-popularity bucket of the targets."""
+    with ``by_popularity`` also the test within each item-popularity bucket of the targets.
+    ``subset`` (a cold-start split): ``new`` or ``seen`` tests only the users whose target is a new
+    item, or the others; ``all`` every user."""
+    if subset not in ("all", "new", "seen"):
+        raise InputError(f"--subset {subset!r}: expected all, new or seen")
     if ("{seed}" in control + treatment) != bool(seeds):
         raise InputError("use '{seed}' in the run directories together with seeds, or neither")
     pairs = [(control.replace("{seed}", s), treatment.replace("{seed}", s)) for s in seeds or [""]]
@@ -68,6 +84,9 @@ def compare_runs(control: str, treatment: str, seeds: list[str], metrics: list[s
     if len(digests) != 1:
         raise InputError(f"{control} and {treatment}: the runs are not evaluated on the same test users "
                          "(different data or split)")
+    in_subset = subset_users(pairs[0][0], subset) if subset != "all" else None  # same digest: same new targets
+    if in_subset is not None:
+        ranks = {run_dir: r[in_subset] for run_dir, r in ranks.items()}
     shallowest = min(depths, key=depths.get)
     try:
         for metric in metrics:
@@ -77,10 +96,11 @@ def compare_runs(control: str, treatment: str, seeds: list[str], metrics: list[s
         tests = compare_ranks([ranks[c] for c, _ in pairs], [ranks[t] for _, t in pairs], metrics, resamples)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    result = {"control": control, "treatment": treatment, "seeds": seeds, "pairs": pairs,
+    result = {"control": control, "treatment": treatment, "seeds": seeds, "pairs": pairs, "subset": subset,
               "test_users": len(ranks[pairs[0][0]]), "resamples": resamples, "metrics": tests}
     if by_popularity:
         bucket = target_popularity_buckets(list(ranks), digests.pop())
+        bucket = bucket if in_subset is None else bucket[in_subset]
         result["by_popularity"] = []
         for b in np.unique(bucket):
             users = bucket == b

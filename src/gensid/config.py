@@ -28,6 +28,7 @@ from gensid.methods import METHODS, NAMES, JointMethod, MethodConfig, TwoStage
 # the choices of every choice field (the modules that consume them check the same sets)
 DataFormat = Literal["auto", "letter", "recbole", "csv", "search_log"]
 Task = Literal["rec", "search"]
+Split = Literal["leave_one_out", "cold_start"]
 QuantizerMethod = Literal["rqkmeans", "rqvae"]
 Geometry = Literal["euclidean", "cosine"]
 HistoryInput = Literal["codes", "codes+text", "quantized", "quantized+text", "code_tokens"]
@@ -59,6 +60,12 @@ class DataConfig(Section):
     text_fields: list[str] = Field(default_factory=lambda: ["title", "brand", "categories"],
                                    description="item fields joined into the item text that is embedded")
     max_users: int = Field(0, ge=0, description=">0: keep only the first N users (quick runs and tests)")
+    split: Split = Field("leave_one_out", description="task rec: `leave_one_out` (each user's last item is the "
+                         "test target, the one before it the validation target); `cold_start`: the same targets, "
+                         "but the newest `cold_share` of the items never reach training, and the tokenizer is "
+                         "fitted without them (README, Data formats)")
+    cold_share: Float = Field(0.15, gt=0, lt=1, description="split cold_start: the share of the items, the newest "
+                              "by first interaction, that training never sees")
 
 
 class TextConfig(Section):
@@ -267,6 +274,13 @@ RULES: list[Callable[[ExperimentConfig], None]] = []
 def _rule(check: Callable[[ExperimentConfig], None]) -> Callable[[ExperimentConfig], None]:
     RULES.append(check)
     return check
+
+
+@_rule
+def _cold_start_needs_rec(cfg: ExperimentConfig) -> None:
+    """`data.split: cold_start` needs `data.task: rec` (search splits are by time or by purchase)."""
+    if cfg.data.split == "cold_start" and cfg.data.task != "rec":
+        raise Problem("data.split", f"cold_start needs data.task rec, not {cfg.data.task}", "data.task")
 
 
 @_rule

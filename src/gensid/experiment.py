@@ -15,7 +15,8 @@ Variants with ``from_results: true`` are measured by another command (e.g. SASRe
 with a ``config`` too, the listed seeds are also run here.
 
 The report (``<output>/table.md``, ``results.json``, ``*.png``) is rebuilt from whatever
-has finished, each time a run ends.
+has finished, each time a run ends. A column ``new:recall@10`` (``seen:...``) shows a metric of a
+cold-start split's new-item (seen-item) targets (results rows' ``metrics_new`` / ``metrics_seen``).
 """
 
 from __future__ import annotations
@@ -222,12 +223,14 @@ def write_report(plan: Plan) -> Path:
         for r in read_rows(plan.results_file):
             if plan.owner(r) is variant and r["split"] == "test" and r["seed"] not in run_here:
                 rows.append({"label": variant.label, "seed": r["seed"], "metrics": r["metrics"],
+                             "metrics_new": r.get("metrics_new"), "metrics_seen": r.get("metrics_seen"),
                              "train_minutes": r.get("train_minutes"), "epochs": r.get("epochs"),
                              "source": r.get("command", ""),
                              "test_by_popularity": r.get("test_by_popularity")})
         for v, seed, metrics, _ in finished:
             if v is variant:
                 rows.append({"label": variant.label, "seed": seed, "metrics": metrics["test"],
+                             "metrics_new": metrics.get("test_new"), "metrics_seen": metrics.get("test_seen"),
                              "train_minutes": total_train_minutes(metrics), "epochs": metrics["epochs"],
                              "best_epoch": metrics["best_epoch"],
                              "collision_rate": metrics["sid"]["collision_rate"],
@@ -250,11 +253,21 @@ def markdown_table(plan: Plan, rows: list[dict]) -> str:
         if not group:
             lines.append(f"| {variant.label} | not run yet |" + " |" * (len(plan.columns) + 2))
             continue
-        cells = [mean_std([r["metrics"][name] for r in group]) for name in plan.columns]
+        cells = [metric_cell(group, name) for name in plan.columns]
         minutes = [r["train_minutes"] for r in group if r["train_minutes"] is not None]
         minutes_cell = f"{np.mean(minutes):.1f}" if minutes else ""
         lines.append(f"| {variant.label} | {len(group)} | {' | '.join(cells)} | {minutes_cell} | {epochs_cell(group)} |")
     return "\n".join(lines) + "\n"
+
+
+def metric_cell(rows: list[dict], column: str) -> str:
+    """A table cell of ``column`` over ``rows``: a metric (``recall@10``), or one of a cold-start
+    split's subsets (``new:recall@10``, ``seen:recall@10``); blank where a row lacks it."""
+    subset, _, name = column.rpartition(":")
+    blocks = [r.get(f"metrics_{subset}") if subset else r["metrics"] for r in rows]
+    if any(block is None or name not in block for block in blocks):
+        return ""
+    return mean_std([block[name] for block in blocks])
 
 
 def _plots(plan: Plan, finished: list, rows: list[dict]) -> None:

@@ -26,9 +26,9 @@ import torch
 
 from gensid.baselines.popularity import MostPopular
 from gensid.config import ExperimentConfig, load_config
-from gensid.data import Dataset, LeaveOneOut, Samples, leave_one_out, load_dataset
+from gensid.data import Dataset, LeaveOneOut, Samples, load_dataset
 from gensid.data.search import load_search_log, product_search, time_split
-from gensid.data.splits import pack_samples, sequence_windows
+from gensid.data.splits import next_item_split, pack_samples, sequence_windows
 from gensid.errors import ConfigError, DataError, InputError, RunError
 from gensid.eval.analysis import (
     SIDMonitor,
@@ -38,7 +38,7 @@ from gensid.eval.analysis import (
     popularity_buckets,
 )
 from gensid.eval.evaluate import rank_exact, recommend_items
-from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
+from gensid.eval.metrics import metrics_from_ranks, new_and_seen, rank_of_targets
 from gensid.index import SIDIndex
 from gensid.io import JsonlLog, load_tensors, save_tensors, seed_everything, write_json, write_text
 from gensid.model import GenerativeRecommender
@@ -210,9 +210,10 @@ def item_text_vectors(cfg: ExperimentConfig, full: Dataset, dataset: Dataset, ru
     return text
 
 
-def tokenizer_and_sids(cfg: ExperimentConfig, text: torch.Tensor, run_dir: Path, progress: bool
-                       ) -> tuple[RQVAE, SemanticIDs]:
-    """The fitted tokenizer (``quantizer.safetensors``) and the SIDs it gives; fitted once per run."""
+def tokenizer_and_sids(cfg: ExperimentConfig, text: torch.Tensor, run_dir: Path, progress: bool,
+                       fit_items: np.ndarray | None = None) -> tuple[RQVAE, SemanticIDs]:
+    """The fitted tokenizer (``quantizer.safetensors``) and the SIDs it gives; fitted once per run
+    (on the ``fit_items`` only when given: a cold-start split's trained items)."""
     path, sids_path = run_dir / "quantizer.safetensors", run_dir / "index" / "sids.safetensors"
     decay = cfg.method.noise_decay
     if path.exists() and sids_path.exists():
@@ -223,21 +224,25 @@ def tokenizer_and_sids(cfg: ExperimentConfig, text: torch.Tensor, run_dir: Path,
     if cfg.quantizer.sids_from:
         tokenizer, sids, stats = learned_semantic_ids(cfg, text.shape[1], run_dir)
     else:
-        tokenizer, sids, stats = fit_semantic_ids(text.numpy(), cfg.quantizer, cfg.train.seed, progress, decay)
+        tokenizer, sids, stats = fit_semantic_ids(text.numpy(), cfg.quantizer, cfg.train.seed, progress, decay,
+                                                  fit_items)
     save_tensors(path, tokenizer.state_dict())
     write_json(run_dir / "index" / "sid_stats.json", stats)
     save_tensors(sids_path, {"codes": torch.from_numpy(sids.codes)}, {"sizes": sids.sizes})
     return tokenizer, sids
 
 
-def product_codes(cfg: ExperimentConfig, text: torch.Tensor, run_dir: Path) -> np.ndarray:
+def product_codes(cfg: ExperimentConfig, text: torch.Tensor, run_dir: Path, fit_items: np.ndarray | None = None
+                  ) -> np.ndarray:
     """Parallel runs: the items' digits [N, m] from the product quantizer (``index/pq.safetensors``),
-    fitted once per run on the text vectors."""
+    fitted once per run on the text vectors (of the ``fit_items`` only when given: a cold-start
+    split's trained items; the others are encoded by the frozen quantizer)."""
     path, sids_path = run_dir / "index" / "pq.safetensors", run_dir / "index" / "sids.safetensors"
     if path.exists() and sids_path.exists():
         return load_tensors(sids_path)[0]["codes"].numpy()
     p = cfg.parallel
-    quantizer = ProductQuantizer.fit(text.numpy(), p.digits, p.codebook_size, p.opq, p.whiten)
+    fitted = text.numpy() if fit_items is None else text.numpy()[fit_items]
+    quantizer = ProductQuantizer.fit(fitted, p.digits, p.codebook_size, p.opq, p.whiten)
     codes = quantizer.encode(text.numpy())
     quantizer.save(path)
     write_json(run_dir / "index" / "sid_stats.json", digit_stats(codes, p.codebook_size))
@@ -271,15 +276,17 @@ def assemble(cfg: ExperimentConfig, run_dir: Path, dataset: Dataset, splits: Lea
         raise RunError(f"{run_dir / 'index'}: vectors of {len(text)} items, but the catalog has "
                        f"{len(dataset.catalog)}; use a new run directory")
     uses_text = cfg.model.history_input.endswith("+text")
+    # a cold-start split: the tokenizer is fitted on the trained items only (when it is fitted: a new run)
+    fit_items = splits.trained_items(len(text)) if splits is not None and splits.cold_items is not None else None
     method = cfg.method
     if method.family == "parallel":
-        codes = product_codes(cfg, text, run_dir)
+        codes = product_codes(cfg, text, run_dir, fit_items)
         p = cfg.parallel
         model = ParallelSIDRecommender(p.digits, p.codebook_size, cfg.model, p, cfg.data.max_history,
                                        text.shape[1] if uses_text else None, num_items=len(dataset.catalog))
         items = ItemFeatures(torch.from_numpy(codes), text if uses_text else None)
         return Run(cfg, run_dir, dataset, splits, text, None, items, model, queries)
-    tokenizer, sids = tokenizer_and_sids(cfg, text, run_dir, progress)
+    tokenizer, sids = tokenizer_and_sids(cfg, text, run_dir, progress, fit_items)
     text_dim = text.shape[1] if uses_text else None
     # search runs: the queries are embedded by the items' text model, so their vectors are [., T]
     query_dim = text.shape[1] if cfg.data.task == "search" else None
@@ -342,7 +349,8 @@ def check_inputs(cfg: ExperimentConfig, run_dir: Path) -> None:
 
 
 # what decides a run's items and their tokenizer: a warm start must agree on all of them
-ITEM_SIDE = {"data": ("source", "format", "task", "query_field", "text_fields", "max_users"), "text": ("model",),
+ITEM_SIDE = {"data": ("source", "format", "task", "query_field", "text_fields", "max_users", "split", "cold_share"),
+             "text": ("model",),
              "quantizer": ("method", "codebook_sizes", "geometry", "latent_dim", "hidden_dims", "epochs", "lr",
                            "beta", "batch_size")}
 ITEM_SIDE_FILES = ("quantizer.safetensors", "index/sids.safetensors", "index/sid_stats.json",
@@ -407,7 +415,7 @@ def load_task(cfg: ExperimentConfig, progress: bool = True, splits: bool = True
               ) -> tuple[Dataset, Dataset, LeaveOneOut | None, dict[str, list[str]] | None]:
     """(full dataset, dataset used, splits, query texts per split or None).
 
-    ``data.task: rec``: leave-one-out next-item samples. ``search``: a search log
+    ``data.task: rec``: next-item samples, leave-one-out or cold start (``data.split``). ``search``: a search log
     (``data.format: search_log``, split by time) or, for a purchase data set, the Amazon
     product-search construction. ``splits=False``: the two datasets only (splits and query
     texts None).
@@ -424,7 +432,9 @@ def load_task(cfg: ExperimentConfig, progress: bool = True, splits: bool = True
         if not splits:
             return full, dataset, None, None
         if cfg.data.task == "rec":
-            return full, dataset, leave_one_out(dataset.interactions, cfg.data.max_history), None
+            d = cfg.data
+            split = next_item_split(dataset.interactions, len(dataset.catalog), d.max_history, d.split, d.cold_share)
+            return full, dataset, split, None
         search = product_search(dataset, cfg.data.max_history, cfg.data.query_field)
     parts = {"train": search.train, "valid": search.valid, "test": search.test}
     splits = LeaveOneOut(*(part.as_samples() for part in parts.values()))
@@ -439,11 +449,22 @@ def evaluate_split(run: Run, split: str, max_users: int = 0, progress: bool = Fa
     return run.evaluate(samples, queries, progress)
 
 
-def popularity_metrics(run: Run, split: str) -> dict[str, float]:
+def popularity_metrics(run: Run, split: str) -> dict[str, dict[str, float]]:
+    """Most popular's metrics on ``split``: ``{split: ...}``, and on a cold-start split also
+    ``{split}_new`` and ``{split}_seen`` (:func:`gensid.eval.metrics.new_and_seen`)."""
     model = MostPopular.fit(run.splits.train, len(run.dataset.catalog))
     samples = getattr(run.splits, split)
-    return metrics_from_ranks(rank_of_targets(model.rank(len(samples), max(run.cfg.eval.ks)), samples.targets),
-                              run.cfg.eval.ks)
+    ranks = rank_of_targets(model.rank(len(samples), max(run.cfg.eval.ks)), samples.targets)
+    return {split: metrics_from_ranks(ranks, run.cfg.eval.ks), **subset_metrics(run, samples, ranks, split)}
+
+
+def subset_metrics(run: Run, samples: Samples, ranks: np.ndarray, split: str) -> dict[str, dict[str, float]]:
+    """On a cold-start split: ``{split}_new`` and ``{split}_seen``, the metrics of the samples whose
+    target is a new item and of the others (a subset without samples is left out); else empty."""
+    if run.splits.cold_items is None:
+        return {}
+    subsets = new_and_seen(ranks, run.splits.new_targets(samples), run.cfg.eval.ks)
+    return {f"{split}_{name}": metrics for name, metrics in subsets.items()}
 
 
 def training_popularity(splits: LeaveOneOut, num_items: int) -> np.ndarray:
@@ -464,8 +485,15 @@ def test_analysis(run: Run, progress: bool = False) -> tuple[dict, np.ndarray]:
     popularity = training_popularity(run.splits, len(run.dataset.catalog))
     buckets = popularity_buckets(popularity)
     codes = run.quantizer_codes()
-    out = {"test": metrics_from_ranks(ranks, run.cfg.eval.ks),
+    out = {"test": metrics_from_ranks(ranks, run.cfg.eval.ks), **subset_metrics(run, test, ranks, "test"),
            "test_by_popularity": hit_rate_by_bucket(ranked, test.targets, buckets)}
+    if run.splits.cold_items is not None:
+        new = run.splits.new_targets(test)
+        out["cold_start"] = {"share": run.cfg.data.cold_share, "new_items": len(run.splits.cold_items),
+                             "test_new_targets": int(new.sum()), "test_seen_targets": int((~new).sum()),
+                             "valid_new_targets": int(run.splits.new_targets(run.splits.valid).sum()),
+                             # how often the model ranks a new item at all: against new_items / catalog size
+                             "new_share_of_ranked": float(np.isin(ranked[ranked >= 0], run.splits.cold_items).mean())}
     if run.parallel:
         out["sid"] = digit_stats(codes, run.cfg.parallel.codebook_size)
     else:
@@ -479,20 +507,25 @@ def test_analysis(run: Run, progress: bool = False) -> tuple[dict, np.ndarray]:
     return out, ranks
 
 
-def split_digest(samples: Samples) -> str:
-    """Fingerprint of a split (its users and targets, in order): two runs compare per user only when equal."""
-    return hashlib.sha256(np.ascontiguousarray(np.stack([samples.users, samples.targets]), dtype=np.int64)).hexdigest()
+def split_digest(samples: Samples, new_targets: np.ndarray | None = None) -> str:
+    """Fingerprint of a split (its users and targets, in order, and on a cold-start split which targets
+    are new items): two runs compare per user only when equal."""
+    rows = [samples.users, samples.targets] + ([new_targets] if new_targets is not None else [])
+    return hashlib.sha256(np.ascontiguousarray(np.stack(rows), dtype=np.int64)).hexdigest()
 
 
-def save_test_ranks(run_dir: str | Path, test: Samples, ranks: np.ndarray, depth: int) -> None:
+def save_test_ranks(run_dir: str | Path, test: Samples, ranks: np.ndarray, depth: int,
+                    new_targets: np.ndarray | None = None) -> None:
     """Write ``test_ranks.json``: each test user's target rank [N] (-1 = not in the ranked list),
-    the split's digest and ``depth``, the length of the ranked lists (a metric @K needs K <= depth).
-    Baselines outside the pipeline (SASRec, BM25, dense) write the same file, so ``gensid compare``
-    pairs any two systems ranked on the same test users."""
+    the split's digest and ``depth``, the length of the ranked lists (a metric @K needs K <= depth);
+    on a cold-start split (``new_targets`` [N] bool, :meth:`LeaveOneOut.new_targets`) also ``new_targets``, the rows whose target
+    is a new item. Baselines outside the pipeline (SASRec, BM25, dense) write the same file, so
+    ``gensid compare`` pairs any two systems ranked on the same test users (``--subset new|seen``)."""
+    saved = {"test_users": split_digest(test, new_targets), "depth": depth, "ranks": ranks.tolist()}
+    if new_targets is not None:
+        saved["new_targets"] = np.flatnonzero(new_targets).tolist()
     # one line, not write_json's one number per line: the files are committed with the runs
-    write_text(Path(run_dir) / "test_ranks.json",
-               json.dumps({"test_users": split_digest(test), "depth": depth, "ranks": ranks.tolist()},
-                          separators=(",", ":")) + "\n")
+    write_text(Path(run_dir) / "test_ranks.json", json.dumps(saved, separators=(",", ":")) + "\n")
 
 
 def validation_subset(samples: Samples, max_users: int, seed: int = 0) -> np.ndarray:
@@ -519,8 +552,9 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     log = JsonlLog(run_dir / "log.jsonl")
     run = prepare(cfg, run_dir, progress)
     if main:
+        cold = run.splits.cold_items
         log.write(event="prepared", users=len(run.dataset.interactions), items=len(run.dataset.catalog),
-                  train_samples=len(run.splits.train), sid_sizes=run.index.sizes if run.index is not None
+                  train_samples=len(run.splits.train), new_items=len(cold) if cold is not None else 0, sid_sizes=run.index.sizes if run.index is not None
                   else [cfg.parallel.codebook_size] * cfg.parallel.digits,
                   world_size=distributed.rank_and_size()[1])
     started = {}
@@ -544,8 +578,9 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
         observe = SIDMonitor(run.text, run.quantizer_codes(), run_dir / "index" / "codes_last_epoch.safetensors",
                              lambda: objective.assignment)
     elif run.parallel:  # every history position is a prediction: windows, not one sample per prefix
-        objective, observe = ParallelObjective(cfg, run.items.codes), None
-        train = sequence_windows(run.dataset.interactions, cfg.data.max_history)
+        trained = torch.from_numpy(run.splits.trained_items(len(run.dataset.catalog)))
+        objective, observe = ParallelObjective(cfg, run.items.codes, trained), None
+        train = sequence_windows(run.dataset.interactions, cfg.data.max_history, run.splits.cold_items)
     else:
         objective, observe = NextTokenObjective(cfg), None
 
@@ -575,10 +610,10 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
         **started,
         "valid": evaluate_split(run, "valid", progress=progress),
         **analysis,
-        "most_popular": {"valid": popularity_metrics(run, "valid"), "test": popularity_metrics(run, "test")},
+        "most_popular": {**popularity_metrics(run, "valid"), **popularity_metrics(run, "test")},
     }
     metrics["eval_seconds"] = time.perf_counter() - start
-    save_test_ranks(run_dir, run.splits.test, ranks, cfg.eval.beam_size)
+    save_test_ranks(run_dir, run.splits.test, ranks, cfg.eval.beam_size, run.splits.new_targets(run.splits.test))
     write_json(run_dir / "metrics.json", metrics)
     log.write(event="done", test=metrics["test"])
     return metrics

@@ -16,12 +16,13 @@ from dataclasses import asdict
 import numpy as np
 
 from gensid.baselines.popularity import MostPopular
-from gensid.baselines.sasrec import SASRec, SASRecConfig, fit, training_sequences
+from gensid.baselines.sasrec import SASRec, SASRecConfig, fit
 from gensid.data import Samples
+from gensid.data.splits import training_sequences
 from gensid.errors import InputError
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
 from gensid.io import write_json
-from gensid.pipeline import Run, save_test_ranks
+from gensid.pipeline import Run, save_test_ranks, subset_metrics
 
 SASREC_DIR = "sasrec"  # inside the run folder: model.safetensors, metrics.json, test_ranks.json
 
@@ -84,15 +85,17 @@ def sasrec_beside(run: Run, minutes: float, progress: bool = True) -> tuple[SASR
         summary = json.loads(done.read_text())
         if summary.get("config") == asdict(cfg):
             return SASRec.load(folder / "model.safetensors"), summary
-    result = fit(training_sequences(run.dataset.interactions), run.splits.valid, len(run.dataset.catalog), cfg,
-                 progress=progress)
+    cold = run.splits.cold_items
+    result = fit(training_sequences(run.dataset.interactions, cold), run.splits.valid, len(run.dataset.catalog), cfg,
+                 progress=progress, cold_items=cold)
     test = run.splits.test
     ranks = rank_of_targets(result.model.rank(test, run.cfg.eval.beam_size), test.targets)
     summary = {"method": "sasrec", "config": asdict(cfg), "epochs": result.epochs, "best_epoch": result.best_epoch,
-               "train_minutes": result.train_minutes, "test": metrics_from_ranks(ranks, run.cfg.eval.ks)}
+               "train_minutes": result.train_minutes, "test": metrics_from_ranks(ranks, run.cfg.eval.ks),
+               **subset_metrics(run, test, ranks, "test")}
     folder.mkdir(parents=True, exist_ok=True)
     result.model.save(folder / "model.safetensors", best_epoch=result.best_epoch)
-    save_test_ranks(folder, test, ranks, run.cfg.eval.beam_size)
+    save_test_ranks(folder, test, ranks, run.cfg.eval.beam_size, run.splits.new_targets(test))
     write_json(done, summary)
     return result.model, summary
 

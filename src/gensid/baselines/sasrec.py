@@ -6,6 +6,11 @@ embeddings over every item. Instead of RecBole's one sample per prefix, each
 user's training sequence is fed once and the loss is taken at every position
 (with a causal mask, position ``t`` sees exactly the prefix ``seq[:t+1]``).
 
+With ``text_items`` an item's embedding is a learned projection of its frozen text vector plus a
+free vector (zero at the start): an item training never saw (a cold-start split's new items) is
+scored by its text, the fair ID-based competitor of semantic IDs on new items. Without it a new
+item keeps its random initial embedding: SASRec cannot rank it.
+
 Sequences are right-aligned inside the model (oldest item at position 0, PAD at
 the end, as in RecBole), so an item's position embedding means the same at
 training and at ranking time. :meth:`SASRec.rank` takes gensid's left-padded
@@ -27,7 +32,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from gensid.data.catalog import Interactions
 from gensid.data.splits import PAD, Samples
 from gensid.errors import RunError
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
@@ -51,6 +55,7 @@ class SASRecConfig:
     max_minutes: float = 45.0
     seed: int = 0
     eval_batch_size: int = 1024
+    text_items: bool = False  # item embedding = projection of its text vector + a free vector (zero at start)
 
 
 class _Block(nn.Module):
@@ -84,17 +89,26 @@ class _Block(nn.Module):
 class SASRec(nn.Module):
     """Self-attentive sequential recommender scoring the whole catalog."""
 
-    def __init__(self, num_items: int, cfg: SASRecConfig | None = None):
+    def __init__(self, num_items: int, cfg: SASRecConfig | None = None, item_text: torch.Tensor | None = None):
+        """``item_text`` [num_items, T]: the frozen item text vectors, needed with ``cfg.text_items``."""
         super().__init__()
         self.cfg = cfg = cfg or SASRecConfig()
         self.num_items = num_items
         # Row ``num_items`` is the PAD embedding; it is never scored.
         self.item_emb = nn.Embedding(num_items + 1, cfg.hidden, padding_idx=num_items)
+        self.text_proj = None
+        if cfg.text_items:
+            if item_text is None or len(item_text) != num_items:
+                raise ValueError(f"SASRec text_items: give the text vectors of the {num_items} items")
+            self.register_buffer("item_text", item_text.float())
+            self.text_proj = nn.Linear(item_text.shape[1], cfg.hidden)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden)
         self.norm = nn.LayerNorm(cfg.hidden, eps=1e-12)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.layers))
         self.apply(self._init)
+        if self.text_proj is not None:  # the free vectors start at zero: an item is its text at first
+            nn.init.zeros_(self.item_emb.weight)
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -109,14 +123,20 @@ class SASRec(nn.Module):
         -> hidden states [B, T, D]; position t summarises items[:, :t+1]."""
         ids = items.masked_fill(items < 0, self.num_items)
         pos = torch.arange(items.shape[1], device=items.device)
-        x = self.drop(self.norm(self.item_emb(ids) + self.pos_emb(pos)))
+        x = self.drop(self.norm(F.embedding(ids, self.item_vectors(), padding_idx=self.num_items) + self.pos_emb(pos)))
         for block in self.blocks:
             x = block(x)
         return x
 
+    def item_vectors(self) -> torch.Tensor:
+        """[num_items + 1, D] every item's embedding (the last row: PAD, zero)."""
+        if self.text_proj is None:
+            return self.item_emb.weight
+        return self.item_emb.weight + F.pad(self.text_proj(self.item_text), (0, 0, 0, 1))
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., D] -> scores over the catalog [..., num_items]."""
-        return hidden @ self.item_emb.weight[: self.num_items].T
+        return hidden @ self.item_vectors()[: self.num_items].T
 
     @torch.no_grad()
     def score(self, histories: np.ndarray) -> torch.Tensor:
@@ -147,7 +167,7 @@ class SASRec(nn.Module):
         tensors, meta = load_tensors(path)
         if not meta or "config" not in meta:
             raise RunError(f"{path}: not a SASRec model (no config in its header)")
-        model = cls(meta["num_items"], SASRecConfig(**meta["config"]))
+        model = cls(meta["num_items"], SASRecConfig(**meta["config"]), tensors.get("item_text"))
         model.load_state_dict(tensors)
         return model.eval()
 
@@ -191,12 +211,6 @@ def align_histories(histories: np.ndarray, max_len: int) -> tuple[np.ndarray, np
     return np.take_along_axis(packed, cols, axis=1), np.minimum(lengths, max_len)
 
 
-def training_sequences(interactions: Interactions) -> list[np.ndarray]:
-    """Each user's items before the validation target (``seq[:-2]``), matching
-    :func:`gensid.data.leave_one_out` (users with < 3 items keep their whole sequence)."""
-    return [s[:-2] if len(s) >= 3 else s for s in interactions.sequences]
-
-
 def make_windows(sequences: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Training sequences -> (inputs [W, max_len], targets [W, max_len]), both right-padded
     with PAD. Every item but a sequence's first is a target exactly once; a sequence
@@ -236,13 +250,19 @@ def evaluate(model: SASRec, samples: Samples, ks: list[int],
 
 def fit(train: list[np.ndarray], valid: Samples, num_items: int,
         cfg: SASRecConfig | None = None, log: JsonlLog | None = None,
-        progress: bool = True) -> FitResult:
+        progress: bool = True, cold_items: np.ndarray | None = None,
+        item_text: torch.Tensor | None = None) -> FitResult:
     """Train on ``train`` (one item sequence per user, oldest first) with Adam and full
     cross-entropy; stop early on validation NDCG@10, after ``patience`` epochs without
-    improvement or when ``max_minutes`` is spent."""
+    improvement or when ``max_minutes`` is spent. ``cold_items`` (a cold-start split's new items,
+    absent from ``train``) are no candidates of the training softmax: they did not exist yet, so
+    nothing moves their embeddings. ``item_text`` [num_items, T]: with ``cfg.text_items``."""
     cfg = cfg or SASRecConfig()
     seed_everything(cfg.seed)
-    model = SASRec(num_items, cfg)
+    model = SASRec(num_items, cfg, item_text)
+    absent = torch.zeros(num_items, dtype=torch.bool)
+    if cold_items is not None:
+        absent[torch.from_numpy(cold_items)] = True
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     x_all, y_all = (torch.from_numpy(a) for a in make_windows(train, cfg.max_len))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -268,7 +288,7 @@ def fit(train: list[np.ndarray], valid: Samples, num_items: int,
             x, y = x_all[idx], y_all[idx]
             hidden = model(x)
             keep = y >= 0  # score only real positions: [M, num_items] instead of [B, T, num_items]
-            loss = F.cross_entropy(model.logits(hidden[keep]), y[keep])
+            loss = F.cross_entropy(model.logits(hidden[keep]).masked_fill(absent, -torch.inf), y[keep])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

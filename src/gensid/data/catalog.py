@@ -79,10 +79,12 @@ def render_text(fields: dict[str, str], text_fields: list[str]) -> str:
 
 @dataclass
 class Interactions:
-    """Per-user item sequences (internal item ids, oldest first)."""
+    """Per-user item sequences (internal item ids, oldest first) and, where the source has them,
+    each interaction's timestamp (aligned with ``sequences``; None for LETTER data)."""
 
     user_ids: list[str]
     sequences: list[np.ndarray]
+    timestamps: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -108,5 +110,7 @@ class Dataset:
         new_id[kept] = np.arange(len(kept))
         catalog = Catalog([self.catalog.item_ids[i] for i in kept], [self.catalog.fields[i] for i in kept],
                           self.catalog.text_fields)
-        inter = Interactions(self.interactions.user_ids[:max_users], [new_id[s] for s in seqs])
+        times = self.interactions.timestamps
+        inter = Interactions(self.interactions.user_ids[:max_users], [new_id[s] for s in seqs],
+                             times[:max_users] if times is not None else None)
         return Dataset(f"{self.name}[:{max_users}]", catalog, inter)

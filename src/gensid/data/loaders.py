@@ -199,10 +199,11 @@ def _group_log(log: pd.DataFrame, catalog: Catalog, path: Path, header_rows: int
     frame = pd.DataFrame({"user": log["user"], "item": item_idx.astype(np.int64), "ts": ts,
                           "row": np.arange(len(log))})
     frame = frame.sort_values(["user", "ts", "row"], kind="stable")
-    users, seqs = [], []
+    users, seqs, times = [], [], []
     for user, group in frame.groupby("user", sort=False):
         users.append(str(user))
         seqs.append(group["item"].to_numpy())
+        times.append(group["ts"].to_numpy(dtype=np.float64))
     if not users:
         raise DataError(f"{path}: no interactions")
-    return Dataset(name, catalog, Interactions(users, seqs))
+    return Dataset(name, catalog, Interactions(users, seqs, times))

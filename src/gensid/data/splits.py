@@ -1,5 +1,12 @@
-"""Leave-one-out: last item is the test target, second-to-last the validation target,
-every prefix of the rest a training sample. Histories keep the last ``max_history`` items."""
+"""Next-item splits. Leave-one-out: last item is the test target, second-to-last the validation
+target, every prefix of the rest a training sample. Histories keep the last ``max_history`` items.
+
+Cold start (:func:`cold_start`): the same targets, but the newest share of the items (by first
+interaction) never reaches training: their interactions are dropped from the training sequences,
+so no training sample has one as its target or in its history. Validation and test samples keep
+the user's real history, new items included (a live service sees them too), and their targets
+include the new items.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +41,15 @@ class LeaveOneOut:
     train: Samples
     valid: Samples
     test: Samples
+    cold_items: np.ndarray | None = None  # cold start: the sorted ids of the items training never saw
+
+    def new_targets(self, samples: Samples) -> np.ndarray | None:
+        """[N] bool: whether each sample's target is a cold item; None without a cold-start split."""
+        return None if self.cold_items is None else np.isin(samples.targets, self.cold_items)
+
+    def trained_items(self, num_items: int) -> np.ndarray:
+        """The ids of the items training may see: every item but the cold ones, sorted."""
+        return np.setdiff1d(np.arange(num_items), self.cold_items if self.cold_items is not None else [])
 
 
 def pack_samples(rows: list[tuple[int, np.ndarray, int]], max_history: int) -> Samples:
@@ -50,29 +66,72 @@ def pack_samples(rows: list[tuple[int, np.ndarray, int]], max_history: int) -> S
     return Samples(hist, targets, users)
 
 
-def leave_one_out(interactions: Interactions, max_history: int = 20) -> LeaveOneOut:
-    """Split every user's sequence; users with fewer than 3 items give training samples only."""
+def training_sequences(interactions: Interactions, cold_items: np.ndarray | None = None) -> list[np.ndarray]:
+    """Each user's items before the validation target (``seq[:-2]``; users with < 3 items keep their
+    whole sequence), without the ``cold_items``: what every model trains on."""
+    train = [seq[:-2] if len(seq) >= 3 else seq for seq in interactions.sequences]
+    if cold_items is None:
+        return train
+    return [seq[~np.isin(seq, cold_items)] for seq in train]
+
+
+def leave_one_out(interactions: Interactions, max_history: int = 20, cold_items: np.ndarray | None = None
+                  ) -> LeaveOneOut:
+    """Split every user's sequence; users with fewer than 3 items give training samples only.
+    ``cold_items``: left out of the training samples (:func:`cold_start`)."""
     train, valid, test = [], [], []
-    for user, seq in enumerate(interactions.sequences):
+    for user, (seq, kept) in enumerate(zip(interactions.sequences, training_sequences(interactions, cold_items),
+                                           strict=True)):
         n = len(seq)
-        cut = n - 2 if n >= 3 else n
-        for t in range(1, cut):
-            train.append((user, seq[:t], seq[t]))
+        for t in range(1, len(kept)):
+            train.append((user, kept[:t], kept[t]))
         if n >= 3:
             valid.append((user, seq[: n - 2], seq[n - 2]))
             test.append((user, seq[: n - 1], seq[n - 1]))
-    return LeaveOneOut(*(pack_samples(rows, max_history) for rows in (train, valid, test)))
+    return LeaveOneOut(*(pack_samples(rows, max_history) for rows in (train, valid, test)), cold_items)
 
 
-def sequence_windows(interactions: Interactions, max_history: int = 20) -> Samples:
-    """The training part of each user's sequence (what :func:`leave_one_out` trains on, ``seq[:-2]``)
+def first_seen_order(interactions: Interactions, num_items: int) -> np.ndarray:
+    """[num_items] item ids, oldest to newest by first interaction; ties by item id (lower first).
+    With timestamps an item's first interaction is its earliest timestamp. Without them (LETTER
+    data: per-user order only) it is measured in the users' own steps: an item is as old as the
+    most interactions any of its users made after it (an item only ever seen last is the newest).
+    Items without interactions count as the newest."""
+    first = np.full(num_items, np.inf)
+    for u, seq in enumerate(interactions.sequences):
+        if interactions.timestamps is not None:
+            when = interactions.timestamps[u]
+        else:
+            when = -(len(seq) - 1 - np.arange(len(seq), dtype=np.float64))  # minus the steps made after it
+        np.minimum.at(first, seq, when)
+    return np.lexsort((np.arange(num_items), first))
+
+
+def cold_start(interactions: Interactions, num_items: int, share: float, max_history: int = 20) -> LeaveOneOut:
+    """Leave-one-out targets with the newest ``share`` of the ``num_items`` items (by
+    :func:`first_seen_order`, at least one, never all) removed from training (the module's docstring)."""
+    count = min(max(round(share * num_items), 1), num_items - 1)
+    cold = np.sort(first_seen_order(interactions, num_items)[num_items - count:])
+    return leave_one_out(interactions, max_history, cold)
+
+
+def next_item_split(interactions: Interactions, num_items: int, max_history: int, split: str = "leave_one_out",
+                    cold_share: float = 0.15) -> LeaveOneOut:
+    """``data.split``: :func:`leave_one_out` or :func:`cold_start` (the newest ``cold_share`` of the items)."""
+    if split == "cold_start":
+        return cold_start(interactions, num_items, cold_share, max_history)
+    return leave_one_out(interactions, max_history)
+
+
+def sequence_windows(interactions: Interactions, max_history: int = 20, cold_items: np.ndarray | None = None
+                     ) -> Samples:
+    """Each user's training sequence (:func:`training_sequences`, what :func:`leave_one_out` trains on)
     cut from its end into windows of ``max_history + 1`` items: history = all but the window's last
     item, target = its last. A model that predicts at every history position (causal) then sees
     every training target exactly once, as the one-sample-per-prefix split does, with one
     encoder pass per window instead of one per target."""
     rows = []
-    for user, seq in enumerate(interactions.sequences):
-        train = seq[:-2] if len(seq) >= 3 else seq
+    for user, train in enumerate(training_sequences(interactions, cold_items)):
         end = len(train)
         while end >= 2:
             start = max(0, end - max_history - 1)

@@ -29,3 +29,11 @@ def metrics_from_ranks(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:
         out[f"hit@{k}"] = float(within.mean())
         out[f"ndcg@{k}"] = float(np.where(within, gains, 0.0).mean())
     return out
+
+
+def new_and_seen(ranks: np.ndarray, new: np.ndarray, ks: list[int]) -> dict[str, dict[str, float]]:
+    """A cold-start split's two subsets: ``{"new": ..., "seen": ...}``, the metrics of the users whose
+    target is a new item (``new`` [B] True) and of the others; a subset without users is left out."""
+    ranks, new = np.asarray(ranks), np.asarray(new, dtype=bool)
+    subsets = {"new": new, "seen": ~new}
+    return {name: metrics_from_ranks(ranks[rows], ks) for name, rows in subsets.items() if rows.any()}

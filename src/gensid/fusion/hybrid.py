@@ -102,7 +102,8 @@ class Hybrid:
         out_dir.mkdir(parents=True, exist_ok=True)
         if test_ranked is not None:
             test = self.run.splits.test
-            save_test_ranks(out_dir, test, rank_of_targets(test_ranked, test.targets), test_ranked.shape[1])
+            save_test_ranks(out_dir, test, rank_of_targets(test_ranked, test.targets), test_ranked.shape[1],
+                            self.run.splits.new_targets(test))
         if isinstance(self.scorer, DenseDualEncoder):
             self.scorer.save(out_dir / "dense.safetensors")
         source = self.scorer_source  # a SASRec folder is kept relative to the hybrid's, as the run is

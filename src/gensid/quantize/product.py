@@ -33,8 +33,9 @@ class ProductQuantizer:
     @classmethod
     def fit(cls, vectors: np.ndarray, digits: int, codebook_size: int = 256, opq: bool = True,
             whiten: bool = False) -> ProductQuantizer:
-        """Train on ``vectors`` [N, T] float32. ``digits`` must divide T (each digit quantizes
-        T / digits dimensions); ``codebook_size`` is a power of two (faiss stores digits as bits)."""
+        """Train on ``vectors`` [N, T] float32 (a cold-start run: the trained items' only). ``digits``
+        must divide T (each digit quantizes T / digits dimensions); ``codebook_size`` is a power of
+        two (faiss stores digits as bits)."""
         dim = vectors.shape[1]
         bits = int(math.log2(codebook_size))
         if 2**bits != codebook_size:

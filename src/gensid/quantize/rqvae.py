@@ -138,18 +138,25 @@ class RQVAE(nn.Module):
         return losses
 
 
-def fit_semantic_ids(vectors: np.ndarray, cfg: QuantizerConfig, seed: int = 0,
-                     progress: bool = True, decay: str = "none") -> tuple[RQVAE, SemanticIDs, dict]:
-    """Fit the tokenizer on item vectors [N, D]; return it, the SIDs and their statistics."""
+def fit_semantic_ids(vectors: np.ndarray, cfg: QuantizerConfig, seed: int = 0, progress: bool = True,
+                     decay: str = "none", fit_items: np.ndarray | None = None) -> tuple[RQVAE, SemanticIDs, dict]:
+    """Fit the tokenizer on item vectors [N, D]; return it, the SIDs and their statistics.
+    ``fit_items``: fit on these rows only (a cold-start split's trained items), then encode every
+    item with the frozen tokenizer, as a live service encodes a new one; the fitted items take the
+    disambiguation codes first, the others the next free ones."""
     torch.manual_seed(seed)
     x = torch.from_numpy(vectors).float()
     model = RQVAE(x.shape[1], cfg, decay)
-    losses = model.fit(x, cfg, seed=seed, progress=progress)
+    losses = model.fit(x if fit_items is None else x[torch.from_numpy(fit_items)], cfg, seed=seed, progress=progress)
     model.eval()
-    sids = SemanticIDs.from_codes(model.encode(x).numpy(), cfg.codebook_sizes)
+    order = None if fit_items is None else np.concatenate([fit_items, np.setdiff1d(np.arange(len(x)), fit_items)])
+    sids = SemanticIDs.from_codes(model.encode(x).numpy(), cfg.codebook_sizes, order)
     stats = sids.stats()
-    too_few_points(len(x), max(cfg.codebook_sizes), f"quantizer.codebook_sizes {cfg.codebook_sizes}",
+    fitted = len(x) if fit_items is None else len(fit_items)
+    too_few_points(fitted, max(cfg.codebook_sizes), f"quantizer.codebook_sizes {cfg.codebook_sizes}",
                    stats["collision_rate"])
     if losses:
         stats["final_loss"] = losses[-1]
+    if fit_items is not None:
+        stats["fitted_items"] = fitted
     return model, sids, stats

@@ -11,7 +11,7 @@ import numpy as np
 class SemanticIDs:
     """``codes`` [N, L+1] int64: L quantizer codes then a disambiguation code.
 
-    Items whose L codes collide get disambiguation codes 0, 1, 2, ... in item-id order;
+    Items whose L codes collide get disambiguation codes 0, 1, 2, ... in item-id order (or a given order);
     ``sizes`` [L+1] is the vocabulary size of each position (the last is the largest
     collision group).
     """
@@ -20,13 +20,16 @@ class SemanticIDs:
     sizes: list[int]
 
     @classmethod
-    def from_codes(cls, codes: np.ndarray, codebook_sizes: list[int]) -> SemanticIDs:
+    def from_codes(cls, codes: np.ndarray, codebook_sizes: list[int], order: np.ndarray | None = None
+                   ) -> SemanticIDs:
+        """``order``: the item ids in the order they take disambiguation codes (default: item-id order)."""
         codes = np.asarray(codes, dtype=np.int64)
         _, group = np.unique(codes, axis=0, return_inverse=True)
         group = group.reshape(-1)
         extra = np.zeros(len(codes), dtype=np.int64)
         seen: dict[int, int] = {}
-        for item, g in enumerate(group):  # item-id order makes the rule deterministic
+        for item in range(len(codes)) if order is None else order:  # a fixed order: a deterministic rule
+            g = group[item]
             extra[item] = seen.get(g, 0)
             seen[g] = extra[item] + 1
         size = int(extra.max()) + 1 if len(extra) else 1

@@ -89,7 +89,8 @@ def run_rows(method: str, variant: str, seed: int, metrics: dict, run_dir: str |
     """The valid and test rows of one finished training run (``metrics``: its metrics.json, whose
     ``commit`` is the code the run started on); the test row also carries hit@10 by
     item-popularity bucket, for the popularity plots. A warm start's train minutes include
-    those of the run it started from."""
+    those of the run it started from. On a cold-start split each row also has ``metrics_new`` and
+    ``metrics_seen``, the metrics of the new-item and the seen-item targets."""
     rows = []
     minutes = total_train_minutes(metrics)
     for split in ("valid", "test"):
@@ -100,6 +101,9 @@ def run_rows(method: str, variant: str, seed: int, metrics: dict, run_dir: str |
             row["commit"] = metrics["commit"]
         if metrics.get("init_from"):
             row["init_from"] = metrics["init_from"]
+        for subset in ("new", "seen"):  # a cold-start split: the new-item and the seen-item targets
+            if f"{split}_{subset}" in metrics:
+                row[f"metrics_{subset}"] = metrics[f"{split}_{subset}"]
         if split == "test" and metrics.get("test_by_popularity"):
             row["test_by_popularity"] = metrics["test_by_popularity"]
         rows.append(row)
