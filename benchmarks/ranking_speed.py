@@ -3,6 +3,7 @@ model's trie-constrained beam search (beam 20) and SASRec's full-catalog matmul,
 
 Same test users, same threads, interleaved (one batch of each in turn), so that a concurrent
 load hits all three alike. Models keep random weights: ranking cost does not depend on training.
+The parallel models score against an item table built once per catalog, as a served run does.
 Architectures are the Beauty presets: ``configs/beauty-parallel-shared.yaml`` (parallel, shared head;
 ``parallel_exact``) and ``configs/beauty-parallel.yaml`` (RPG's digit heads), the default
 two-stage model (RQ-KMeans 3 x 256 + disambiguation code, one token per history item) and
@@ -67,8 +68,14 @@ def rankers(dataset, sids, max_history: int, seed: int) -> dict:
         with torch.no_grad():
             return constrained_beam_search(generative, index, batch.history_codes, batch.history_mask, 20).items
 
-    return {"parallel_exact": lambda s: rank_exact(parallel["shared"], s, digit_items, 20, batch_size=len(s)),
-            "parallel_rpg_heads_exact": lambda s: rank_exact(parallel["rpg"], s, digit_items, 20, batch_size=len(s)),
+    # the item table is built once per catalog, as a served run keeps it (Run.item_table)
+    ids = torch.arange(n)
+    with torch.no_grad():
+        tables = {name: model.item_table(digit_items.codes, ids) for name, model in parallel.items()}
+    return {"parallel_exact": lambda s: rank_exact(parallel["shared"], s, digit_items, 20, batch_size=len(s),
+                                                   table=tables["shared"]),
+            "parallel_rpg_heads_exact": lambda s: rank_exact(parallel["rpg"], s, digit_items, 20, batch_size=len(s),
+                                                             table=tables["rpg"]),
             "two_stage_beam20": beam,
             "sasrec": lambda s: sasrec.rank(s, 20, batch_size=len(s))}
 
