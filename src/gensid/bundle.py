@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from gensid import __version__
-from gensid.config import load_config
+from gensid.config.loading import load_config
 from gensid.data import Catalog, Dataset, Interactions
 from gensid.errors import InputError, RunError
 from gensid.io import load_tensors, seed_everything, write_json

@@ -61,7 +61,7 @@ def train(config: Path = typer.Argument(..., help="a config YAML, e.g. configs/m
                                                "the table; saved in RUN_DIR/sasrec")
           ) -> None:
     """Fit the semantic IDs, train the generative recommender, evaluate on valid and test."""
-    from gensid.config import load_config
+    from gensid.config.loading import load_config
     from gensid.pipeline import load_run, train_run
     from gensid.side_by_side import sasrec_beside, sasrec_label, seen_excluded
     from gensid.train import distributed
@@ -274,7 +274,7 @@ def finetune_text(config: Path = typer.Argument(..., help="experiment YAML whose
 
     import torch
 
-    from gensid.config import load_config
+    from gensid.config.loading import load_config
     from gensid.pipeline import load_task
     from gensid.text.finetune import finetune_text_encoder, training_pairs
 

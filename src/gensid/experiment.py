@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-from gensid.config import load_config
+from gensid.config.loading import load_config
 from gensid.errors import ConfigError
 from gensid.io import JsonlLog, write_json, write_text
 from gensid.pipeline import train_run

@@ -28,7 +28,7 @@ import jinja2
 import numpy as np
 
 from gensid.bundle import is_bundle, load_bundle
-from gensid.config import ExperimentConfig
+from gensid.config.sections import ExperimentConfig
 from gensid.data import Catalog, LeaveOneOut
 from gensid.errors import InputError
 from gensid.eval.analysis import popularity_buckets, sid_drift
