@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import gensid.bundle
 import gensid.data.loaders
 import gensid.data.movielens
-import gensid.pipeline
+import gensid.prepare
 from conftest import tiny_ml100k
 from gensid.bundle import VERSION, export_bundle, load_bundle
 from gensid.cli import app as cli_app
@@ -48,8 +48,8 @@ def unreachable(*args, **kwargs):
 @pytest.fixture
 def no_data(monkeypatch):
     """Every way to the raw data (and to building splits) fails from here on."""
-    for module, name in ((gensid.pipeline, "load_dataset"), (gensid.pipeline, "load_search_log"),
-                         (gensid.pipeline, "next_item_split"), (gensid.data.loaders, "load_dataset"),
+    for module, name in ((gensid.prepare, "load_dataset"), (gensid.prepare, "load_search_log"),
+                         (gensid.prepare, "next_item_split"), (gensid.data.loaders, "load_dataset"),
                          (gensid.data.movielens, "movielens_100k_dir")):
         monkeypatch.setattr(module, name, unreachable)
 
@@ -199,7 +199,7 @@ def test_gensid_serve_refuses_another_bundle_version_in_one_line(trained, tmp_pa
 
 def test_serving_a_run_folder_builds_no_data_split(trained, tmp_path, monkeypatch):
     run_dir = shutil.copytree(trained["two_stage"], tmp_path / "run")
-    monkeypatch.setattr(gensid.pipeline, "next_item_split", unreachable)
+    monkeypatch.setattr(gensid.prepare, "next_item_split", unreachable)
     with TestClient(create_app(run_dir)) as c:
         assert c.app.state.service.run.splits is None
         assert len(served(c, c.app.state.service.run.dataset.catalog.item_ids[:3])) == 10

@@ -1,7 +1,7 @@
 """A servable bundle: one folder with everything inference needs, and no data.
 
 ``gensid export RUN_DIR OUT_DIR`` (:func:`export_bundle`) writes it; :func:`load_bundle` builds the
-run's :class:`~gensid.pipeline.Run` from it without the raw data (no splits, no interactions: the
+run's :class:`~gensid.run.Run` from it without the raw data (no splits, no interactions: the
 catalog comes from the item table). ``gensid serve``, ``gensid recommend`` and
 :func:`gensid.live.load_run_with_added_items` take a bundle wherever they take a run folder.
 
@@ -37,11 +37,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from gensid import __version__
-from gensid.config import load_config
+from gensid.config.loading import load_config
 from gensid.data import Catalog, Dataset, Interactions
 from gensid.errors import InputError, RunError
 from gensid.io import load_tensors, seed_everything, write_json
-from gensid.pipeline import Run, assemble, load_run, load_task, run_config, run_files, with_weights
+from gensid.prepare import assemble, load_run, load_task
+from gensid.run import Run, run_config, run_files, with_weights
 
 BUNDLE_FILE = "bundle.json"
 ITEMS_FILE = "items.jsonl"

@@ -61,10 +61,11 @@ def train(config: Path = typer.Argument(..., help="a config YAML, e.g. configs/m
                                                "the table; saved in RUN_DIR/sasrec")
           ) -> None:
     """Fit the semantic IDs, train the generative recommender, evaluate on valid and test."""
-    from gensid.config import load_config
-    from gensid.pipeline import load_run, train_run
+    from gensid.config.loading import load_config
+    from gensid.prepare import load_run
     from gensid.side_by_side import sasrec_beside, sasrec_label, seen_excluded
     from gensid.train import distributed
+    from gensid.training import train_run
 
     cfg = load_config(config, set_)
     if sasrec_minutes and cfg.data.task != "rec":
@@ -113,7 +114,8 @@ def train(config: Path = typer.Argument(..., help="a config YAML, e.g. configs/m
 @app.command()
 def evaluate(run_dir: Path, split: str = typer.Option("test", help="valid or test")) -> None:
     """Re-evaluate a trained run on a split and print its metrics."""
-    from gensid.pipeline import evaluate_split, load_run
+    from gensid.evaluation import evaluate_split
+    from gensid.prepare import load_run
 
     if split not in ("valid", "test"):
         raise InputError(f"--split {split!r}: expected valid or test")
@@ -180,7 +182,7 @@ def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="interface t
 
     from gensid.bundle import check_bundle, is_bundle
     from gensid.fusion.hybrid import hybrid_run_dir
-    from gensid.pipeline import load_run
+    from gensid.prepare import load_run
     from gensid.serve import create_app
     from gensid.serve.guard import check_exposure
 
@@ -240,7 +242,7 @@ def hybrid(run_dir: Path, out: Path = typer.Option(..., help="folder for the hyb
     import torch
 
     from gensid.fusion.hybrid import fit_hybrid, test_comparison
-    from gensid.pipeline import load_run
+    from gensid.prepare import load_run
 
     try:
         chosen = [float(w) for w in weights.split(",") if w.strip()] or None
@@ -274,8 +276,8 @@ def finetune_text(config: Path = typer.Argument(..., help="experiment YAML whose
 
     import torch
 
-    from gensid.config import load_config
-    from gensid.pipeline import load_task
+    from gensid.config.loading import load_config
+    from gensid.prepare import load_task
     from gensid.text.finetune import finetune_text_encoder, training_pairs
 
     cfg = load_config(config, set_)

@@ -12,15 +12,10 @@ import numpy as np
 from gensid.errors import InputError, RunError
 from gensid.eval.analysis import popularity_buckets
 from gensid.eval.significance import compare_ranks, parse_metric
+from gensid.evaluation import save_test_ranks, split_digest, training_popularity
 from gensid.fusion.hybrid import hybrid_run_dir
-from gensid.pipeline import (
-    load_run,
-    load_task,
-    run_config,
-    save_test_ranks,
-    split_digest,
-    training_popularity,
-)
+from gensid.prepare import load_run, load_task
+from gensid.run import run_config
 
 
 def load_test_ranks(run_dir: str | Path, progress: bool = False) -> tuple[np.ndarray, str, int]:

@@ -31,10 +31,9 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-from gensid.config import load_config
+from gensid.config.loading import load_config
 from gensid.errors import ConfigError
 from gensid.io import JsonlLog, write_json, write_text
-from gensid.pipeline import train_run
 from gensid.report import plots
 from gensid.report.results import (
     epochs_cell,
@@ -44,6 +43,7 @@ from gensid.report.results import (
     total_train_minutes,
     upsert_rows,
 )
+from gensid.training import train_run
 
 console = Console()
 REC_COLUMNS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]

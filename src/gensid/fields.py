@@ -1,4 +1,4 @@
-"""Field types shared by the config sections (:mod:`gensid.config`) and the methods' settings
+"""Field types shared by the config sections (:mod:`gensid.config.sections`) and the methods' settings
 (:mod:`gensid.methods`)."""
 
 from __future__ import annotations

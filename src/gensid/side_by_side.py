@@ -21,8 +21,9 @@ from gensid.data import Samples
 from gensid.data.splits import training_sequences
 from gensid.errors import InputError
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
+from gensid.evaluation import save_test_ranks, subset_metrics
 from gensid.io import write_json
-from gensid.pipeline import Run, save_test_ranks, subset_metrics
+from gensid.run import Run
 
 SASREC_DIR = "sasrec"  # inside the run folder: model.safetensors, metrics.json, test_ranks.json
 

@@ -24,9 +24,11 @@ from gensid.baselines.sasrec import SASRec
 from gensid.data.splits import Samples
 from gensid.errors import InputError, RunError
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
+from gensid.evaluation import save_test_ranks
 from gensid.fusion.mixture import fused_rankings
 from gensid.io import write_json
-from gensid.pipeline import Run, load_run, save_test_ranks
+from gensid.prepare import load_run
+from gensid.run import Run
 
 HYBRID_FILE = "hybrid.json"
 

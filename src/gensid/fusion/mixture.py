@@ -32,7 +32,7 @@ from gensid.data.splits import Samples
 from gensid.eval.evaluate import evaluation_batches
 from gensid.index.beam import BeamResult, constrained_beam_search
 from gensid.index.sid_index import SIDIndex
-from gensid.pipeline import Run
+from gensid.run import Run
 
 
 def generative_log_probs(index: SIDIndex, result: BeamResult) -> torch.Tensor:

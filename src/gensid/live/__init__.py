@@ -5,8 +5,8 @@ The service (:mod:`gensid.serve`) adds items over HTTP and writes them to
 recommend``, Python's :func:`load_run_with_added_items`) replays that store, so an item added
 over HTTP is known everywhere. Evaluation (``gensid evaluate``, ``load_run``) keeps the trained
 catalog: the published protocol ranks the catalog the model was trained and tested on.
-This package sits beside :mod:`gensid.pipeline` (it imports the pipeline and :mod:`gensid.bundle`;
-neither imports it at load, nor :mod:`gensid.serve`).
+This package sits beside the run modules (it imports :mod:`gensid.run`, :mod:`gensid.prepare` and
+:mod:`gensid.bundle`; none of them imports it at load, nor :mod:`gensid.serve`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from gensid.bundle import load_servable
 from gensid.live.adder import ItemAdder
 from gensid.live.store import STORE_FILE, AddedItem, ItemStore, stored_items
-from gensid.pipeline import Run
+from gensid.run import Run
 
 __all__ = ["STORE_FILE", "AddedItem", "ItemAdder", "ItemStore", "load_run_with_added_items",
            "replay", "stored_items"]

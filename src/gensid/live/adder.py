@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from gensid.errors import InputError
-from gensid.pipeline import Run, tokenizer_and_sids
+from gensid.prepare import tokenizer_and_sids
 from gensid.quantize import RQVAE
 from gensid.quantize.product import ProductQuantizer
+from gensid.run import Run
 from gensid.train import ItemFeatures
 from gensid.train.objectives import item_snapshot
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gensid.config import ModelConfig, ParallelConfig
+from gensid.config.sections import ModelConfig, ParallelConfig
 from gensid.errors import ConfigError
 
 HISTORY_INPUTS = ("codes", "codes+text")

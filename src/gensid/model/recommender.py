@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gensid.config import ModelConfig
+from gensid.config.sections import ModelConfig
 from gensid.errors import ConfigError, InputError
 from gensid.quantize.residual import ResidualQuantizer
 from gensid.quantize.rqvae import RQVAE

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:  # gensid.config imports the methods, which import this package
-    from gensid.config import QuantizerConfig
+    from gensid.config.sections import QuantizerConfig
 
 from gensid.errors import ConfigError
 from gensid.quantize.assign import Assignment

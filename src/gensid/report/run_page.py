@@ -28,15 +28,17 @@ import jinja2
 import numpy as np
 
 from gensid.bundle import is_bundle, load_bundle
-from gensid.config import ExperimentConfig
+from gensid.config.sections import ExperimentConfig
 from gensid.data import Catalog, LeaveOneOut
 from gensid.errors import InputError
 from gensid.eval.analysis import popularity_buckets, sid_drift
+from gensid.evaluation import split_digest, training_popularity
 from gensid.io import JsonlLog, atomic_write, load_tensors
-from gensid.pipeline import Run, load_run, load_task, run_config, split_digest, training_popularity
+from gensid.prepare import load_run, load_task
 from gensid.quantize.product import ProductQuantizer
 from gensid.quantize.sids import code_usage, collision_rate
 from gensid.report import plots
+from gensid.run import Run, run_config
 from gensid.side_by_side import subset
 
 TITLES_PER_NODE = 3  # example titles shown on a tree node or digit value

@@ -34,7 +34,7 @@ from gensid.fusion import Hybrid
 from gensid.fusion.hybrid import hybrid_run_dir
 from gensid.live import ItemAdder, ItemStore, replay
 from gensid.live.store import STORE_FILE, AddedItem
-from gensid.pipeline import Run, top_k
+from gensid.run import Run, top_k
 from gensid.serve.batcher import MicroBatcher, Overloaded
 from gensid.serve.guard import BodyLimit, Shed, bearer_check, preview, preview_ids, validation_error
 from gensid.serve.metrics import CONTENT_TYPE, RequestMetrics, ServiceMetrics

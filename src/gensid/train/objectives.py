@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from gensid.config import ExperimentConfig
+from gensid.config.sections import ExperimentConfig
 from gensid.methods import JointMethod
 from gensid.model.parallel import ParallelSIDRecommender
 from gensid.model.recommender import GenerativeRecommender

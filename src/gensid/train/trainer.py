@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gensid.config import TrainConfig
+from gensid.config.sections import TrainConfig
 from gensid.data.splits import Samples
 from gensid.io import JsonlLog, load_tensors, save_tensors
 from gensid.model.recommender import GenerativeRecommender
