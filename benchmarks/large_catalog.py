@@ -39,24 +39,21 @@ from gensid.report.results import git_commit  # noqa: E402
 K = 10
 
 
-def catalog_vectors(run, size: int, seed: int) -> torch.Tensor:
+def catalog_vectors(run, size: int, seed: int, chunk: int = 100_000) -> torch.Tensor:
     """Item vectors [size, d]: the run's real items, then synthetic ones (digits drawn per digit
-    from the real items' code frequencies, no item-id vector)."""
+    from the real items' code frequencies, no item-id vector), ``chunk`` at a time."""
     model, codes = run.model, run.items.codes
+    unknown = len(codes)  # an id past the trained items: no free vector, as for an added item
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.stack([torch.bincount(codes[:, j], minlength=model.codebook_size)
+                          for j in range(model.digits)]).float()  # [m, K]
     with torch.no_grad():
-        real = model.item_vectors(codes, torch.arange(len(codes)))
-        extra = size - len(codes)
-        if extra <= 0:
-            return real[:size]
-        g = torch.Generator().manual_seed(seed)
-        counts = torch.stack([torch.bincount(codes[:, j], minlength=model.codebook_size)
-                              for j in range(model.digits)]).float()  # [m, K]
-        drawn = torch.cat([torch.multinomial(counts, min(extra - s, 100_000), replacement=True, generator=g).T
-                           for s in range(0, extra, 100_000)])  # [extra, m]
-        synthetic = torch.cat([model.item_vectors(drawn[s:s + 100_000], torch.full((min(100_000, extra - s),),
-                                                                                   len(codes)))
-                               for s in range(0, extra, 100_000)])
-    return torch.cat([real, synthetic])
+        parts = [model.item_vectors(codes, torch.arange(len(codes)))[:size]]
+        for start in range(len(codes), size, chunk):
+            n = min(chunk, size - start)
+            drawn = torch.multinomial(counts, n, replacement=True, generator=g).T  # [n, m]
+            parts.append(model.item_vectors(drawn, torch.full((n,), unknown)))
+    return torch.cat(parts)
 
 
 def user_states(run, users: int) -> torch.Tensor:

@@ -4,7 +4,6 @@ several seeds paired up; optionally within each item-popularity bucket of the ta
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import numpy as np
 from gensid.errors import InputError, RunError
 from gensid.eval.analysis import popularity_buckets
 from gensid.eval.significance import compare_ranks, parse_metric
-from gensid.evaluation import save_test_ranks, split_digest, training_popularity
+from gensid.evaluation import read_test_ranks, save_test_ranks, split_digest, training_popularity
 from gensid.fusion.hybrid import hybrid_run_dir
 from gensid.prepare import load_run, load_task
 from gensid.run import run_config
@@ -21,14 +20,14 @@ from gensid.run import run_config
 def load_test_ranks(run_dir: str | Path, progress: bool = False) -> tuple[np.ndarray, str, int]:
     """(ranks [N], test-split digest, ranked-list depth) of a run's test users, from its
     ``test_ranks.json``; a run without that file is loaded and ranked once, and the file written."""
-    path = Path(run_dir) / "test_ranks.json"
-    if not path.exists():
+    saved = read_test_ranks(run_dir)
+    if saved is None:
         run = load_run(run_dir)
         test = run.splits.test
         save_test_ranks(run_dir, test, run.target_ranks(test, run.split_queries("test"), progress),
                         run.cfg.eval.beam_size)
-    saved = json.loads(path.read_text())
-    return np.asarray(saved["ranks"], dtype=np.int64), saved["test_users"], saved["depth"]
+        saved = read_test_ranks(run_dir)
+    return saved["ranks"], saved["test_users"], saved["depth"]
 
 
 def target_popularity_buckets(run_dirs: list[str], digest: str) -> np.ndarray:
@@ -50,10 +49,9 @@ def target_popularity_buckets(run_dirs: list[str], digest: str) -> np.ndarray:
 def subset_users(run_dir: str | Path, subset: str) -> np.ndarray:
     """[N] bool: the test users of ``subset`` (``new``: whose target is a new item of a cold-start
     split; ``seen``: the others), from the run's ``test_ranks.json``."""
-    path = Path(run_dir) / "test_ranks.json"
-    saved = json.loads(path.read_text())
+    saved = read_test_ranks(run_dir)
     if "new_targets" not in saved:
-        raise InputError(f"{path}: --subset {subset} needs a run on a cold-start split (data.split cold_start)")
+        raise InputError(f"{Path(run_dir) / 'test_ranks.json'}: --subset {subset} needs a run on a cold-start split (data.split cold_start)")
     new = np.zeros(len(saved["ranks"]), dtype=bool)
     new[saved["new_targets"]] = True
     return new if subset == "new" else ~new

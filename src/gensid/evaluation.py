@@ -113,3 +113,14 @@ def save_test_ranks(run_dir: str | Path, test: Samples, ranks: np.ndarray, depth
         saved["new_targets"] = np.flatnonzero(new_targets).tolist()
     # one line, not write_json's one number per line: the files are committed with the runs
     write_text(Path(run_dir) / "test_ranks.json", json.dumps(saved, separators=(",", ":")) + "\n")
+
+
+def read_test_ranks(run_dir: str | Path) -> dict | None:
+    """What :func:`save_test_ranks` wrote (``ranks`` as an int64 array [N]), or None when the run
+    has no ``test_ranks.json``."""
+    path = Path(run_dir) / "test_ranks.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    saved["ranks"] = np.asarray(saved["ranks"], dtype=np.int64)
+    return saved

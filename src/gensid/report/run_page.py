@@ -32,7 +32,7 @@ from gensid.config.sections import ExperimentConfig
 from gensid.data import Catalog, LeaveOneOut
 from gensid.errors import InputError
 from gensid.eval.analysis import popularity_buckets, sid_drift
-from gensid.evaluation import split_digest, training_popularity
+from gensid.evaluation import read_test_ranks, split_digest, training_popularity
 from gensid.io import JsonlLog, atomic_write, load_tensors
 from gensid.prepare import load_run, load_task
 from gensid.quantize.product import ProductQuantizer
@@ -235,15 +235,6 @@ def short(text: str) -> str:
     return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
 
 
-def saved_test_ranks(folder: Path) -> tuple[np.ndarray, str] | None:
-    """(ranks [N], test-split digest) from ``folder/test_ranks.json``, or None when absent."""
-    path = folder / "test_ranks.json"
-    if not path.exists():
-        return None
-    saved = json.loads(path.read_text())
-    return np.asarray(saved["ranks"], dtype=np.int64), saved["test_users"]
-
-
 def headline(s: Subject, against: Path | None) -> dict:
     """The metrics table (this run, its baselines, ``against``), training curve and summary."""
     ks = s.cfg.eval.ks
@@ -355,17 +346,17 @@ def popularity_section(s: Subject, against: Path | None) -> dict:
         return {"note": "give --against SASREC_RUN_DIR to compare hit@10 per popularity bucket with SASRec"}
     if s.splits is None:
         return {"note": "a bundle holds no interactions: the popularity buckets need the run folder and its data"}
-    own, theirs = saved_test_ranks(s.folder), saved_test_ranks(against)
+    own, theirs = read_test_ranks(s.folder), read_test_ranks(against)
     if own is None or theirs is None:
         missing = s.folder if own is None else against
         return {"note": f"{missing} has no test_ranks.json"}
-    digest = split_digest(s.splits.test)
-    if own[1] != digest or theirs[1] != digest:
+    digest = split_digest(s.splits.test, s.splits.new_targets(s.splits.test))
+    if own["test_users"] != digest or theirs["test_users"] != digest:
         raise InputError(f"--against {against}: ranked on other test users than {s.folder} "
                          "(another data set or split); give a SASRec run of the same data")
     bucket = popularity_buckets(training_popularity(s.splits, len(s.catalog)))[s.splits.test.targets]
     name = against.name
-    rows = hits_by_bucket({"run": own[0], "against": theirs[0]}, bucket)
+    rows = hits_by_bucket({"run": own["ranks"], "against": theirs["ranks"]}, bucket)
     plot = png(lambda b: plots.buckets({"this run": [r["run"] for r in rows], name: [r["against"] for r in rows]},
                                        "test hit@10", "hit@10 by the target's popularity", b))
     return {"rows": rows, "against": name, "plot": plot}
@@ -380,8 +371,8 @@ def examples_section(s: Subject) -> dict:
     if s.cfg.data.task != "rec":
         return {"note": "example users are shown for recommendation runs"}
     test = s.splits.test
-    saved = saved_test_ranks(s.folder)
-    ranks = saved[0] if saved is not None and len(saved[0]) == len(test) else s.run.target_ranks(test)
+    saved = read_test_ranks(s.folder)
+    ranks = saved["ranks"] if saved is not None and len(saved["ranks"]) == len(test) else s.run.target_ranks(test)
     rows = example_rows(ranks)
     ranked = s.run.rank(subset(test, rows), beam_size=max(10, s.cfg.eval.beam_size))
     users = []
