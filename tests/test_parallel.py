@@ -85,10 +85,18 @@ def test_causal_and_independent_of_left_padding():
     assert torch.allclose(model.encode(padded, mask)[0, -1], alone, atol=1e-5)
 
 
-def test_text_input_changes_the_item_tokens():
+def test_text_input_changes_the_item_tokens_and_the_shared_heads_scores():
     model = small_model("codes+text", text_dim=12)
     codes, text = torch.randint(0, K, (2, 3, M)), torch.randn(2, 3, 12)
-    assert not torch.allclose(model.embed_items(codes, text), model.embed_items(codes, torch.zeros_like(text)))
+    assert not torch.allclose(model.item_vectors(codes, text=text), model.item_vectors(codes, text=torch.zeros_like(text)))
+    with pytest.raises(ValueError, match="text vectors"):
+        model.item_vectors(codes)
+    shared = small_model("codes+text", text_dim=12, head="shared")
+    codes, text, states = torch.randint(0, K, (5, M)), torch.randn(5, 12), torch.randn(3, 32)
+    digits_only = shared.digit_embeddings(codes + shared.offsets).mean(1)
+    # tied: an item's score is the dot product with its history token, text projection included
+    assert torch.allclose(shared.catalog_scores(states, shared.item_table(codes, None, text)),
+                          states @ (digits_only + shared.text_proj(text)).T, atol=1e-6)
     with pytest.raises(ConfigError, match="history_input"):
         small_model("quantized")
 
@@ -189,6 +197,33 @@ def test_item_ids_add_a_free_vector_that_an_added_item_lacks():
     states = torch.randn(3, 32)
     assert torch.allclose(model.catalog_scores(states, model.item_table(codes, items)),
                           states @ model.item_vectors(codes, items).T)
+
+
+def test_item_dropout_trains_a_stand_in_that_new_and_added_items_get():
+    cfg = ModelConfig(d_model=32, n_heads=4, encoder_layers=1, d_ff=64, dropout=0.0)
+    with pytest.raises(ValueError, match="item_dropout"):
+        ParallelConfig(head="shared", item_dropout=0.5)  # no free vectors to drop
+    parallel = ParallelConfig(head="shared", item_ids=True, item_dropout=0.5)
+    trained = torch.tensor([True, True, True, False, True])  # item 3: a cold-start split's new item
+    model = ParallelSIDRecommender(M, K, cfg, parallel, 6, num_items=5, trained_items=trained)
+    with torch.no_grad():
+        model.item_embeddings.weight.copy_(torch.arange(5.0)[:, None].expand(5, 32) + 1)
+        model.unknown_item.fill_(-1.0)
+    items = torch.tensor([0, 1, 2, 3, 4, 7])  # 7: added while serving
+    own = model.eval().own_vectors(items)[:, 0]
+    assert own.tolist() == [1.0, 2.0, 3.0, -1.0, 5.0, -1.0]  # new and added items: the stand-in
+    drawn = model.train().own_vectors(torch.zeros(4000, dtype=torch.long))[:, 0]  # item 0, 4000 times
+    assert set(drawn.unique().tolist()) == {1.0, -1.0} and abs((drawn == -1).float().mean() - 0.5) < 0.05
+    codes = torch.randint(0, K, (5, M))
+    hidden = torch.randn(8, 32)
+    targets = torch.tensor([0, 1, 2, 4, 0, 1, 2, 4])
+    loss = model.item_loss(hidden, None, targets, codes[targets], torch.arange(5), codes)
+    loss.backward()
+    assert model.unknown_item.grad is not None and model.unknown_item.grad.abs().sum() > 0
+    state = model.state_dict()  # which items have a free vector travels with the weights (a bundle)
+    loaded = ParallelSIDRecommender(M, K, cfg, parallel, 6, num_items=5)
+    loaded.load_state_dict(state)
+    assert torch.equal(loaded.has_vector, trained)
 
 
 def test_a_runs_item_table_is_kept_and_grown_with_added_items_until_its_weights_change(rng):

@@ -123,8 +123,13 @@ def assemble(cfg: ExperimentConfig, run_dir: Path, dataset: Dataset, splits: Lea
     if method.family == "parallel":
         codes = product_codes(cfg, text, run_dir, fit_items)
         p = cfg.parallel
+        trained = None  # a cold-start split's new items have no free vector (parallel.item_dropout)
+        if fit_items is not None:
+            trained = torch.zeros(len(text), dtype=torch.bool)
+            trained[torch.from_numpy(fit_items)] = True
         model = ParallelSIDRecommender(p.digits, p.codebook_size, cfg.model, p, cfg.data.max_history,
-                                       text.shape[1] if uses_text else None, num_items=len(dataset.catalog))
+                                       text.shape[1] if uses_text else None, num_items=len(dataset.catalog),
+                                       trained_items=trained)
         items = ItemFeatures(torch.from_numpy(codes), text if uses_text else None)
         return Run(cfg, run_dir, dataset, splits, text, None, items, model, queries)
     tokenizer, sids = tokenizer_and_sids(cfg, text, run_dir, progress, fit_items)

@@ -84,7 +84,8 @@ class Run:
             if not (len(codes) >= start and torch.equal(codes[:start], items.codes)):  # not only appended to
                 start, kept = 0, None
         with torch.no_grad():
-            rows = self.model.item_table(codes[start:], torch.arange(start, len(codes)))
+            text = self.items.text[start:] if self.items.text is not None else None
+            rows = self.model.item_table(codes[start:], torch.arange(start, len(codes)), text)
         table = rows if kept is None else torch.cat([kept, rows])
         self.kept_table = (self.items, versions, table)
         return table

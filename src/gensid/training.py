@@ -91,7 +91,7 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
                              lambda: objective.assignment)
     elif run.parallel:  # every history position is a prediction: windows, not one sample per prefix
         trained = torch.from_numpy(run.splits.trained_items(len(run.dataset.catalog)))
-        objective, observe = ParallelObjective(cfg, run.items.codes, trained), None
+        objective, observe = ParallelObjective(cfg, run.items, trained), None
         train = sequence_windows(run.dataset.interactions, cfg.data.max_history, run.splits.cold_items)
     else:
         objective, observe = NextTokenObjective(cfg), None

@@ -119,6 +119,11 @@ class ParallelConfig(Section):
                            "(zero at the start) added to the mean of its digit embeddings, in its history "
                            "token and its score; an item added after training has none and is scored by its "
                            "digits alone. Off: the digits are all an item is (a pure semantic-ID model)")
+    item_dropout: Float = Field(0.0, ge=0, lt=1, description="`item_ids`: the rate at which training scores "
+                                "an item (in a history and as a candidate) without its free vector, with one "
+                                "learned stand-in vector instead, which every item without a free vector (new "
+                                "in a cold-start split, or added while serving) then gets: trains the model to "
+                                "rank items by their digits, as it must rank a new item (DropoutNet's idea)")
     embedding_dropout: Float = Field(0.5, ge=0, lt=1, description="on the history tokens")
     attention_dropout: Float = Field(0.5, ge=0, lt=1, description="on the attention weights")
 
@@ -128,6 +133,8 @@ class ParallelConfig(Section):
             raise Problem("codebook_size", f"{self.codebook_size} is not a power of two, e.g. 256")
         if self.item_ids and self.head != "shared":
             raise Problem("item_ids", "needs parallel.head shared (RPG's digit heads score digits only)")
+        if self.item_dropout and not self.item_ids:
+            raise Problem("item_dropout", "drops the free item vectors of parallel.item_ids, which is off")
         return self
 
 

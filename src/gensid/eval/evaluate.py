@@ -53,7 +53,7 @@ def rank_exact(model: ParallelSIDRecommender, samples: Samples, items: ItemFeatu
     (built here otherwise)."""
     model.eval()
     if table is None:
-        table = model.item_table(items.codes, torch.arange(len(items.codes)))
+        table = model.item_table(items.codes, torch.arange(len(items.codes)), items.text)
     ranked = np.full((len(samples), k), -1, dtype=np.int64)
     for rows, batch in evaluation_batches(samples, items, batch_size=batch_size, desc="full ranking",
                                           progress=progress):

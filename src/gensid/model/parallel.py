@@ -15,8 +15,11 @@ N catalog items.
     start) turns the hidden state into m states; digit j's logits are
     ``cos(state_j, E_j) / temperature``.
   - ``shared``: the hidden state itself, ``h . E_j``. An item's mean digit logit is then its dot
-    product with the mean of its digit embeddings, i.e. with its own history token: SASRec's tied
-    item embedding, made of the item's digits (as VQ-Rec builds it), which a new item has too.
+    product with the mean of its digit embeddings. Its ranking score is the dot product with its
+    own history token (:meth:`ParallelSIDRecommender.item_vectors`): SASRec's tied item embedding,
+    made of the item's digits (as VQ-Rec builds it), which a new item has too, plus, as
+    configured, a projection of its text vector and a free per-item vector (``parallel.item_ids``;
+    ``item_dropout`` trains a stand-in for the items that have none).
 - An item's score is the sum of its digits' log-probabilities. That is exact for every
   item of the catalog at once: a gather and a sum over the [B, m, K] table
   (:func:`score_items`), no beam search, no search error.
@@ -61,7 +64,10 @@ class CausalBlock(nn.Module):
 
 class ParallelSIDRecommender(nn.Module):
     def __init__(self, digits: int, codebook_size: int, cfg: ModelConfig, parallel: ParallelConfig,
-                 max_history: int, text_dim: int | None = None, num_items: int = 0):
+                 max_history: int, text_dim: int | None = None, num_items: int = 0,
+                 trained_items: torch.Tensor | None = None):
+        """``num_items``: the catalog's size at training time (``parallel.item_ids``); ``trained_items``
+        [num_items] bool: which of them training may see (default all; a cold-start split's new items not)."""
         super().__init__()
         if cfg.history_input not in HISTORY_INPUTS:
             raise ConfigError(f"model.history_input {cfg.history_input!r}: the parallel model takes one of "
@@ -93,32 +99,50 @@ class ParallelSIDRecommender(nn.Module):
             if not num_items:
                 raise ConfigError("parallel.item_ids needs the number of trained items")
             nn.init.zeros_(self.item_embeddings.weight)
+        # parallel.item_dropout: training scores an item without its free vector at this rate, and with a
+        # learned stand-in instead, the vector every item without one (new, or added later) then gets
+        self.item_dropout = parallel.item_dropout
+        if self.item_dropout:
+            self.unknown_item = nn.Parameter(torch.zeros(d))
+            trained = torch.ones(num_items, dtype=torch.bool) if trained_items is None else trained_items
+            self.register_buffer("has_vector", trained.clone())
         if self.head == "digits":  # the digit heads start as the identity (RPG's zero-initialised residual blocks)
             self.head_weight = nn.Parameter(torch.zeros(d, digits, d))  # [d_in, m, d_out]
             self.head_bias = nn.Parameter(torch.zeros(digits, d))
 
-    def item_vectors(self, codes: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """codes [..., m] (item ids [...]) -> [..., d]: the mean of the item's digit embeddings, plus its
-        own vector with ``parallel.item_ids`` (zero for an item added after training)."""
+    def item_vectors(self, codes: torch.Tensor, items: torch.Tensor | None = None,
+                     text: torch.Tensor | None = None) -> torch.Tensor:
+        """codes [..., m] (item ids [...], text vectors [..., T]) -> [..., d]: an item's history token,
+        and with head ``shared`` also what its score is the dot product with. The mean of the item's
+        digit embeddings, plus its own vector with ``parallel.item_ids`` (:meth:`own_vectors`), plus a
+        projection of its text vector with ``history_input codes+text``."""
         # one embedding_bag: no [..., m, d] tensor of gathered rows (12,101 items x 32 digits x d)
         rows = (codes + self.offsets).reshape(-1, self.digits)
         vectors = F.embedding_bag(rows, self.digit_embeddings.weight, mode="mean").view(*codes.shape[:-1], -1)
         if self.item_embeddings is not None:
             if items is None:
                 raise ValueError("parallel.item_ids: give the item ids with their codes")
-            known = items < self.item_embeddings.num_embeddings
-            own = self.item_embeddings(items.clamp(min=0, max=self.item_embeddings.num_embeddings - 1))
-            vectors = vectors + own * known.unsqueeze(-1)
+            vectors = vectors + self.own_vectors(items)
+        if self.text_proj is not None:
+            if text is None:
+                raise ValueError("model.history_input codes+text: give the items' text vectors with their codes")
+            vectors = vectors + self.text_proj(text)
         return vectors
 
-    def embed_items(self, codes: torch.Tensor, text: torch.Tensor | None = None,
-                    items: torch.Tensor | None = None) -> torch.Tensor:
-        """codes [..., m] (text [..., T], item ids [...]) -> history tokens [..., d]: the item vector
-        (:meth:`item_vectors`), plus a projection of its text vector with ``history_input codes+text``."""
-        tokens = self.item_vectors(codes, items)
-        if self.text_proj is not None:
-            tokens = tokens + self.text_proj(text)
-        return tokens
+    def own_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """item ids [...] -> their free vectors [..., d] (``parallel.item_ids``). An item without one
+        (added after training; with ``item_dropout``, also a cold-start split's new item, and in
+        training a dropped one) gets zero, or with ``item_dropout`` the learned stand-in."""
+        n = self.item_embeddings.num_embeddings
+        rows = items.clamp(min=0, max=n - 1)
+        own = self.item_embeddings(rows)
+        known = items < n
+        if not self.item_dropout:
+            return own * known.unsqueeze(-1)
+        known = known & self.has_vector[rows]
+        if self.training:
+            known = known & (torch.rand(items.shape, device=items.device) >= self.item_dropout)
+        return torch.where(known.unsqueeze(-1), own, self.unknown_item)
 
     def encode(self, history_codes: torch.Tensor, history_mask: torch.Tensor,
                history_text: torch.Tensor | None = None, history_items: torch.Tensor | None = None
@@ -129,7 +153,7 @@ class ParallelSIDRecommender(nn.Module):
         h = history_mask.shape[1]
         position = (history_mask.long().cumsum(1) - 1).clamp(min=0)
         items = history_items.clamp(min=0) if history_items is not None else None
-        x = self.embedding_dropout(self.embed_items(history_codes.clamp(min=0), history_text, items)
+        x = self.embedding_dropout(self.item_vectors(history_codes.clamp(min=0), items, history_text)
                                    + self.positions(position))
         causal = torch.ones(h, h, dtype=torch.bool, device=x.device).tril()
         # a padding slot attends to itself only (never empty, so no NaN); real slots skip padding
@@ -158,28 +182,31 @@ class ParallelSIDRecommender(nn.Module):
         return F.cross_entropy(logits.float().reshape(-1, self.codebook_size), target_codes.reshape(-1))
 
     def item_loss(self, hidden: torch.Tensor, logits: torch.Tensor | None, targets: torch.Tensor,
-                  target_codes: torch.Tensor, candidates: torch.Tensor, candidate_codes: torch.Tensor
-                  ) -> torch.Tensor:
+                  target_codes: torch.Tensor, candidates: torch.Tensor, candidate_codes: torch.Tensor,
+                  item_text: torch.Tensor | None = None) -> torch.Tensor:
         """Softmax over items of :meth:`item_logits` for rows hidden [R, d] (digit logits [R, m, K]):
         each row's target [R] (codes [R, m]) against shared candidate items [S] (codes [S, m]), every
         catalog item or a sample; a candidate that is the row's target counts once, as the target.
-        Head ``shared`` ignores ``logits`` (None is fine)."""
+        Head ``shared`` ignores ``logits`` (None is fine); ``item_text`` [N, T]: every item's text
+        vector (``history_input codes+text``)."""
         if self.head == "shared":
-            positive = (hidden * self.item_vectors(target_codes, targets)).sum(-1, keepdim=True).float()
+            target_text = item_text[targets] if item_text is not None else None
+            positive = (hidden * self.item_vectors(target_codes, targets, target_text)).sum(-1, keepdim=True).float()
         else:
             positive = logits.float().gather(2, target_codes.unsqueeze(-1)).squeeze(-1).mean(-1, keepdim=True)
-        negative = self.item_logits(hidden, logits, candidate_codes, candidates).float()  # [R, S]
+        candidate_text = item_text[candidates] if item_text is not None else None
+        negative = self.item_logits(hidden, logits, candidate_codes, candidates, candidate_text).float()  # [R, S]
         negative = negative.masked_fill(candidates.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
         scores = torch.cat([positive, negative], 1)
         return F.cross_entropy(scores, scores.new_zeros(len(scores), dtype=torch.long))
 
     def item_logits(self, hidden: torch.Tensor, digit_logits: torch.Tensor | None, item_codes: torch.Tensor,
-                    items: torch.Tensor | None = None) -> torch.Tensor:
+                    items: torch.Tensor | None = None, text: torch.Tensor | None = None) -> torch.Tensor:
         """hidden [R, d] (its digit_logits [R, m, K]) x items (codes [N, m], ids [N]) -> [R, N]: the mean
         of each item's digit logits (the ranking score up to a per-row constant, on one digit's
         scale). Head ``shared``: one matmul with the item vectors [N, d] (:meth:`item_vectors`)."""
         if self.head == "shared":
-            return hidden @ self.item_vectors(item_codes, items).T
+            return hidden @ self.item_vectors(item_codes, items, text).T
         return score_items(digit_logits, item_codes) / self.digits
 
     def user_states(self, history_codes: torch.Tensor, history_mask: torch.Tensor,
@@ -188,16 +215,17 @@ class ParallelSIDRecommender(nn.Module):
         """The hidden state [B, d] that predicts the item after each history (left-padded: the last slot)."""
         return self.encode(history_codes, history_mask, history_text, history_items)[:, -1]
 
-    def item_table(self, item_codes: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """What :meth:`catalog_scores` reads of each item (codes [N, m], ids [N]): the item vectors
+    def item_table(self, item_codes: torch.Tensor, items: torch.Tensor | None = None,
+                   text: torch.Tensor | None = None) -> torch.Tensor:
+        """What :meth:`catalog_scores` reads of each item (codes [N, m], ids [N], text [N, T]): the item vectors
         [N, d] (head ``shared``) or the codes [N, m] (``digits``). Built once per catalog and sliced,
         not per batch of users (for 12,101 items it costs more than scoring 32 users)."""
-        return self.item_vectors(item_codes, items) if self.head == "shared" else item_codes
+        return self.item_vectors(item_codes, items, text) if self.head == "shared" else item_codes
 
     def catalog_scores(self, states: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """states [B, d] x the items' :meth:`item_table` [N, .] -> ranking scores [B, N], exact for every
         item. Head ``digits``: the sum of the item's digits' log-probabilities (RPG); ``shared``: the dot
-        product with the item vector, which without ``item_ids`` ranks exactly as that sum does."""
+        product with the item vector, which without ``item_ids`` and text ranks exactly as that sum does."""
         if self.head == "shared":
             return (states @ table.T).float()
         return score_items(self.digit_logits(states).float().log_softmax(-1), table)

@@ -48,14 +48,15 @@ class ParallelObjective:
     """Needs window samples (:func:`gensid.data.splits.sequence_windows`): every history position
     is a prediction, so a target must not also appear as a later sample's target. ``parallel.loss``
     picks the terms; the item softmax scores against every item of ``candidates`` [S] (default:
-    every item of ``item_codes`` [N, m]) or ``parallel.item_negatives`` of them drawn uniformly. A
+    every item of ``items``) or ``parallel.item_negatives`` of them drawn uniformly. A
     cold-start run's candidates are the trained items only: a new item is no negative either, so
     nothing moves its item vector (``parallel.item_ids``), which stays zero, as for an item added
     while serving."""
 
-    def __init__(self, cfg: ExperimentConfig, item_codes: torch.Tensor, candidates: torch.Tensor | None = None):
-        self.loss, self.negatives, self.item_codes = cfg.parallel.loss, cfg.parallel.item_negatives, item_codes
-        self.candidates = torch.arange(len(item_codes)) if candidates is None else candidates
+    def __init__(self, cfg: ExperimentConfig, items: ItemFeatures, candidates: torch.Tensor | None = None):
+        self.loss, self.negatives = cfg.parallel.loss, cfg.parallel.item_negatives
+        self.item_codes, self.item_text = items.codes, items.text
+        self.candidates = torch.arange(len(items.codes)) if candidates is None else candidates
 
     def __call__(self, model: ParallelSIDRecommender, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
         hidden = model.encode(batch.history_codes, batch.history_mask, batch.history_text,
@@ -76,7 +77,7 @@ class ParallelObjective:
             candidates = self.candidates[torch.randperm(n)[: self.negatives]] if 0 < self.negatives < n \
                 else self.candidates
             terms["item_softmax"] = model.item_loss(hidden, logits, next_items, next_codes, candidates,
-                                                    self.item_codes[candidates])
+                                                    self.item_codes[candidates], self.item_text)
         terms["total"] = sum(terms.values())
         return terms
 
