@@ -173,16 +173,23 @@ def test_sasrec_never_moves_a_new_items_embedding(rng):
 @pytest.mark.slow
 def test_cold_start_runs_end_to_end(tmp_path):
     # parallel, shared head with item vectors: a new item's vector stays zero through training
-    cfg = load_config("configs/ml100k.yaml", [*tiny_ml100k(2), "data.split=cold_start", "data.max_users=120",
-                                              "method=parallel", "parallel.digits=8", "parallel.codebook_size=16",
-                                              "parallel.opq=false", "parallel.head=shared", "parallel.loss=items",
-                                              "parallel.item_ids=true", "model.history_input=codes"])
-    metrics = train_run(cfg, tmp_path / "parallel", progress=False)
+    shared = [*tiny_ml100k(2), "data.split=cold_start", "data.max_users=120", "method=parallel",
+              "parallel.digits=8", "parallel.codebook_size=16", "parallel.opq=false", "parallel.head=shared",
+              "parallel.loss=items", "parallel.item_ids=true", "model.history_input=codes"]
+    metrics = train_run(load_config("configs/ml100k.yaml", shared), tmp_path / "parallel", progress=False)
     run = load_run(tmp_path / "parallel")
     cold = run.splits.cold_items
     vectors = load_tensors(tmp_path / "parallel" / "model.safetensors")[0]["item_embeddings.weight"]
     assert torch.equal(vectors[cold], torch.zeros(len(cold), vectors.shape[1]))
     assert vectors[run.splits.trained_items(len(vectors))].abs().sum(1).gt(0).all()
+    # item dropout: new items get the stand-in, and the offset calibrated on validation is saved with the weights
+    dropped = train_run(load_config("configs/ml100k.yaml", [*shared, "parallel.item_dropout=0.5"]),
+                        tmp_path / "dropout", progress=False)
+    fit = dropped["new_item_offset"]
+    assert 0 < fit["target_share"] < 1 and fit["offset"] >= 0
+    loaded = load_run(tmp_path / "dropout").model
+    assert float(loaded.new_item_offset) == pytest.approx(fit["offset"])
+    assert not loaded.has_vector[torch.from_numpy(cold)].any() and loaded.has_vector.sum() == len(vectors) - len(cold)
     # two-stage: metrics of all, new-item and seen-item targets, in metrics.json, results rows, test ranks
     cfg = load_config("configs/ml100k.yaml", [*tiny_ml100k(1), "data.split=cold_start", "data.max_users=120"])
     two_stage = train_run(cfg, tmp_path / "two_stage", progress=False)

@@ -31,7 +31,7 @@ OLD_DEFAULTS = {
                   "epochs": 200, "lr": 0.001, "beta": 0.25, "batch_size": 1024,
                   "hard_residual": False, "item_adapter": False, "sids_from": ""},
     "parallel": {"digits": 32, "codebook_size": 256, "opq": True, "whiten": False, "head": "digits",
-                 "temperature": 0.07, "loss": "digits", "item_negatives": 0, "item_ids": False, "item_dropout": 0.0, "embedding_dropout": 0.5,
+                 "temperature": 0.07, "loss": "digits", "item_negatives": 0, "item_ids": False, "item_dropout": 0.0, "new_item_offset": None, "embedding_dropout": 0.5,
                  "attention_dropout": 0.5},
     "model": {"d_model": 128, "n_heads": 4, "encoder_layers": 4, "decoder_layers": 4, "d_ff": 512, "dropout": 0.1,
               "history_input": "codes", "embedding_init_std": 0.02},

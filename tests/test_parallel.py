@@ -13,6 +13,7 @@ from gensid.config import ModelConfig, ParallelConfig, load_config
 from gensid.data.catalog import Interactions
 from gensid.data.splits import leave_one_out, sequence_windows
 from gensid.errors import ConfigError, GensidWarning
+from gensid.eval.calibration import fit_new_item_offset, new_item_share
 from gensid.eval.evaluate import rank_exact
 from gensid.fusion.mixture import fused_rankings
 from gensid.model.parallel import ParallelSIDRecommender, score_items, top_items
@@ -226,6 +227,29 @@ def test_item_dropout_trains_a_stand_in_that_new_and_added_items_get():
     assert torch.equal(loaded.has_vector, trained)
 
 
+def test_the_new_item_offset_lifts_only_items_without_a_vector_to_the_targets_share(rng):
+    cfg = ModelConfig(d_model=32, n_heads=4, encoder_layers=1, d_ff=64, dropout=0.0)
+    parallel = ParallelConfig(head="shared", item_ids=True, item_dropout=0.5)
+    trained = torch.ones(40, dtype=torch.bool)
+    trained[30:] = False  # 10 new items
+    model = ParallelSIDRecommender(M, K, cfg, parallel, 6, num_items=40, trained_items=trained).eval()
+    with torch.no_grad():
+        model.item_embeddings.weight.normal_(std=0.5)  # trained items ahead of the new ones
+    run = Run(load_config("configs/ml100k.yaml", ["method=parallel"]), None, None,
+              None, torch.zeros(40, 1), None, ItemFeatures(torch.from_numpy(rng.integers(0, K, (40, M)))), model)
+    states, table = torch.randn(3, 32), run.item_table()
+    with torch.no_grad():
+        model.new_item_offset.fill_(2.0)
+    lifted = model.catalog_scores(states, run.item_table()) - model.catalog_scores(states, table)
+    assert torch.allclose(lifted, (~trained).float().expand(3, -1) * 2.0)
+    samples = run.history_samples([rng.integers(0, 40, 4).tolist() for _ in range(200)])
+    new_targets = np.arange(200) < 60  # 30% of the targets are new items
+    fit = fit_new_item_offset(run, samples, new_targets, k=5)
+    assert fit.offset > 0 and abs(fit.ranked_share - 0.3) < 0.03
+    assert fit.ranked_share == pytest.approx(new_item_share(run, samples, 5))
+    assert fit_new_item_offset(run, samples, None).offset == 0.0 == float(model.new_item_offset)
+
+
 def test_a_runs_item_table_is_kept_and_grown_with_added_items_until_its_weights_change(rng):
     # serving ranks with the table kept between requests; training must never rank with a stale one
     cfg = ModelConfig(d_model=32, n_heads=4, encoder_layers=1, d_ff=64, dropout=0.0)
@@ -239,13 +263,13 @@ def test_a_runs_item_table_is_kept_and_grown_with_added_items_until_its_weights_
     with torch.no_grad():
         model.item_embeddings.weight.normal_()  # as an optimizer step does: in place
     assert run.item_table() is not table
-    assert torch.allclose(run.item_table(), model.item_vectors(run.items.codes, torch.arange(30)))
+    assert torch.allclose(run.item_table()[:, :-1], model.item_vectors(run.items.codes, torch.arange(30)))
     assert np.array_equal(run.rank(samples), rank_exact(model, samples, run.items, 20))
     run.items = ItemFeatures(torch.cat([run.items.codes, run.items.codes[:2]]))  # two added items (ItemAdder)
-    assert torch.allclose(run.item_table(), model.item_vectors(run.items.codes, torch.arange(32)))
+    assert torch.allclose(run.item_table()[:, :-1], model.item_vectors(run.items.codes, torch.arange(32)))
     assert np.array_equal(run.rank(samples), rank_exact(model, samples, run.items, 20))
     run.items = ItemFeatures(run.items.codes.flip(0))  # not an append: built again
-    assert torch.allclose(run.item_table(), model.item_vectors(run.items.codes, torch.arange(32)))
+    assert torch.allclose(run.item_table()[:, :-1], model.item_vectors(run.items.codes, torch.arange(32)))
 
 
 def test_product_quantizer_warns_once_and_faiss_stays_quiet(capfd, rng):

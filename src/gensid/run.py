@@ -74,7 +74,7 @@ class Run:
         weights stay the same: a served run builds it once, then only the rows of items added since
         (not per request); a training run builds it again after each optimizer step."""
         # every in-place update of a parameter (an optimizer step, loading weights) moves its version
-        versions = tuple(p._version for p in self.model.parameters())
+        versions = tuple(t._version for t in (*self.model.parameters(), *self.model.buffers()))
         codes, start, kept = self.items.codes, 0, None
         if self.kept_table is not None and self.kept_table[1] == versions:
             items, _, kept = self.kept_table

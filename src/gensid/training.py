@@ -27,11 +27,13 @@ from gensid.errors import RunError
 from gensid.eval.analysis import (
     SIDMonitor,
 )
+from gensid.eval.calibration import fit_new_item_offset
 from gensid.evaluation import evaluate_split, popularity_metrics, save_test_ranks, test_analysis
-from gensid.io import JsonlLog, write_json, write_text
+from gensid.io import JsonlLog, load_tensors, save_tensors, write_json, write_text
 from gensid.model import GenerativeRecommender
 from gensid.prepare import check_inputs, load_init_weights, prepare
 from gensid.report.results import git_commit
+from gensid.run import Run
 from gensid.train import Trainer, distributed
 from gensid.train.objectives import (
     JointObjective,
@@ -45,6 +47,15 @@ def validation_subset(samples: Samples, max_users: int, seed: int = 0) -> np.nda
     if not max_users or max_users >= len(samples):
         return np.arange(len(samples))
     return np.sort(np.random.default_rng(seed).choice(len(samples), max_users, replace=False))
+
+
+def calibrate_new_items(run: Run, valid: Samples, weights: Path, log: JsonlLog) -> dict:
+    """Fit the parallel model's new-item offset on ``valid`` (:mod:`gensid.eval.calibration`) and
+    save it with the best weights."""
+    fit = fit_new_item_offset(run, valid, run.splits.new_targets(valid))
+    save_tensors(weights, run.model.state_dict(), {**load_tensors(weights)[1], "new_item_offset": fit.offset})
+    log.write(event="new_item_offset", **vars(fit))
+    return vars(fit)
 
 
 def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True) -> dict:
@@ -110,6 +121,8 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     summary = trainer.fit()
     if not main:
         return summary
+    if run.parallel and cfg.parallel.item_dropout and cfg.parallel.new_item_offset is None:
+        summary["new_item_offset"] = calibrate_new_items(run, valid_subset, trainer.best_path, log)
     start = time.perf_counter()
     analysis, ranks = test_analysis(run, progress)
     metrics = {

@@ -41,6 +41,10 @@ def _type_text(annotation: Any, metadata: list) -> str:
         text = f"list of {_TYPE_NAMES.get(inner, str(inner))}s"
         if inner_meta:
             text += f" ({_constraints(inner_meta)} each)"
+    elif type(None) in get_args(annotation):  # X | None
+        (inner,) = (a for a in get_args(annotation) if a is not type(None))
+        inner = get_args(inner)[0] if get_origin(inner) is Annotated else inner
+        text = f"{_TYPE_NAMES.get(inner, str(inner))} or null"
     else:
         text = _TYPE_NAMES.get(annotation, str(annotation))
     bounds = _constraints(metadata)

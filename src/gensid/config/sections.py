@@ -124,6 +124,10 @@ class ParallelConfig(Section):
                                 "learned stand-in vector instead, which every item without a free vector (new "
                                 "in a cold-start split, or added while serving) then gets: trains the model to "
                                 "rank items by their digits, as it must rank a new item (DropoutNet's idea)")
+    new_item_offset: Float | None = Field(None, description="`item_dropout`: added to the ranking score of "
+                                          "every item scored by the stand-in. null: calibrated after training, "
+                                          "so that on the validation split new items take the share of the "
+                                          "top-10 lists that they take of the targets (0 without new items)")
     embedding_dropout: Float = Field(0.5, ge=0, lt=1, description="on the history tokens")
     attention_dropout: Float = Field(0.5, ge=0, lt=1, description="on the attention weights")
 

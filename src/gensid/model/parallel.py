@@ -106,6 +106,9 @@ class ParallelSIDRecommender(nn.Module):
             self.unknown_item = nn.Parameter(torch.zeros(d))
             trained = torch.ones(num_items, dtype=torch.bool) if trained_items is None else trained_items
             self.register_buffer("has_vector", trained.clone())
+            # added to the score of every item scored by the stand-in; calibrated after training
+            # (gensid.eval.calibration) unless parallel.new_item_offset fixes it
+            self.register_buffer("new_item_offset", torch.tensor(float(parallel.new_item_offset or 0.0)))
         if self.head == "digits":  # the digit heads start as the identity (RPG's zero-initialised residual blocks)
             self.head_weight = nn.Parameter(torch.zeros(d, digits, d))  # [d_in, m, d_out]
             self.head_bias = nn.Parameter(torch.zeros(digits, d))
@@ -133,16 +136,29 @@ class ParallelSIDRecommender(nn.Module):
         """item ids [...] -> their free vectors [..., d] (``parallel.item_ids``). An item without one
         (added after training; with ``item_dropout``, also a cold-start split's new item, and in
         training a dropped one) gets zero, or with ``item_dropout`` the learned stand-in."""
-        n = self.item_embeddings.num_embeddings
-        rows = items.clamp(min=0, max=n - 1)
-        own = self.item_embeddings(rows)
-        known = items < n
+        own = self.item_embeddings(items.clamp(min=0, max=self.item_embeddings.num_embeddings - 1))
+        known = self.has_own_vector(items)
         if not self.item_dropout:
             return own * known.unsqueeze(-1)
-        known = known & self.has_vector[rows]
         if self.training:
             known = known & (torch.rand(items.shape, device=items.device) >= self.item_dropout)
         return torch.where(known.unsqueeze(-1), own, self.unknown_item)
+
+    def has_own_vector(self, items: torch.Tensor) -> torch.Tensor:
+        """item ids [...] -> bool [...]: whether training gave the item a free vector (not: added after
+        training, or with ``item_dropout`` a cold-start split's new item)."""
+        n = self.item_embeddings.num_embeddings
+        known = items < n
+        if self.item_dropout:
+            known = known & self.has_vector[items.clamp(min=0, max=n - 1)]
+        return known
+
+    def score_offsets(self, items: torch.Tensor | None, count: int) -> torch.Tensor:
+        """The offset [count] added to each item's ranking score: ``new_item_offset`` for an item
+        without a free vector (``item_dropout``), else 0."""
+        if not self.item_dropout or items is None:
+            return torch.zeros(count)
+        return (~self.has_own_vector(items)).float() * self.new_item_offset
 
     def encode(self, history_codes: torch.Tensor, history_mask: torch.Tensor,
                history_text: torch.Tensor | None = None, history_items: torch.Tensor | None = None
@@ -217,17 +233,21 @@ class ParallelSIDRecommender(nn.Module):
 
     def item_table(self, item_codes: torch.Tensor, items: torch.Tensor | None = None,
                    text: torch.Tensor | None = None) -> torch.Tensor:
-        """What :meth:`catalog_scores` reads of each item (codes [N, m], ids [N], text [N, T]): the item vectors
-        [N, d] (head ``shared``) or the codes [N, m] (``digits``). Built once per catalog and sliced,
-        not per batch of users (for 12,101 items it costs more than scoring 32 users)."""
-        return self.item_vectors(item_codes, items, text) if self.head == "shared" else item_codes
+        """What :meth:`catalog_scores` reads of each item (codes [N, m], ids [N], text [N, T]): head
+        ``shared``: [N, d + 1], the item vector and the item's score offset (:meth:`score_offsets`);
+        ``digits``: the codes [N, m]. Built once per catalog and sliced, not per batch of users (for
+        12,101 items it costs more than scoring 32 users)."""
+        if self.head != "shared":
+            return item_codes
+        vectors = self.item_vectors(item_codes, items, text)
+        return torch.cat([vectors, self.score_offsets(items, len(vectors)).unsqueeze(1)], 1)
 
     def catalog_scores(self, states: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """states [B, d] x the items' :meth:`item_table` [N, .] -> ranking scores [B, N], exact for every
         item. Head ``digits``: the sum of the item's digits' log-probabilities (RPG); ``shared``: the dot
         product with the item vector, which without ``item_ids`` and text ranks exactly as that sum does."""
-        if self.head == "shared":
-            return (states @ table.T).float()
+        if self.head == "shared":  # [B, d] x [N, d] plus each item's offset (the table's last column)
+            return torch.addmm(table[:, -1], states, table[:, :-1].T).float()
         return score_items(self.digit_logits(states).float().log_softmax(-1), table)
 
 
