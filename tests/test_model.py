@@ -66,21 +66,3 @@ def test_one_token_per_code_input():
     logits = model(codes, mask, target)
     assert [tuple(lg.shape) for lg in logits] == [(5, k) for k in SIZES]
 
-
-def test_incremental_decoding_equals_full_decoding():
-    from gensid.model.decoding import IncrementalDecoder
-
-    model = GenerativeRecommender(SIZES, CFG, max_history=7).eval()
-    codes, mask, target = batch(b=6)
-    with torch.no_grad():
-        memory = model.encode(codes, mask)
-        full = model.decode(memory, mask, target[:, :-1])  # [B, L, d]
-        decoder = IncrementalDecoder(model)
-        cache = decoder.start(memory, mask)
-        tokens = decoder.bos(6)
-        for m in range(len(SIZES)):
-            step = decoder.step(cache, tokens, m)[:, 0]
-            assert torch.allclose(step, full[:, m], atol=1e-5), m
-            if m + 1 < len(SIZES):
-                cache.reorder(torch.zeros(6, 1, dtype=torch.long))
-                tokens = decoder.embed(target[:, m:m + 1], m)

@@ -26,8 +26,7 @@ from gensid.config import load_config
 from gensid.errors import InputError
 from gensid.pipeline import load_run, train_run
 from gensid.quantize.product import ProductQuantizer
-from gensid.report.run_page import (
-    build_report,
+from gensid.report.page_numbers import (
     collision_groups,
     digit_values,
     example_rows,
@@ -36,6 +35,7 @@ from gensid.report.run_page import (
     split_metrics,
     usage_rows,
 )
+from gensid.report.run_page import build_report
 from gensid.side_by_side import sasrec_beside
 from test_serve import JOINT, PARALLEL
 

@@ -127,14 +127,31 @@ def named_variants(plan_file: str) -> frozenset[tuple[str, str]]:
                      if isinstance(v, dict) and v.get("method") and v.get("variant"))
 
 
+PLAN_FIELDS = {"name", "dataset", "results_file", "output", "seeds", "variants", "columns", "set"}
+
+
 def load_plan(path: str | Path) -> Plan:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: experiment file not found")
     raw = yaml.safe_load(path.read_text()) or {}
-    known = {"name", "dataset", "results_file", "output", "seeds", "variants", "columns", "set"}
-    if unknown := set(raw) - known:
-        raise ConfigError(f"{path}: unknown field(s) {sorted(unknown)}; expected {sorted(known)}")
+    check_plan_fields(path, raw)
+    common = list(raw.get("set", []))  # the plan-level overrides
+    seeds = list(raw.get("seeds", [0]))
+    if not seeds:
+        raise ConfigError(f"{path}: 'seeds' is empty; list at least one seed, e.g. [0]")
+    variants = [load_variant(path, i, item, common, seeds) for i, item in enumerate(raw["variants"])]
+    labels = [v.label for v in variants]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{path}: two variants share a method and variant name")
+    return Plan(path, raw["name"], raw["dataset"], Path(raw["results_file"]), Path(raw["output"]), seeds,
+                variants, list(raw.get("columns", REC_COLUMNS)), common)
+
+
+def check_plan_fields(path: Path, raw: dict) -> None:
+    """An experiment file's top-level fields: none unknown, the required ones present."""
+    if unknown := set(raw) - PLAN_FIELDS:
+        raise ConfigError(f"{path}: unknown field(s) {sorted(unknown)}; expected {sorted(PLAN_FIELDS)}")
     for key in ("name", "dataset", "variants"):
         if key not in raw:
             raise ConfigError(f"{path}: missing field {key!r}")
@@ -142,33 +159,25 @@ def load_plan(path: str | Path) -> Plan:
     for key, what in (("output", "the folder of its runs and report"), ("results_file", "the results JSON")):
         if not raw.get(key):
             raise ConfigError(f"{path}: missing field {key!r} ({what}, a path from the working directory)")
-    common = list(raw.get("set", []))  # the plan-level overrides
-    seeds = list(raw.get("seeds", [0]))
-    if not seeds:
-        raise ConfigError(f"{path}: 'seeds' is empty; list at least one seed, e.g. [0]")
-    variants = []
+
+
+def load_variant(path: Path, i: int, item: object, common: list[str], seeds: list[int]) -> Variant:
+    """``variants[i]`` of the experiment file ``path``; its config is loaded with every seed's
+    overrides, so a bad one fails now, not hours later."""
+    if not isinstance(item, dict) or "method" not in item:
+        raise ConfigError(f"{path}: variants[{i}] must be a mapping with a 'method'")
     fields = set(Variant.__dataclass_fields__)
-    for i, item in enumerate(raw["variants"]):
-        if not isinstance(item, dict) or "method" not in item:
-            raise ConfigError(f"{path}: variants[{i}] must be a mapping with a 'method'")
-        if unknown := set(item) - fields:
-            raise ConfigError(f"{path}: variants[{i}]: unknown field(s) {sorted(unknown)}; expected {sorted(fields)}")
-        variant = Variant(**item)
-        if not variant.from_results and not variant.config:
-            raise ConfigError(f"{path}: variants[{i}] ({variant.label}) needs a 'config'")
-        if variant.config:  # fail now, not hours later, for every seed's overrides
-            for seed in variant.seeds or seeds:
-                try:
-                    load_config(path.parent / variant.config,
-                                [*with_seed([*common, *variant.set], seed), f"train.seed={seed}"])
-                except ConfigError as exc:
-                    raise ConfigError(f"{path}: variants[{i}] ({variant.label}), seed {seed}: {exc}") from None
-        variants.append(variant)
-    labels = [v.label for v in variants]
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"{path}: two variants share a method and variant name")
-    return Plan(path, raw["name"], raw["dataset"], Path(raw["results_file"]), Path(raw["output"]), seeds,
-                variants, list(raw.get("columns", REC_COLUMNS)), common)
+    if unknown := set(item) - fields:
+        raise ConfigError(f"{path}: variants[{i}]: unknown field(s) {sorted(unknown)}; expected {sorted(fields)}")
+    variant = Variant(**item)
+    if not variant.from_results and not variant.config:
+        raise ConfigError(f"{path}: variants[{i}] ({variant.label}) needs a 'config'")
+    for seed in (variant.seeds or seeds) if variant.config else []:
+        try:
+            load_config(path.parent / variant.config, [*with_seed([*common, *variant.set], seed), f"train.seed={seed}"])
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: variants[{i}] ({variant.label}), seed {seed}: {exc}") from None
+    return variant
 
 
 def run_experiment(path: str | Path, shard: tuple[int, int] = (0, 1), report_only: bool = False,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ from gensid.train.objectives import (
     NextTokenObjective,
     ParallelObjective,
 )
+from gensid.train.trainer import Objective
 
 
 def validation_subset(samples: Samples, max_users: int, seed: int = 0) -> np.ndarray:
@@ -75,49 +77,19 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     log = JsonlLog(run_dir / "log.jsonl")
     run = prepare(cfg, run_dir, progress)
     if main:
-        cold = run.splits.cold_items
-        log.write(event="prepared", users=len(run.dataset.interactions), items=len(run.dataset.catalog),
-                  train_samples=len(run.splits.train), new_items=len(cold) if cold is not None else 0, sid_sizes=run.index.sizes if run.index is not None
-                  else [cfg.parallel.codebook_size] * cfg.parallel.digits,
-                  world_size=distributed.rank_and_size()[1])
-    started = {}
-    if (run_dir / "init_from.json").exists():  # a warm start, or a run on a learned index
-        started = json.loads((run_dir / "init_from.json").read_text())
-    if cfg.train.init_from and not (run_dir / "checkpoint.safetensors").exists():  # resumed: its own weights
-        load_init_weights(run.model, Path(started["init_from"]))
-        run.refresh_index()
-    rows = validation_subset(run.splits.valid, cfg.eval.max_users)
-    valid = run.splits.valid
-    valid_subset = Samples(valid.histories[rows], valid.targets[rows], valid.users[rows])
-    valid_queries = run.split_queries("valid")[rows] if run.queries is not None else None
+        log_prepared(log, run, cfg)
+    started = warm_start(run, cfg, run_dir)
+    valid_subset, valid_queries = validation_samples(run, cfg)
 
     def validate(_: GenerativeRecommender) -> dict[str, float]:
         run.refresh_index()
         return run.evaluate(valid_subset, valid_queries)
 
-    train = run.splits.train
-    if run.joint:
-        objective = JointObjective(cfg, run.text)
-        observe = SIDMonitor(run.text, run.quantizer_codes(), run_dir / "index" / "codes_last_epoch.safetensors",
-                             lambda: objective.assignment)
-    elif run.parallel:  # every history position is a prediction: windows, not one sample per prefix
-        trained = torch.from_numpy(run.splits.trained_items(len(run.dataset.catalog)))
-        objective, observe = ParallelObjective(cfg, run.items, trained), None
-        train = sequence_windows(run.dataset.interactions, cfg.data.max_history, run.splits.cold_items)
-    else:
-        objective, observe = NextTokenObjective(cfg), None
-
-    def before_epoch(epochs_done: int) -> None:
-        freeze = cfg.train.freeze_index_epoch
-        if freeze and epochs_done >= freeze:
-            # a run resumed inside the freeze epoch has logged it already
-            if main and epochs_done == freeze and not any(e.get("event") == "index_frozen" for e in log.read()):
-                log.write(event="index_frozen", epoch=epochs_done)
-            objective.freeze_item_side(run.model)
-        run.refresh_index()
+    objective, observe, train = objective_of(run, cfg, run_dir)
 
     trainer = Trainer(run.model, cfg.train, train, lambda: run.items, run_dir, validate, objective, observe,
-                      progress=progress, queries=run.split_queries("train"), before_epoch=before_epoch)
+                      progress=progress, queries=run.split_queries("train"),
+                      before_epoch=epoch_start(run, cfg, objective, log, main))
     summary = trainer.fit()
     if not main:
         return summary
@@ -142,3 +114,63 @@ def train_run(cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True)
     write_json(run_dir / "metrics.json", metrics)
     log.write(event="done", test=metrics["test"])
     return metrics
+
+
+def log_prepared(log: JsonlLog, run: Run, cfg: ExperimentConfig) -> None:
+    cold = run.splits.cold_items
+    log.write(event="prepared", users=len(run.dataset.interactions), items=len(run.dataset.catalog),
+              train_samples=len(run.splits.train), new_items=len(cold) if cold is not None else 0,
+              sid_sizes=run.index.sizes if run.index is not None else [cfg.parallel.codebook_size] * cfg.parallel.digits,
+              world_size=distributed.rank_and_size()[1])
+
+
+def warm_start(run: Run, cfg: ExperimentConfig, run_dir: Path) -> dict:
+    """The record of a warm start or a run on a learned index (``init_from.json``, {} without one);
+    a warm start not yet resumed starts from the other run's weights."""
+    started = {}
+    if (run_dir / "init_from.json").exists():
+        started = json.loads((run_dir / "init_from.json").read_text())
+    if cfg.train.init_from and not (run_dir / "checkpoint.safetensors").exists():  # resumed: its own weights
+        load_init_weights(run.model, Path(started["init_from"]))
+        run.refresh_index()
+    return started
+
+
+def validation_samples(run: Run, cfg: ExperimentConfig) -> tuple[Samples, torch.Tensor | None]:
+    """The validation users the trainer evaluates on (a fixed subset of ``eval.max_users``) and
+    their queries (search runs; else None)."""
+    rows = validation_subset(run.splits.valid, cfg.eval.max_users)
+    valid = run.splits.valid
+    queries = run.split_queries("valid")[rows] if run.queries is not None else None
+    return Samples(valid.histories[rows], valid.targets[rows], valid.users[rows]), queries
+
+
+def epoch_start(run: Run, cfg: ExperimentConfig, objective: Objective, log: JsonlLog, main: bool
+                ) -> Callable[[int], None]:
+    """What happens before each epoch (given the epochs done): from ``train.freeze_index_epoch`` on,
+    the item side is frozen; the index is refreshed."""
+
+    def before_epoch(epochs_done: int) -> None:
+        freeze = cfg.train.freeze_index_epoch
+        if freeze and epochs_done >= freeze:
+            # a run resumed inside the freeze epoch has logged it already
+            if main and epochs_done == freeze and not any(e.get("event") == "index_frozen" for e in log.read()):
+                log.write(event="index_frozen", epoch=epochs_done)
+            objective.freeze_item_side(run.model)
+        run.refresh_index()
+
+    return before_epoch
+
+
+def objective_of(run: Run, cfg: ExperimentConfig, run_dir: Path) -> tuple[Objective, SIDMonitor | None, Samples]:
+    """The run's training objective, its per-epoch SID monitor (joint runs) and training samples."""
+    if run.joint:
+        objective = JointObjective(cfg, run.text)
+        observe = SIDMonitor(run.text, run.quantizer_codes(), run_dir / "index" / "codes_last_epoch.safetensors",
+                             lambda: objective.assignment)
+        return objective, observe, run.splits.train
+    if run.parallel:  # every history position is a prediction: windows, not one sample per prefix
+        trained = torch.from_numpy(run.splits.trained_items(len(run.dataset.catalog)))
+        return (ParallelObjective(cfg, run.items, trained), None,
+                sequence_windows(run.dataset.interactions, cfg.data.max_history, run.splits.cold_items))
+    return NextTokenObjective(cfg), None, run.splits.train

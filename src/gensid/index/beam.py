@@ -11,7 +11,7 @@ of different SIDs (the candidates are still only the beam's leaves). Items that 
 are all ranked, never de-duplicated; with TIGER's disambiguation code each leaf holds
 one item and its probability is learned like any other code's (an item added after training
 scores as a sibling's code: ``SIDIndex.last_level_log_probs``).
-Decoding is incremental (:mod:`gensid.model.decoding`): each step runs the decoder on
+Decoding is incremental (:mod:`gensid.model.decoder`): each step runs the decoder on
 one new token per beam, with cached self- and cross-attention keys/values.
 """
 
@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from gensid.index.sid_index import SIDIndex
-from gensid.model.decoding import IncrementalDecoder
 from gensid.model.recommender import GenerativeRecommender
 
 GATHER_LIMIT = 1 << 26  # floats (256 MB) of gathered candidate vectors in one verification
@@ -72,14 +71,13 @@ def encode_context(model: GenerativeRecommender, history_codes: torch.Tensor, hi
 def search_leaves(model: GenerativeRecommender, index: SIDIndex, memory: torch.Tensor, memory_mask: torch.Tensor,
                   beam_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Trie-constrained beam search -> leaves [B, W] (-1 = none) and their log-probabilities [B, W]."""
-    decoder = IncrementalDecoder(model)
-    cache = decoder.start(memory, memory_mask)
+    cache = model.decoder.start(memory, memory_mask)
     batch = memory.shape[0]
     node = torch.zeros(batch, 1, dtype=torch.long)  # [B, W] trie node per beam (-1 = dead beam)
     scores = torch.zeros(batch, 1)
-    tokens = decoder.bos(batch)  # [B, W, d] decoder input of the current position
+    tokens = model.bos.expand(batch, 1, -1)  # [B, W, d] decoder input of the current position
     for m, table in enumerate(index.children):
-        hidden = decoder.step(cache, tokens, m)
+        hidden = model.decode_step(cache, tokens, m)
         logp = model.heads[m](hidden).float().log_softmax(-1)  # [B, W, K]
         child = table[node.clamp(min=0)]  # [B, W, K]
         if m + 1 == index.num_levels:  # added items' leaves score as a sibling's code (SIDIndex)
@@ -91,7 +89,7 @@ def search_leaves(model: GenerativeRecommender, index: SIDIndex, memory: torch.T
         node = torch.where(torch.isfinite(scores), child.view(batch, -1).gather(1, flat), -1)
         if m + 1 < index.num_levels:
             cache.reorder(parent)
-            tokens = decoder.embed(code, m)
+            tokens = model.code_vectors(m, code)
     return node, scores
 
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from gensid.config.sections import ModelConfig
 from gensid.errors import ConfigError, InputError
+from gensid.model.decoder import CodeDecoder, DecoderCache
 from gensid.quantize.residual import ResidualQuantizer
 from gensid.quantize.rqvae import RQVAE
 
@@ -126,21 +127,16 @@ class GenerativeRecommender(nn.Module):
         self.code_pos = nn.Parameter(torch.randn(len(code_sizes), d) * 0.02)
         self.bos = nn.Parameter(torch.randn(d) * 0.02)
 
-        def layer(kind: type) -> nn.Module:
-            return kind(d, cfg.n_heads, cfg.d_ff, cfg.dropout, activation="gelu", batch_first=True,
-                        norm_first=True)
-
-        self.encoder = nn.TransformerEncoder(layer(nn.TransformerEncoderLayer), cfg.encoder_layers,
-                                             norm=nn.LayerNorm(d), enable_nested_tensor=False)
-        self.decoder = nn.TransformerDecoder(layer(nn.TransformerDecoderLayer), cfg.decoder_layers,
-                                             norm=nn.LayerNorm(d))
+        encoder_layer = nn.TransformerEncoderLayer(d, cfg.n_heads, cfg.d_ff, cfg.dropout, activation="gelu",
+                                                   batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(encoder_layer, cfg.encoder_layers, norm=nn.LayerNorm(d),
+                                             enable_nested_tensor=False)
+        self.decoder = CodeDecoder(d, cfg.n_heads, cfg.d_ff, cfg.decoder_layers, cfg.dropout)
         # tied heads are the quantizer's codebooks; a disambiguation position has no codebook
         levels = tokenizer.quantizer.num_levels if tie_heads else 0
         self.heads = nn.ModuleList([TiedHead(tokenizer.quantizer, m, logits) if m < levels
                                     else CodeHead(k, d, logits) for m, k in enumerate(code_sizes)])
         self.context_proj = nn.Linear(d, latent) if tokenizer is not None else None
-        self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(len(code_sizes)),
-                             persistent=False)
 
     @property
     def num_levels(self) -> int:
@@ -217,10 +213,13 @@ class GenerativeRecommender(nn.Module):
             steps.append(torch.stack([
                 self.code_vectors(m, prefix[:, m], None if prefix_vectors is None else prefix_vectors[:, m])
                 for m in range(prefix.shape[1])], 1))
-        x = torch.cat(steps, 1) + self.code_pos[: prefix.shape[1] + 1]
-        n = x.shape[1]
-        return self.decoder(x, memory, tgt_mask=self.causal_mask[:n, :n], tgt_is_causal=True,
-                            memory_key_padding_mask=~memory_mask)
+        return self.decoder(torch.cat(steps, 1) + self.code_pos[: prefix.shape[1] + 1], memory, memory_mask)
+
+    def decode_step(self, cache: DecoderCache, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        """Beam search's incremental :meth:`decode`: tokens [B, W, d], the decoder inputs of code
+        ``position`` (the BOS, then :meth:`code_vectors`) of W beams per user, ``cache`` from
+        ``self.decoder.start(memory, memory_mask)`` -> hidden states [B, W, d]."""
+        return self.decoder.step(cache, tokens + self.code_pos[position])
 
     def forward(self, history_codes: torch.Tensor, history_mask: torch.Tensor, target_codes: torch.Tensor,
                 history_text: torch.Tensor | None = None, query: torch.Tensor | None = None) -> list[torch.Tensor]:

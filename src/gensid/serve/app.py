@@ -177,9 +177,28 @@ def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.
     too with ``token_reads``); ``max_queue``: requests that may wait for a model call (503 past it);
     ``max_body_bytes``: larger request bodies get 413."""
     metrics = ServiceMetrics()
+    app = FastAPI(title="gensid", summary="Generative recommendation with semantic IDs",
+                  lifespan=lifespan(run_dir, preload_text_encoder, max_batch, max_wait_ms, max_queue, metrics))
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(Shed, full=lambda: getattr(app.state, "batcher", None) is not None and app.state.batcher.full,
+                       paths=RANKING_PATHS, retry_after_s=RETRY_AFTER_S)  # outside BodyLimit: reads no body
+    app.add_middleware(RequestMetrics, metrics=metrics, routes=lambda: app.router.routes)
+    app.state.metrics = metrics
+    # a route checks the token only where there is one to check (no dependency to solve per request)
+    write = [Depends(bearer_check(token))] if token else []
+    read = write if token_reads else []
+    add_ranking_routes(app, read)
+    add_item_routes(app, read, write, metrics)
+    return app
+
+
+def lifespan(run_dir: str | Path, preload_text_encoder: bool, max_batch: int, max_wait_ms: float, max_queue: int,
+             metrics: ServiceMetrics):
+    """The app's startup and shutdown: load the run (and the text encoder), start the micro-batcher."""
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def run_service(app: FastAPI):
         service = await asyncio.to_thread(Service, run_dir)
         if preload_text_encoder:
             await asyncio.to_thread(service.text_encoder)
@@ -195,22 +214,14 @@ def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.
         await batcher.stop()  # answers what is queued; uvicorn has finished the open requests' reads
         service.store.close()
 
-    app = FastAPI(title="gensid", summary="Generative recommendation with semantic IDs", lifespan=lifespan)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    app.add_middleware(Shed, full=lambda: getattr(app.state, "batcher", None) is not None and app.state.batcher.full,
-                       paths=RANKING_PATHS, retry_after_s=RETRY_AFTER_S)  # outside BodyLimit: reads no body
-    app.add_middleware(RequestMetrics, metrics=metrics, routes=lambda: app.router.routes)
-    app.state.metrics = metrics
-    # a route checks the token only where there is one to check (no dependency to solve per request)
-    write = [Depends(bearer_check(token))] if token else []
-    read = write if token_reads else []
+    return run_service
 
-    def service() -> Service:
-        return app.state.service
+
+def add_ranking_routes(app: FastAPI, read: list) -> None:
+    """``POST /recommend`` and ``POST /search``: answered through the micro-batcher."""
 
     def checked(task: str, k: int) -> Service:
-        svc = service()
+        svc = app.state.service
         if svc.task != task:
             other = "/search" if svc.task == "search" else "/recommend"
             raise HTTPException(422, f"this run was trained for data.task {svc.task!r}: use POST {other}")
@@ -245,25 +256,29 @@ def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.
             await asyncio.to_thread(svc.text_encoder)
         return await ranked(svc, request.history, request.k, request.exclude_seen, request.query)
 
+
+def add_item_routes(app: FastAPI, read: list, write: list, metrics: ServiceMetrics) -> None:
+    """``POST /items``, ``GET /items/{id}``, ``GET /health`` and ``GET /metrics``."""
+
     @app.post("/items", response_model=AddItemsResponse, status_code=201, dependencies=write)
     async def add_items(request: AddItemsRequest) -> AddItemsResponse:
         ids = [it.id for it in request.items]
         if len(set(ids)) != len(ids):
             raise HTTPException(422, "item ids repeat within the request")
-        added = await asyncio.to_thread(service().add_items, request)
+        added = await asyncio.to_thread(app.state.service.add_items, request)
         metrics.items_added.inc(len(added))
         return AddItemsResponse(items=added)
 
     @app.get("/items/{item_id}", response_model=ItemOut, dependencies=read)
     async def get_item(item_id: str) -> ItemOut:
-        svc = service()
+        svc = app.state.service
         if item_id not in svc.run.dataset.catalog:
             raise HTTPException(404, f"unknown item id {preview(item_id)!r}")
         return svc.item_out(svc.run.dataset.catalog.index_of(item_id))
 
     @app.get("/health", response_model=Health)
     async def health() -> Health:
-        svc = service()
+        svc = app.state.service
         return Health(status="ok", strategy=svc.run.cfg.method.family, items=len(svc.run.dataset.catalog),
                       added_items=len(svc.run.dataset.catalog) - svc.trained_items,
                       sid_sizes=svc.run.index.sizes if svc.run.index is not None
@@ -273,5 +288,3 @@ def create_app(run_dir: str | Path, max_batch: int = 64, max_wait_ms: float = 5.
     @app.get("/metrics", dependencies=read, response_class=Response)
     async def prometheus() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
-
-    return app
