@@ -52,9 +52,11 @@ class Attention(nn.Module):
         """x [N, T, d] -> ``count`` projections from ``first`` on (0 query, 1 key, 2 value), each
         [N, heads, T, dh], in one matrix product."""
         d = x.shape[-1]
-        rows = slice(first * d, (first + count) * d)
-        out = F.linear(x, self.in_proj_weight[rows], self.in_proj_bias[rows])
-        return [split_heads(part, self.heads) for part in out.chunk(count, -1)]
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+        if count < 3:
+            weight, bias = weight[first * d:(first + count) * d], bias[first * d:(first + count) * d]
+        out = F.linear(x, weight, bias)
+        return [split_heads(part, self.heads) for part in (out.chunk(count, -1) if count > 1 else [out])]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                causal: bool = False) -> torch.Tensor:
@@ -63,6 +65,8 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                              dropout_p=self.dropout if self.training else 0.0)
         n, heads, t, dh = out.shape
+        if not self.training:
+            return self.out_proj(out.transpose(1, 2).reshape(n, t, heads * dh))
         # laid out in memory as [T, N, d], as nn.MultiheadAttention does: the dropout that follows
         # draws its mask in memory order, so the runs trained with it keep their random numbers
         return self.out_proj(out.permute(2, 0, 1, 3).reshape(t, n, heads * dh)).transpose(0, 1)
@@ -79,7 +83,7 @@ class DecoderLayer(nn.Module):
         self.linear1 = nn.Linear(d, d_ff)
         self.linear2 = nn.Linear(d_ff, d)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-        self.dropout = nn.Dropout(dropout)
+        self.p = dropout  # after each block and inside the feed-forward, while training
 
     def forward(self, x: torch.Tensor, memory_k: torch.Tensor, memory_v: torch.Tensor, memory_mask: torch.Tensor,
                 past: KeysValues | None = None) -> tuple[torch.Tensor, KeysValues]:
@@ -97,6 +101,9 @@ class DecoderLayer(nn.Module):
         x = x + self.dropout(self.multihead_attn.attend(q, memory_k, memory_v, memory_mask).reshape(n, t, d))
         x = x + self.dropout(self.linear2(self.dropout(F.gelu(self.linear1(self.norm3(x))))))
         return x, (k, v)
+
+    def dropout(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, self.p) if self.training else x
 
 
 @dataclass
@@ -121,6 +128,8 @@ class DecoderCache:
 
 
 class CodeDecoder(nn.Module):
+    """``num_layers`` :class:`DecoderLayer` and a final LayerNorm (``norm``)."""
+
     def __init__(self, d: int, heads: int, d_ff: int, num_layers: int, dropout: float):
         super().__init__()
         layer = DecoderLayer(d, heads, d_ff, dropout)
