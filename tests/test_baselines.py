@@ -8,17 +8,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import tiny_ml100k
+from conftest import kill_at_first_checkpoint, tiny_ml100k
 from gensid.baselines.sasrec import SASRec
 from gensid.cli import app
 from gensid.compare import compare_runs
@@ -166,16 +164,7 @@ def test_a_killed_sasrec_resumes_to_the_result_of_an_uninterrupted_one(tmp_path)
                               text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-2000:]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(sasrec_command(killed), env=environment(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (killed / "checkpoint.safetensors").exists():  # the first epoch's checkpoint
-        assert proc.poll() is None, "training ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint after 300 s"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "metrics.json").exists(), "the run finished before it was killed"
+    kill_at_first_checkpoint(sasrec_command(killed), killed, environment())
     resumed_dir = shutil.copytree(killed, tmp_path / "resumed")
     resumed = subprocess.run(sasrec_command(resumed_dir), env=environment(), capture_output=True, text=True,
                              timeout=600)

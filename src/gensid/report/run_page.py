@@ -50,9 +50,9 @@ TITLE_CHARS = 90
 
 
 def split_metrics(folder: Path) -> dict[str, dict[str, float]]:
-    """``{split: metrics}`` (valid and/or test) of a finished system's folder: a gensid run or bundle,
-    a ``RUN_DIR/sasrec`` (``metrics.json``), or a SASRec of ``benchmarks/sasrec.py`` (its ``log.jsonl``
-    "eval" events); {} when the folder records none."""
+    """``{split: metrics}`` (valid and/or test) of a finished system's folder: a gensid run or bundle, a
+    baseline (``gensid baseline``, ``RUN_DIR/sasrec``: ``metrics.json``), or an older SASRec folder (its
+    ``log.jsonl`` "eval" events); {} when the folder records none."""
     metrics_file, log_file = folder / "metrics.json", folder / "log.jsonl"
     if metrics_file.exists():
         saved = json.loads(metrics_file.read_text())
@@ -391,8 +391,8 @@ def build_report(folder: str | Path, against: str | Path | None = None) -> str:
     folder = Path(folder)
     against = Path(against) if against is not None else None
     if against is not None and not (against / "test_ranks.json").exists():
-        raise InputError(f"--against {against}: no test_ranks.json there; give a SASRec run folder "
-                         "(benchmarks/sasrec.py, or RUN_DIR/sasrec of gensid train --sasrec-minutes)")
+        raise InputError(f"--against {against}: no test_ranks.json there; give a baseline run folder "
+                         "(gensid baseline, or RUN_DIR/sasrec of gensid train --sasrec-minutes)")
     start = time.perf_counter()
     s = open_subject(folder)
     page = {"name": s.cfg.name, "folder": str(folder), "bundle": s.bundle,
