@@ -184,6 +184,8 @@ class TrainConfig(Section):
                                               "share the cores)")
     eval_every: int = Field(1, ge=1, description="validate every N epochs (keep the best checkpoint)")
     patience: int = Field(0, ge=0, description=">0: stop after N validations without improvement")
+    bucket_batches: int = Field(50, ge=1, description="batches are drawn from chunks of this many batches' "
+                                "samples sorted by history length (less padding); 1: batches of random samples")
 
 
 class EvalConfig(Section):
@@ -214,7 +216,8 @@ class ServeConfig(Section):
 class SASRecConfig(Section):
     """`gensid baseline sasrec`: SASRec (Kang & McAuley 2018) with cross-entropy over the catalog, its
     positions `data.max_history`; trained by the Trainer with this section's schedule (no warmup,
-    linear decay over `epochs`), `train.seed`, `train.stop_epoch` and `train.threads`."""
+    linear decay over `epochs`, batches of random windows), `train.seed`, `train.stop_epoch` and
+    `train.threads`."""
 
     hidden: int = Field(64, ge=1, description="embedding and Transformer width (a multiple of `heads`)")
     layers: int = Field(2, ge=1, description="Transformer blocks")

@@ -165,7 +165,7 @@ class Trainer:
         self.model.train()
         torch.manual_seed(self.cfg.seed * 100_003 + self.epoch)
         batches = length_bucketed_batches(self.train, self.cfg.batch_size,
-                                          np.random.default_rng([self.cfg.seed, self.epoch]))
+                                          np.random.default_rng([self.cfg.seed, self.epoch]), self.cfg.bucket_batches)
         totals: dict[str, float] = {}
         grad_norms: list[float] = []
         count = 0
