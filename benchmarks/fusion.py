@@ -6,8 +6,8 @@
 
 p(item) = (1 - w) p_gen(item) + w p_catalog(item) (``gensid.fusion``). ``gensid.fusion.fit_hybrid``
 trains the dense dual encoder on the run's own training split and item text vectors (search; the
-model of ``benchmarks/search_baselines.py``) or takes a SASRec saved by ``benchmarks/sasrec.py``
-(recommendation), and picks ``w`` by validation ndcg@10. The test split is then ranked with w = 0
+model of ``benchmarks/search_baselines.py``) or takes a SASRec run folder of ``gensid baseline sasrec``
+or ``benchmarks/sasrec.py`` (recommendation), and picks ``w`` by validation ndcg@10. The test split is then ranked with w = 0
 (the gensid run alone), the chosen w, and w = 1 (the scorer alone), from one beam search.
 Writes ``hybrid`` rows (test and validation) into ``<results-dir>/<dataset>-<task>.json``; the
 hybrid (``hybrid.json``, the dense encoder) and its test ranks (for ``gensid compare``) into
@@ -29,7 +29,6 @@ import torch
 
 from gensid.eval.analysis import hit_rate_by_bucket, popularity_buckets
 from gensid.fusion.hybrid import WEIGHTS, fit_hybrid, test_comparison
-from gensid.io import JsonlLog
 from gensid.pipeline import load_run, training_popularity
 from gensid.report.results import total_train_minutes, update_entry, upsert_row
 
@@ -39,7 +38,7 @@ RESEARCH = Path(__file__).resolve().parents[1] / "research"  # the defaults of -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
-    parser.add_argument("--sasrec", help="recommendation: a SASRec run folder with model.safetensors and log.jsonl")
+    parser.add_argument("--sasrec", help="recommendation: a SASRec run folder (gensid baseline sasrec)")
     parser.add_argument("--weights", type=float, nargs="+", default=WEIGHTS)
     parser.add_argument("--seed", type=int, default=None, help="dense encoder seed (default: the run's seed)")
     parser.add_argument("--dense-epochs", type=int, default=5)
@@ -55,9 +54,8 @@ def main() -> None:
     hybrid, scorer_minutes = fit_hybrid(run, args.sasrec, args.weights, args.seed, args.dense_epochs, progress=True)
     compared = test_comparison(hybrid, progress=True)
     seconds = time.perf_counter() - start
-    if args.sasrec:  # SASRec's own training minutes (benchmarks/sasrec.py logs them per epoch)
-        log = JsonlLog(Path(args.sasrec) / "log.jsonl").read()
-        scorer_minutes = max((e.get("minutes", 0.0) for e in log if e.get("event") == "epoch"), default=0.0)
+    if args.sasrec:  # SASRec's own training minutes
+        scorer_minutes = json.loads((Path(args.sasrec) / "metrics.json").read_text())["train_minutes"]
 
     hit = "hit" if run.cfg.data.task == "search" else "recall"
     for name, (m, _) in compared.items():

@@ -10,41 +10,32 @@ ranks the full catalog with
   (in-batch InfoNCE on the training samples, exact inner-product search with faiss). Every item,
   new or not, is scored by its text.
 
-Writes test and validation rows into ``<results-dir>/<dataset>-rec.json`` (default
+Each trains with ``gensid baseline popular|dense`` (:func:`gensid.baselines.training.train_baseline`)
+on a config made of these options. Writes test and validation rows into ``<results-dir>/<dataset>-rec.json`` (default
 ``research/results``), on a cold-start split with the metrics of the new-item and the seen-item
-targets (``metrics_new``, ``metrics_seen``), and each baseline's per-user test ranks (for
-``gensid compare``) into ``<runs>/<method>-<dataset>-s<seed>/`` (default
+targets (``metrics_new``, ``metrics_seen``); each baseline's run folder (weights, metrics, per-user
+test ranks for ``gensid compare``) is ``<runs>/<method>-<dataset>-s<seed>/`` (default
 ``research/experiments/baselines/runs``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from gensid.baselines.dense import DenseDualEncoder
-from gensid.baselines.popularity import MostPopular
-from gensid.config import DataConfig
-from gensid.data import load_dataset
-from gensid.data.splits import next_item_split
-from gensid.eval.analysis import hit_rate_by_bucket, popularity_buckets
-from gensid.eval.metrics import metrics_from_ranks, new_and_seen, rank_of_targets
-from gensid.pipeline import save_test_ranks
+from gensid.baselines.training import train_baseline
+from gensid.config import DataConfig, DenseConfig, load_config
 from gensid.report.results import upsert_row
-from gensid.text import embed_texts
 
-KS = [1, 5, 10, 20]
 MAX_HISTORY = 20
 RESEARCH = Path(__file__).resolve().parents[1] / "research"  # the defaults of --results-dir and --runs
+KINDS = {"most_popular": "popular", "dense": "dense"}  # results method -> gensid baseline KIND
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--dataset", required=True, help="name in the results file, e.g. beauty-cold")
@@ -54,60 +45,39 @@ def main() -> None:
                         help="--split cold_start: the share of the items (the newest) never trained on")
     parser.add_argument("--text-fields", nargs="+", default=DataConfig().text_fields)
     parser.add_argument("--text-model", default="all-MiniLM-L6-v2")
-    parser.add_argument("--methods", nargs="+", default=["most_popular", "dense"], choices=["most_popular", "dense"])
-    parser.add_argument("--epochs", type=int, default=5, help="dense encoder epochs")
+    parser.add_argument("--methods", nargs="+", default=list(KINDS), choices=list(KINDS))
+    parser.add_argument("--epochs", type=int, default=DenseConfig().epochs, help="dense encoder epochs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="dense encoder initialisation and batch order")
     parser.add_argument("--runs", type=Path, default=RESEARCH / "experiments" / "baselines" / "runs",
-                        help="folder of the test-rank run folders")
+                        help="folder of the baselines' run folders")
     parser.add_argument("--results-dir", type=Path, default=RESEARCH / "results", help="folder of the results JSON")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-
-    dataset = load_dataset(args.data, "auto", args.text_fields)
-    num_items = len(dataset.catalog)
-    split = next_item_split(dataset.interactions, num_items, MAX_HISTORY, args.split, args.cold_share)
-    cold = split.cold_items
-    print(f"{args.dataset}: {len(split.train)} train / {len(split.valid)} valid / {len(split.test)} test samples, "
-          f"{num_items} items" + (f", {len(cold)} new" if cold is not None else ""), flush=True)
-    buckets = popularity_buckets(np.bincount(split.train.targets, minlength=num_items))
-
-    rankers, variants, minutes = {}, {}, {}
-    if "most_popular" in args.methods:
-        popular = MostPopular.fit(split.train, num_items)
-        rankers["most_popular"] = lambda samples: popular.rank(len(samples), max(KS))
-        variants["most_popular"], minutes["most_popular"] = "training-target counts", 0.0
-    if "dense" in args.methods:
-        item_text = torch.from_numpy(embed_texts(dataset.catalog.texts, args.text_model))
-        start = time.perf_counter()
-        dense = DenseDualEncoder(item_text.shape[1])
-        no_query = torch.zeros(len(split.train), item_text.shape[1])  # recommendation: the history alone
-        losses = dense.fit(split.train, no_query, item_text, epochs=args.epochs, seed=args.seed)
-        minutes["dense"] = (time.perf_counter() - start) / 60
-        rankers["dense"] = lambda samples: dense.rank(samples, torch.zeros(len(samples), item_text.shape[1]),
-                                                      item_text, max(KS))
-        variants["dense"] = (f"{args.text_model} frozen, mean history text -> item text, linear projections d128, "
-                             f"InfoNCE, {args.epochs} epochs (final loss {losses[-1]:.3f})")
-
-    for name in ("valid", "test"):
-        samples = getattr(split, name)
-        for method, rank in rankers.items():
-            ranked = rank(samples)
-            ranks = rank_of_targets(ranked, samples.targets)
-            metrics = metrics_from_ranks(ranks, KS)
-            subsets = new_and_seen(ranks, split.new_targets(samples), KS) if cold is not None else {}
-            row = {"method": method, "variant": variants[method], "split": name, "seed": args.seed,
-                   "metrics": metrics, "train_minutes": round(minutes[method], 2), "command": command,
+    cfg = load_config(None, [f"name={args.dataset}", f"data.source={args.data}", f"data.max_history={MAX_HISTORY}",
+                             f"data.split={args.split}", f"data.cold_share={args.cold_share}",
+                             f"data.text_fields={json.dumps(args.text_fields)}", f"text.model={args.text_model}",
+                             f"train.seed={args.seed}", f"train.threads={args.threads}",
+                             f"baseline.dense.epochs={args.epochs}"])
+    for method in args.methods:
+        done = train_baseline(KINDS[method], cfg, Path(args.runs) / f"{method}-{args.dataset}-s{args.seed}")
+        metrics = done.metrics
+        variant = "training-target counts" if method == "most_popular" else (
+            f"{args.text_model} frozen, mean history text -> item text, linear projections d{cfg.baseline.dense.dim}, "
+            f"InfoNCE, {args.epochs} epochs (final loss {metrics['final_loss']:.3f})")
+        for name in ("valid", "test"):
+            subsets = {subset: metrics[f"{name}_{subset}"] for subset in ("new", "seen") if f"{name}_{subset}" in metrics}
+            row = {"method": method, "variant": variant, "split": name, "seed": args.seed,
+                   "metrics": metrics[name], "train_minutes": round(metrics["train_minutes"], 2), "command": command,
                    **{f"metrics_{subset}": m for subset, m in subsets.items()}}
             if name == "test":  # the same buckets as gensid's runs: training-target counts
-                row["test_by_popularity"] = hit_rate_by_bucket(ranked, samples.targets, buckets)
-                run_dir = Path(args.runs) / f"{method}-{args.dataset}-s{args.seed}"
-                run_dir.mkdir(parents=True, exist_ok=True)
-                save_test_ranks(run_dir, samples, ranks, max(KS), split.new_targets(samples))
+                row["test_by_popularity"] = metrics["test_by_popularity"]
             upsert_row(args.dataset, "rec", row, args.results_dir)
-            shown = {"all": metrics, **subsets}
+            shown = {"all": metrics[name], **subsets}
             print(f"{name} {method}: " + "  ".join(f"{subset} R@10 {m['recall@10']:.4f} N@10 {m['ndcg@10']:.4f}"
                                                    for subset, m in shown.items()), flush=True)
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,20 @@ def tiny_ml100k(epochs: int) -> list[str]:
     return ["data.max_users=40", f"train.epochs={epochs}", "train.threads=1", "train.batch_size=32",
             "model.d_model=32", "model.d_ff=64", "model.encoder_layers=1", "model.decoder_layers=1",
             "quantizer.codebook_sizes=[16,16]", "eval.ks=[5,10]", "eval.beam_size=10"]
+
+
+def kill_at_first_checkpoint(command: list[str], run_dir: Path, env: dict[str, str]) -> None:
+    """Start training with ``command`` and SIGKILL it as soon as ``run_dir`` holds its first checkpoint
+    (the second epoch running), before it finishes."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoint.safetensors").exists():
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "metrics.json").exists(), "the run finished before it was killed"
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import tiny_ml100k
-from gensid.baselines.sasrec import SASRec, SASRecConfig, fit
+from gensid.baselines.sasrec import SASRec
+from gensid.baselines.training import train_sasrec
 from gensid.compare import compare_runs
 from gensid.config import load_config
 from gensid.data import load_dataset
@@ -149,25 +150,26 @@ def test_new_and_seen_metrics_by_hand(tmp_path):
     assert metric_cell(rows, "new:recall@10") == "0.1000" and metric_cell(rows, "seen:recall@10") == ""
 
 
-def test_sasrec_never_moves_a_new_items_embedding(rng):
+def test_sasrec_never_moves_a_new_items_embedding(rng, tmp_path):
     seqs = [rng.integers(0, 30, 8) for _ in range(40)]
     inter = Interactions([str(u) for u in range(40)], seqs)
     split = cold_start(inter, 30, 0.2, max_history=6)
     cold = split.cold_items
     text = torch.randn(30, 12)
     for text_items in (False, True):
-        cfg = SASRecConfig(hidden=16, layers=1, heads=2, inner=32, max_len=6, max_epochs=2, batch_size=8,
-                           text_items=text_items)
-        result = fit(training_sequences(inter, cold), split.valid, 30, cfg, progress=False, cold_items=cold,
-                     item_text=text if text_items else None)
-        seed_everything(cfg.seed)  # the item table fit starts from
-        initial = SASRec(30, cfg, text if text_items else None).item_emb.weight.detach()
-        weights = result.model.item_emb.weight.detach()
+        cfg = load_config(None, ["baseline.sasrec.hidden=16", "baseline.sasrec.layers=1", "baseline.sasrec.inner=32",
+                                 "baseline.sasrec.epochs=2", "baseline.sasrec.batch_size=8",
+                                 f"baseline.sasrec.text_items={str(text_items).lower()}"])
+        seed_everything(cfg.train.seed)
+        model = SASRec(30, cfg.baseline.sasrec, 6, text if text_items else None)
+        initial = model.item_emb.weight.detach().clone()
+        train_sasrec(model, inter, split, cfg, tmp_path / str(text_items))
+        weights = model.item_emb.weight.detach()
         assert torch.equal(weights[cold], initial[cold])  # random init, or the zero free vector
         assert not torch.equal(weights[split.trained_items(30)], initial[split.trained_items(30)])
         if text_items:  # a new item is scored by its text's projection
             assert torch.equal(weights[cold], torch.zeros(len(cold), 16))
-            assert torch.allclose(result.model.item_vectors()[cold], result.model.text_proj(text[cold]))
+            assert torch.allclose(model.item_vectors()[cold], model.text_proj(text[cold]))
 
 
 @pytest.mark.slow

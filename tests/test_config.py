@@ -38,9 +38,14 @@ OLD_DEFAULTS = {
     "train": {"epochs": 20, "batch_size": 256, "lr": 0.001, "quantizer_lr": 0.001,
               "weight_decay": 0.01, "warmup_steps": 200, "label_smoothing": 0.0, "seed": 0, "max_minutes": 0.0,
               "stop_epoch": 0, "init_from": "", "freeze_index_epoch": 0, "bf16": False, "threads": 0,
-              "eval_every": 1, "patience": 0},
+              "eval_every": 1, "patience": 0, "bucket_batches": 50},
     "eval": {"beam_size": 20, "ks": [1, 5, 10, 20], "batch_size": 256, "max_users": 0, "verify_weight": 0.0},
     "serve": {"exclude_seen": False},
+    "baseline": {"sasrec": {"hidden": 64, "layers": 2, "heads": 2, "inner": 256, "dropout": 0.5, "attn_dropout": 0.5,
+                            "text_items": False, "epochs": 300, "lr": 0.001, "weight_decay": 0.0, "batch_size": 256,
+                            "patience": 10, "max_minutes": 45.0},
+                 "dense": {"dim": 128, "temperature": 0.05, "epochs": 5, "lr": 0.001, "batch_size": 512},
+                 "bm25": {"k1": 1.5, "b": 0.75}},
 }
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from gensid.baselines.dense import DenseDualEncoder
-from gensid.baselines.sasrec import SASRec, SASRecConfig
+from gensid.baselines.sasrec import SASRec
+from gensid.config import SASRecConfig
 from gensid.data.search import SearchSamples
 from gensid.errors import RunError
 from gensid.fusion import generative_log_probs, mix
@@ -73,7 +74,7 @@ def test_dense_log_probs_are_its_ranking_as_a_distribution(tmp_path):
 
 def test_sasrec_save_load_keeps_its_distribution(tmp_path):
     torch.manual_seed(0)
-    model = SASRec(40, SASRecConfig(hidden=16, layers=1, heads=2, inner=32, max_len=6)).eval()
+    model = SASRec(40, SASRecConfig(hidden=16, layers=1, heads=2, inner=32), max_len=6).eval()
     histories = np.array([[-1, -1, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
     model.save(tmp_path / "model.safetensors", best_epoch=3)
     loaded = SASRec.load(tmp_path / "model.safetensors")

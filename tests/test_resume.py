@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import tiny_ml100k
+from conftest import kill_at_first_checkpoint, tiny_ml100k
 from gensid.io import load_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,16 +40,7 @@ def events(run_dir: Path) -> list[dict]:
 
 def kill_after_first_epoch(run_dir: Path) -> None:
     """Start training, SIGKILL it as soon as the first checkpoint is written (epoch 2 running)."""
-    proc = subprocess.Popen(train_command(run_dir), env=environment(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (run_dir / "checkpoint.safetensors").exists():
-        assert proc.poll() is None, "training ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint after 300 s"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run_dir / "metrics.json").exists(), "the run finished before it was killed"
+    kill_at_first_checkpoint(train_command(run_dir), run_dir, environment())
 
 
 @pytest.fixture(scope="module")

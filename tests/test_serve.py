@@ -24,14 +24,14 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from gensid.baselines.sasrec import SASRec, SASRecConfig
+from gensid.baselines.sasrec import SASRec
 from gensid.cli import app as cli_app
 from gensid.compare import load_test_ranks, target_popularity_buckets
-from gensid.config import load_config
+from gensid.config import SASRecConfig, load_config
 from gensid.data.movielens import movielens_100k_dir
 from gensid.errors import InputError, RunError
 from gensid.fusion import Hybrid, fit_hybrid
-from gensid.fusion.hybrid import known_items_only, load_sasrec
+from gensid.fusion.hybrid import known_items_only, load_scorer
 from gensid.live import load_run_with_added_items
 from gensid.pipeline import load_run, train_run
 from gensid.serve import create_app
@@ -288,7 +288,7 @@ def test_a_hybrid_folder_serves_the_mixture_and_scores_added_items(trained, tmp_
 
 def test_a_sasrec_hybrid_gives_added_items_no_catalog_probability(trained, tmp_path):
     run = load_run(shutil.copytree(trained["two_stage"], tmp_path / "rec"))
-    sasrec = SASRec(len(run.dataset.catalog), SASRecConfig(hidden=16, layers=1, heads=2, inner=32, max_len=20))
+    sasrec = SASRec(len(run.dataset.catalog), SASRecConfig(hidden=16, layers=1, heads=2, inner=32), max_len=20)
     (tmp_path / "sasrec").mkdir()
     sasrec.save(tmp_path / "sasrec" / "model.safetensors")
     Hybrid(run, sasrec.eval(), 0.7, str(tmp_path / "sasrec")).save(tmp_path / "hybrid")
@@ -311,10 +311,10 @@ def test_a_sasrec_hybrid_moves_with_its_parts_and_loads_from_any_directory(train
     work = tmp_path / "before"
     run = load_run(shutil.copytree(trained["two_stage"], work / "rec"))
     (work / "sasrec").mkdir()
-    SASRec(len(run.dataset.catalog), SASRecConfig(hidden=16, layers=1, heads=2, inner=32, max_len=20)).save(
+    SASRec(len(run.dataset.catalog), SASRecConfig(hidden=16, layers=1, heads=2, inner=32), max_len=20).save(
         work / "sasrec" / "model.safetensors")
     monkeypatch.chdir(work)
-    Hybrid(run, load_sasrec("sasrec", run), 0.7, "sasrec").save("hybrid")  # a relative --sasrec, as typed
+    Hybrid(run, load_scorer("sasrec", run), 0.7, "sasrec").save("hybrid")  # a relative --sasrec, as typed
     shutil.move(work, tmp_path / "after")
     monkeypatch.chdir(tmp_path)
     loaded = Hybrid.load(tmp_path / "after" / "hybrid")

@@ -112,6 +112,30 @@ def train(config: Path = typer.Argument(..., help="a config YAML, e.g. configs/m
 
 
 @app.command()
+def baseline(kind: str = typer.Argument(..., help="popular, sasrec, bm25 (search) or dense"),
+             config: Path = typer.Argument(..., help="an experiment config: its data, split, text encoder and "
+                                                     "eval sections, and the baseline section's settings"),
+             run_dir: Path = typer.Option(None, help="output folder (default runs/<name>-<KIND>)"),
+             set_: list[str] = typer.Option([], "--set", help="override, e.g. --set baseline.sasrec.hidden=128"),
+             seed: int | None = typer.Option(None, help="the seed (train.seed)")) -> None:
+    """Train and evaluate a baseline on a config's data and split, into a run folder that gensid compare,
+    gensid hybrid --scorer and gensid report --against take."""
+    from gensid.baselines.training import train_baseline
+    from gensid.config.loading import load_config
+
+    cfg = load_config(config, [*set_, *([f"train.seed={seed}"] if seed is not None else [])])
+    run_dir = run_dir or Path("runs") / f"{cfg.name}-{kind}"
+    done = train_baseline(kind, cfg, run_dir)
+    metrics = done.metrics
+    protocol = cfg.data.split.replace("_", "-") if cfg.data.task == "rec" else "search"
+    rows = {f"{metrics['method']} ({subset})" if subset else metrics["method"]: metrics[f"test{suffix}"]
+            for subset, suffix in (("", ""), ("new-item targets", "_new"), ("seen-item targets", "_seen"))
+            if f"test{suffix}" in metrics}
+    console.print(_table(f"{metrics['dataset']} test (full catalog, {protocol})", rows))
+    console.print(f"training {metrics['train_minutes']:.1f} min; baseline saved in {run_dir}", soft_wrap=True)
+
+
+@app.command()
 def evaluate(run_dir: Path, split: str = typer.Option("test", help="valid or test")) -> None:
     """Re-evaluate a trained run on a split and print its metrics."""
     from gensid.evaluation import evaluate_split
@@ -216,7 +240,7 @@ def export(run_dir: Path = typer.Argument(..., help="a trained run folder"),
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a trained run folder, or a bundle (gensid export)"),
            out: Path = typer.Option(None, help="the HTML file to write (default RUN_DIR/report.html)"),
-           against: Path | None = typer.Option(None, help="a SASRec run folder on the same data (benchmarks/sasrec.py, "
+           against: Path | None = typer.Option(None, help="a baseline run folder on the same data (gensid baseline, "
                                                           "or RUN_DIR/sasrec): its metrics in the table and hit@10 "
                                                           "by target popularity beside this run's")) -> None:
     """Write one self-contained HTML page about a run: metrics beside the baselines, training curve,
@@ -230,14 +254,16 @@ def report(run_dir: Path = typer.Argument(..., help="a trained run folder, or a 
 
 @app.command()
 def hybrid(run_dir: Path, out: Path = typer.Option(..., help="folder for the hybrid (hybrid.json, dense encoder)"),
-           sasrec: Path | None = typer.Option(None, help="recommendation runs: a SASRec folder from benchmarks/sasrec.py "
-                                                         "or gensid train --sasrec-minutes (RUN_DIR/sasrec)"),
+           scorer: Path | None = typer.Option(None, "--scorer", "--sasrec",
+                                              help="a baseline run folder on the run's data: gensid baseline sasrec "
+                                                   "or dense (or RUN_DIR/sasrec of gensid train --sasrec-minutes); "
+                                                   "search runs without one get a dense encoder trained here"),
            weights: str = typer.Option("", help="comma-separated mixing weights to try on validation "
                                                "(default 0, .05, .1, .2, ..., .9, 1)"),
            seed: int | None = typer.Option(None, help="dense encoder seed (default: the run's)"),
            threads: int = typer.Option(1, min=1, help="torch threads")) -> None:
-    """Mix a trained run with a full-catalog scorer (search: a dense dual encoder trained here on the run's
-    training split; recommendation: SASRec), the weight chosen on validation; prints the test metrics of
+    """Mix a trained run with a full-catalog scorer (a SASRec or dense baseline run; search runs without one:
+    a dense dual encoder trained here on the run's training split), the weight chosen on validation; prints the test metrics of
     the run alone, the hybrid and the scorer alone, and writes the hybrid and its test ranks into OUT."""
     import torch
 
@@ -252,7 +278,7 @@ def hybrid(run_dir: Path, out: Path = typer.Option(..., help="folder for the hyb
         raise InputError(f"{out}: exists and is not empty; give a new folder for the hybrid")
     torch.set_num_threads(threads)
     run = load_run(run_dir)
-    mixed, _ = fit_hybrid(run, sasrec, chosen, seed, progress=True)
+    mixed, _ = fit_hybrid(run, scorer, chosen, seed, progress=True)
     compared = test_comparison(mixed, progress=True)
     mixed.save(out, test_ranked=compared["hybrid"][1])
     console.print(_table(f"test, weight {mixed.weight} (chosen on validation)",

@@ -80,25 +80,39 @@ def compare_runs(control: str, treatment: str, seeds: list[str], metrics: list[s
     in_subset = subset_users(pairs[0][0], subset) if subset != "all" else None  # same digest: same new targets
     if in_subset is not None:
         ranks = {run_dir: r[in_subset] for run_dir, r in ranks.items()}
-    shallowest = min(depths, key=depths.get)
-    try:
-        for metric in metrics:
-            if parse_metric(metric)[1] > depths[shallowest]:
-                raise InputError(f"{metric}: {shallowest} ranks only its top {depths[shallowest]} items (a gensid "
-                                 f"run: eval.beam_size), so K can be at most {depths[shallowest]}")
-        tests = compare_ranks([ranks[c] for c, _ in pairs], [ranks[t] for _, t in pairs], metrics, resamples)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    check_depths(metrics, depths)
+    tests = paired_tests(ranks, pairs, metrics, resamples)
     result = {"control": control, "treatment": treatment, "seeds": seeds, "pairs": pairs, "subset": subset,
               "test_users": len(ranks[pairs[0][0]]), "resamples": resamples, "metrics": tests}
     if by_popularity:
         bucket = target_popularity_buckets(list(ranks), digests.pop())
         bucket = bucket if in_subset is None else bucket[in_subset]
-        result["by_popularity"] = []
-        for b in np.unique(bucket):
-            users = bucket == b
-            result["by_popularity"].append({
-                "bucket": int(b), "test_users": int(users.sum()),
-                "metrics": compare_ranks([ranks[c][users] for c, _ in pairs], [ranks[t][users] for _, t in pairs],
-                                         metrics, resamples)})
+        result["by_popularity"] = [
+            {"bucket": int(b), "test_users": int((bucket == b).sum()),
+             "metrics": paired_tests({d: r[bucket == b] for d, r in ranks.items()}, pairs, metrics, resamples)}
+            for b in np.unique(bucket)]
     return result
+
+
+def check_depths(metrics: list[str], depths: dict[str, int]) -> None:
+    """``InputError`` when a metric's K is deeper than the shallowest ranked lists of ``depths``
+    ({run: depth})."""
+    shallowest = min(depths, key=depths.get)
+    for metric in metrics:
+        try:
+            k = parse_metric(metric)[1]
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        if k > depths[shallowest]:
+            raise InputError(f"{metric}: {shallowest} ranks only its top {depths[shallowest]} items (a gensid "
+                             f"run: eval.beam_size), so K can be at most {depths[shallowest]}")
+
+
+def paired_tests(ranks: dict[str, np.ndarray], pairs: list[tuple[str, str]], metrics: list[str],
+                 resamples: int) -> dict:
+    """``eval.significance.compare_ranks`` of the ``pairs`` (control, treatment) of runs, from their
+    ranks {run: [N]}."""
+    try:
+        return compare_ranks([ranks[c] for c, _ in pairs], [ranks[t] for _, t in pairs], metrics, resamples)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None

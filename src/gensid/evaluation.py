@@ -42,16 +42,28 @@ def popularity_metrics(run: Run, split: str) -> dict[str, dict[str, float]]:
     model = MostPopular.fit(run.splits.train, len(run.dataset.catalog))
     samples = getattr(run.splits, split)
     ranks = rank_of_targets(model.rank(len(samples), max(run.cfg.eval.ks)), samples.targets)
-    return {split: metrics_from_ranks(ranks, run.cfg.eval.ks), **subset_metrics(run, samples, ranks, split)}
+    ks = run.cfg.eval.ks
+    return {split: metrics_from_ranks(ranks, ks), **subset_metrics(run.splits, samples, ranks, ks, split)}
 
 
-def subset_metrics(run: Run, samples: Samples, ranks: np.ndarray, split: str) -> dict[str, dict[str, float]]:
-    """On a cold-start split: ``{split}_new`` and ``{split}_seen``, the metrics of the samples whose
-    target is a new item and of the others (a subset without samples is left out); else empty."""
-    if run.splits.cold_items is None:
+def subset_metrics(splits: LeaveOneOut, samples: Samples, ranks: np.ndarray, ks: list[int], split: str
+                   ) -> dict[str, dict[str, float]]:
+    """On a cold-start split: ``{split}_new`` and ``{split}_seen``, the metrics at ``ks`` of the samples
+    whose target is a new item and of the others (a subset without samples is left out); else empty."""
+    if splits.cold_items is None:
         return {}
-    subsets = new_and_seen(ranks, run.splits.new_targets(samples), run.cfg.eval.ks)
+    subsets = new_and_seen(ranks, splits.new_targets(samples), ks)
     return {f"{split}_{name}": metrics for name, metrics in subsets.items()}
+
+
+def cold_start_summary(splits: LeaveOneOut, share: float, ranked: np.ndarray) -> dict:
+    """A cold-start split's counts (new items, new and seen test and validation targets) and how often
+    the test ranking ``ranked`` [N, depth] holds a new item at all (against new items / catalog size)."""
+    new = splits.new_targets(splits.test)
+    return {"share": share, "new_items": len(splits.cold_items),
+            "test_new_targets": int(new.sum()), "test_seen_targets": int((~new).sum()),
+            "valid_new_targets": int(splits.new_targets(splits.valid).sum()),
+            "new_share_of_ranked": float(np.isin(ranked[ranked >= 0], splits.cold_items).mean())}
 
 
 def training_popularity(splits: LeaveOneOut, num_items: int) -> np.ndarray:
@@ -72,15 +84,11 @@ def test_analysis(run: Run, progress: bool = False) -> tuple[dict, np.ndarray]:
     popularity = training_popularity(run.splits, len(run.dataset.catalog))
     buckets = popularity_buckets(popularity)
     codes = run.quantizer_codes()
-    out = {"test": metrics_from_ranks(ranks, run.cfg.eval.ks), **subset_metrics(run, test, ranks, "test"),
+    ks = run.cfg.eval.ks
+    out = {"test": metrics_from_ranks(ranks, ks), **subset_metrics(run.splits, test, ranks, ks, "test"),
            "test_by_popularity": hit_rate_by_bucket(ranked, test.targets, buckets)}
     if run.splits.cold_items is not None:
-        new = run.splits.new_targets(test)
-        out["cold_start"] = {"share": run.cfg.data.cold_share, "new_items": len(run.splits.cold_items),
-                             "test_new_targets": int(new.sum()), "test_seen_targets": int((~new).sum()),
-                             "valid_new_targets": int(run.splits.new_targets(run.splits.valid).sum()),
-                             # how often the model ranks a new item at all: against new_items / catalog size
-                             "new_share_of_ranked": float(np.isin(ranked[ranked >= 0], run.splits.cold_items).mean())}
+        out["cold_start"] = cold_start_summary(run.splits, run.cfg.data.cold_share, ranked)
     if run.parallel:
         out["sid"] = digit_stats(codes, run.cfg.parallel.codebook_size)
     else:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gensid.baselines import baseline_kind
 from gensid.config.loading import load_config
 from gensid.config.sections import ExperimentConfig
 from gensid.data import Dataset, LeaveOneOut, load_dataset
@@ -36,17 +37,22 @@ from gensid.text.encoder import model_path
 from gensid.train import ItemFeatures
 
 
-def item_text_vectors(cfg: ExperimentConfig, full: Dataset, dataset: Dataset, run_dir: Path, progress: bool
-                      ) -> torch.Tensor:
-    """[N, T] text vectors of ``dataset``'s items, saved in the run. The whole catalog of ``full``
-    is embedded (and cached on disk), so a subset run reuses the full run's vectors."""
-    path = run_dir / "index" / "item_text.safetensors"
-    if path.exists():
-        return load_tensors(path)[0]["vectors"]
+def catalog_text_vectors(cfg: ExperimentConfig, full: Dataset, dataset: Dataset, progress: bool) -> torch.Tensor:
+    """[N, T] text vectors of ``dataset``'s items. The whole catalog of ``full`` is embedded (and
+    cached on disk), so a subset run reuses the full run's vectors."""
     vectors = embed_texts(full.catalog.texts, cfg.text.model, cfg.text.batch_size, progress)
     if dataset is not full:
         vectors = vectors[[full.catalog.index_of(item) for item in dataset.catalog.item_ids]]
-    text = torch.from_numpy(np.ascontiguousarray(vectors))
+    return torch.from_numpy(np.ascontiguousarray(vectors))
+
+
+def item_text_vectors(cfg: ExperimentConfig, full: Dataset, dataset: Dataset, run_dir: Path, progress: bool
+                      ) -> torch.Tensor:
+    """[N, T] text vectors of ``dataset``'s items (:func:`catalog_text_vectors`), saved in the run."""
+    path = run_dir / "index" / "item_text.safetensors"
+    if path.exists():
+        return load_tensors(path)[0]["vectors"]
+    text = catalog_text_vectors(cfg, full, dataset, progress)
     save_tensors(path, {"vectors": text})
     return text
 
@@ -294,5 +300,9 @@ def load_run(run_dir: str | Path, splits: bool = True) -> Run:
     if (run_dir / "bundle.json").exists():
         raise RunError(f"{run_dir}: a bundle (gensid export), which holds no data; load it with "
                        "gensid.bundle.load_bundle, or evaluate the run it was exported from")
+    kind = baseline_kind(run_dir)
+    if kind:
+        raise RunError(f"{run_dir}: a {kind} baseline (gensid baseline), not a gensid model; pair it with a run "
+                       f"(gensid compare) or mix it into one (gensid hybrid RUN_DIR --scorer {run_dir})")
     _, weights = run_files(run_dir)
     return with_weights(prepare(run_config(run_dir), run_dir, progress=False, splits=splits), weights)

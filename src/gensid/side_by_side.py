@@ -9,23 +9,20 @@ the next items moving up. Those metrics are labelled as such and never replace t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import asdict
 
 import numpy as np
 
 from gensid.baselines.popularity import MostPopular
-from gensid.baselines.sasrec import SASRec, SASRecConfig, fit
+from gensid.baselines.sasrec import SASRec
+from gensid.baselines.training import train_baseline
+from gensid.config.sections import ExperimentConfig
 from gensid.data import Samples
-from gensid.data.splits import training_sequences
 from gensid.errors import InputError
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
-from gensid.evaluation import save_test_ranks, subset_metrics
-from gensid.io import write_json
 from gensid.run import Run
 
-SASREC_DIR = "sasrec"  # inside the run folder: model.safetensors, metrics.json, test_ranks.json
+SASREC_DIR = "sasrec"  # inside the run folder: a gensid baseline sasrec run folder
 
 
 def seen_before_test(run: Run) -> list[np.ndarray]:
@@ -72,33 +69,17 @@ def subset(samples: Samples, rows: np.ndarray) -> Samples:
 
 
 def sasrec_beside(run: Run, minutes: float, progress: bool = True) -> tuple[SASRec, dict]:
-    """A SASRec (``SASRecConfig``'s defaults, ``data.max_history`` positions, the run's seed) trained on
-    the run's training split for at most ``minutes``, chosen on its validation split, and its summary
-    (test metrics, epochs, minutes). Saved in ``RUN_DIR/sasrec`` with its ``test_ranks.json``, so
-    ``gensid compare RUN_DIR RUN_DIR/sasrec`` and ``gensid hybrid RUN_DIR --sasrec RUN_DIR/sasrec``
-    take it; a second call with the same settings reuses it."""
+    """``gensid baseline sasrec`` on the run's config (``baseline.sasrec``'s defaults, ``data.max_history``
+    positions, the run's seed) for at most ``minutes`` of training, into ``RUN_DIR/sasrec``; and its
+    ``metrics.json`` (test metrics, epochs, minutes). ``gensid compare RUN_DIR RUN_DIR/sasrec`` and
+    ``gensid hybrid RUN_DIR --scorer RUN_DIR/sasrec`` take it; a second call resumes the finished
+    SASRec, which ends where it was."""
     if run.cfg.data.task != "rec":
         raise InputError("--sasrec-minutes: SASRec is a recommendation baseline; this run is a search run")
-    folder = run.run_dir / SASREC_DIR
-    cfg = SASRecConfig(max_len=run.cfg.data.max_history, max_minutes=minutes, seed=run.cfg.train.seed)
-    done = folder / "metrics.json"
-    if done.exists() and (folder / "model.safetensors").exists():
-        summary = json.loads(done.read_text())
-        if summary.get("config") == asdict(cfg):
-            return SASRec.load(folder / "model.safetensors"), summary
-    cold = run.splits.cold_items
-    result = fit(training_sequences(run.dataset.interactions, cold), run.splits.valid, len(run.dataset.catalog), cfg,
-                 progress=progress, cold_items=cold)
-    test = run.splits.test
-    ranks = rank_of_targets(result.model.rank(test, run.cfg.eval.beam_size), test.targets)
-    summary = {"method": "sasrec", "config": asdict(cfg), "epochs": result.epochs, "best_epoch": result.best_epoch,
-               "train_minutes": result.train_minutes, "test": metrics_from_ranks(ranks, run.cfg.eval.ks),
-               **subset_metrics(run, test, ranks, "test")}
-    folder.mkdir(parents=True, exist_ok=True)
-    result.model.save(folder / "model.safetensors", best_epoch=result.best_epoch)
-    save_test_ranks(folder, test, ranks, run.cfg.eval.beam_size, run.splits.new_targets(test))
-    write_json(done, summary)
-    return result.model, summary
+    settings = run.cfg.to_dict()
+    settings["baseline"]["sasrec"]["max_minutes"] = minutes
+    done = train_baseline("sasrec", ExperimentConfig.model_validate(settings), run.run_dir / SASREC_DIR, progress)
+    return done.baseline.model, done.metrics
 
 
 def sasrec_label(summary: dict) -> str:

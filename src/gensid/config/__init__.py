@@ -27,8 +27,11 @@ from gensid.config.reference import SECTIONS, reference_markdown
 from gensid.config.rules import JOINT, PARALLEL_HISTORY_INPUTS, RULES, Problem
 from gensid.config.sections import (
     TASKS,
+    BaselineConfig,
+    BM25Config,
     DataConfig,
     DataFormat,
+    DenseConfig,
     EvalConfig,
     ExperimentConfig,
     Geometry,
@@ -39,6 +42,7 @@ from gensid.config.sections import (
     ParallelLoss,
     QuantizerConfig,
     QuantizerMethod,
+    SASRecConfig,
     Section,
     ServeConfig,
     Split,
@@ -49,8 +53,8 @@ from gensid.config.sections import (
 
 __all__ = [
     "FIXED", "FLAGS", "JOINT", "JOINT_NAME", "LOSS_WEIGHTS", "NO_EFFECT", "PARALLEL_HISTORY_INPUTS", "RULES",
-    "SECTIONS", "TASKS", "DataConfig", "DataFormat", "EvalConfig", "ExperimentConfig", "Geometry", "HistoryInput",
+    "SECTIONS", "TASKS", "BM25Config", "BaselineConfig", "DataConfig", "DenseConfig", "DataFormat", "EvalConfig", "ExperimentConfig", "Geometry", "HistoryInput",
     "ModelConfig", "ParallelConfig", "ParallelHead", "ParallelLoss", "Problem", "QuantizerConfig",
-    "QuantizerMethod", "Section", "ServeConfig", "Split", "Task", "TextConfig", "TrainConfig", "apply_override",
+    "QuantizerMethod", "SASRecConfig", "Section", "ServeConfig", "Split", "Task", "TextConfig", "TrainConfig", "apply_override",
     "from_flags", "load_config", "reference_markdown",
 ]

@@ -14,7 +14,7 @@ from gensid.config.rules import RULES
 from gensid.config.sections import ExperimentConfig
 from gensid.methods import METHODS
 
-SECTIONS = ("data", "text", "quantizer", "parallel", "model", "train", "eval", "serve")
+SECTIONS = ("data", "text", "quantizer", "parallel", "model", "train", "eval", "serve", "baseline")
 _TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "true / false"}
 
 
@@ -69,6 +69,17 @@ def _table(model: type[BaseModel], names: list[str]) -> list[str]:
     return lines
 
 
+def _section(name: str, model: type[BaseModel], heading: str) -> list[str]:
+    """A section's heading, docstring and table; a section of sections (``baseline``) as one
+    subsection each."""
+    lines = ["", f"{heading} `{name}`", "", " ".join((model.__doc__ or "").split())]
+    parts = {field: info.annotation for field, info in model.model_fields.items()
+             if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)}
+    if parts:
+        return lines + [line for field, part in parts.items() for line in _section(f"{name}.{field}", part, "###")]
+    return lines + ["", *_table(model, list(model.model_fields))]
+
+
 def reference_markdown() -> str:
     """docs/config.md: every section's fields (type or choices, default, description) and the rules
     checked across sections, generated from the models."""
@@ -107,9 +118,7 @@ def reference_markdown() -> str:
                   " ".join((sys.modules[method.__module__].__doc__ or "").split()), ""]
         lines += _table(method, fields) if fields else ["No settings of its own."]
     for name in SECTIONS:
-        model = ExperimentConfig.model_fields[name].annotation
-        lines += ["", f"## `{name}`", "", " ".join((model.__doc__ or "").split()), "",
-                  *_table(model, list(model.model_fields))]
+        lines += _section(name, ExperimentConfig.model_fields[name].annotation, "##")
     lines += ["", "## Rules across sections", ""]
     lines += [f"- {' '.join((rule.__doc__ or '').split())}" for rule in RULES]
     lines += ["- `model.n_heads` divides `model.d_model`; `parallel.codebook_size` is a power of two."]

@@ -195,6 +195,8 @@ class TrainConfig(Section):
                                               "share the cores)")
     eval_every: int = Field(1, ge=1, description="validate every N epochs (keep the best checkpoint)")
     patience: int = Field(0, ge=0, description=">0: stop after N validations without improvement")
+    bucket_batches: int = Field(50, ge=1, description="batches are drawn from chunks of this many batches' "
+                                "samples sorted by history length (less padding); 1: batches of random samples")
 
 
 class EvalConfig(Section):
@@ -222,6 +224,63 @@ class ServeConfig(Section):
                                                   "published protocol)")
 
 
+class SASRecConfig(Section):
+    """`gensid baseline sasrec`: SASRec (Kang & McAuley 2018) with cross-entropy over the catalog, its
+    positions `data.max_history`; trained by the Trainer with this section's schedule (no warmup,
+    linear decay over `epochs`, batches of random windows), `train.seed`, `train.stop_epoch` and
+    `train.threads`."""
+
+    hidden: int = Field(64, ge=1, description="embedding and Transformer width (a multiple of `heads`)")
+    layers: int = Field(2, ge=1, description="Transformer blocks")
+    heads: int = Field(2, ge=1, description="attention heads")
+    inner: int = Field(256, ge=1, description="feed-forward width")
+    dropout: Float = Field(0.5, ge=0, lt=1, description="hidden dropout (RecBole's default)")
+    attn_dropout: Float = Field(0.5, ge=0, lt=1, description="attention dropout")
+    text_items: bool = Field(False, description="an item's embedding is a projection of its text vector plus a "
+                             "free vector (zero at the start), so a new item is scored by its text (method "
+                             "`sasrec_text`)")
+    epochs: int = Field(300, ge=1, description="most epochs (the learning rate decays over them)")
+    lr: Float = Field(1e-3, ge=0, description="peak learning rate")
+    weight_decay: Float = Field(0.0, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(256, ge=1, description="training windows per step")
+    patience: int = Field(10, ge=0, description=">0: stop after N epochs without a better validation ndcg@10")
+    max_minutes: Float = Field(45.0, ge=0, description=">0: stop after this much training time")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> SASRecConfig:
+        if self.hidden % self.heads:
+            raise Problem("hidden", f"{self.hidden} must be a multiple of heads ({self.heads})", "heads")
+        return self
+
+
+class DenseConfig(Section):
+    """`gensid baseline dense`: the dense dual encoder over frozen text vectors (search: the query and the
+    history; recommendation: the history alone), trained with in-batch InfoNCE."""
+
+    dim: int = Field(128, ge=1, description="width of the projected context and item vectors")
+    temperature: Float = Field(0.05, gt=0, description="of the cosine scores")
+    epochs: int = Field(5, ge=1, description="training epochs")
+    lr: Float = Field(1e-3, ge=0, description="Adam learning rate")
+    batch_size: int = Field(512, ge=2, description="samples per step (in-batch negatives)")
+
+
+class BM25Config(Section):
+    """`gensid baseline bm25` (search): BM25 over the item text; the query is the search query plus the
+    titles of the history items."""
+
+    k1: Float = Field(1.5, ge=0, description="term-frequency saturation")
+    b: Float = Field(0.75, ge=0, le=1, description="length normalisation")
+
+
+class BaselineConfig(Section):
+    """The baselines' own settings (`gensid baseline KIND CONFIG`); the data, split, text encoder and
+    evaluation are the config's other sections, as for a gensid run. `popular` has none."""
+
+    sasrec: SASRecConfig = Field(default_factory=SASRecConfig)
+    dense: DenseConfig = Field(default_factory=DenseConfig)
+    bm25: BM25Config = Field(default_factory=BM25Config)
+
+
 class ExperimentConfig(Section):
     """One experiment: every section, each with its defaults."""
 
@@ -238,6 +297,7 @@ class ExperimentConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
 
     @model_validator(mode="after")
     def _rules(self) -> ExperimentConfig:

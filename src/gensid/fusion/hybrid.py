@@ -1,9 +1,10 @@
 """A hybrid: a trained gensid run, a full-catalog scorer and the mixing weight chosen on validation.
 
-``gensid hybrid RUN_DIR --out DIR`` (:func:`fit_hybrid`, then :meth:`Hybrid.save`) builds one: for a
-search run it trains the dense dual encoder on the run's training split and item text vectors
-(seconds); for a recommendation run it takes a SASRec saved by ``benchmarks/sasrec.py``. The weight
-is the one with the best validation ndcg@10. The folder holds ``hybrid.json`` (the run, relative
+``gensid hybrid RUN_DIR --out DIR`` (:func:`fit_hybrid`, then :meth:`Hybrid.save`) builds one. The
+scorer is a baseline run folder (``--scorer``: ``gensid baseline sasrec`` or ``dense`` on the run's
+data; also a SASRec folder of ``gensid train --sasrec-minutes`` or of the SASRec before it trained
+through the Trainer); without one, a search run gets the dense dual encoder trained here on its
+training split and item text vectors (seconds). The weight is the one with the best validation ndcg@10. The folder holds ``hybrid.json`` (the run, relative
 to the folder; the scorer; the weight; the validation sweep) and, for a dense scorer,
 ``dense.safetensors``. ``gensid serve DIR`` serves it as it serves a run.
 """
@@ -19,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gensid.baselines import baseline_kind
 from gensid.baselines.dense import DenseDualEncoder
 from gensid.baselines.sasrec import SASRec
+from gensid.config.loading import load_config
 from gensid.data.splits import Samples
 from gensid.errors import InputError, RunError
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
@@ -69,7 +72,9 @@ class Hybrid:
         if isinstance(self.scorer, DenseDualEncoder):
             if len(self._dense_items) != len(self.run.text):  # first call, or items were added
                 self._dense_items = self.scorer.item_vectors(self.run.text)
-            return self.scorer.log_probs(queries[torch.as_tensor(rows)], histories, self.run.text, self._dense_items)
+            # recommendation: no query, the dense encoder reads the history alone (as it was trained)
+            query = queries[torch.as_tensor(rows)] if queries is not None else torch.zeros(len(rows), self.run.text.shape[1])
+            return self.scorer.log_probs(query, histories, self.run.text, self._dense_items)
         known = self.scorer.num_items
         log_probs = self.scorer.log_probs(known_items_only(histories, known))
         added = len(self.run.text) - known
@@ -132,7 +137,7 @@ class Hybrid:
             scorer = DenseDualEncoder.load(hybrid_dir / "dense.safetensors")
         else:
             source = os.path.normpath(hybrid_dir / source)
-            scorer = load_sasrec(source, run)
+            scorer = load_scorer(source, run)
         return cls(run, scorer, saved["weight"], source,
                    {float(w): m for w, m in saved.get("valid_by_weight", {}).items()})
 
@@ -149,11 +154,23 @@ def known_items_only(histories: np.ndarray, known: int) -> np.ndarray:
     return out
 
 
-def load_sasrec(folder: str | Path, run: Run) -> SASRec:
-    """SASRec from a ``benchmarks/sasrec.py`` folder, checked against the run's catalog."""
-    path = Path(folder) / "model.safetensors"
+def load_scorer(folder: str | Path, run: Run) -> SASRec | DenseDualEncoder:
+    """The scorer of a baseline run folder (``gensid baseline sasrec`` or ``dense``; a SASRec folder
+    without ``baseline.json`` is an older one), checked against the run's catalog and text model."""
+    folder = Path(folder)
+    kind = baseline_kind(folder) or "sasrec"
+    path = folder / "model.safetensors"
+    if kind not in ("sasrec", "dense"):
+        raise InputError(f"--scorer {folder}: a {kind} baseline; a hybrid mixes in a sasrec or dense baseline")
     if not path.exists():
-        raise InputError(f"{path} does not exist: --sasrec takes a folder written by benchmarks/sasrec.py")
+        raise InputError(f"{path} does not exist: --scorer takes a baseline run folder (gensid baseline sasrec or "
+                         "dense)")
+    if kind == "dense":
+        text_model = load_config(folder / "config.yaml").text.model
+        if text_model != run.cfg.text.model:
+            raise InputError(f"--scorer {folder}: its dense encoder reads {text_model} text vectors, the run's "
+                             f"are {run.cfg.text.model}")
+        return DenseDualEncoder.load(path)
     model = SASRec.load(path)
     if model.num_items != len(run.dataset.catalog):
         raise InputError(f"{folder} scores {model.num_items} items, the run's catalog has "
@@ -161,29 +178,30 @@ def load_sasrec(folder: str | Path, run: Run) -> SASRec:
     return model
 
 
-def fit_hybrid(run: Run, sasrec: str | Path | None = None, weights: list[float] | None = None, seed: int | None = None,
+def fit_hybrid(run: Run, scorer: str | Path | None = None, weights: list[float] | None = None, seed: int | None = None,
                dense_epochs: int = 5, progress: bool = False) -> tuple[Hybrid, float]:
     """A hybrid of ``run`` with its weight chosen on the validation split (best ndcg@10, ties: the smaller
-    weight) among ``weights``; and the minutes it took to train the scorer (0 for a given SASRec).
-    Search runs get a dense dual encoder trained here with ``seed`` (default: the run's); recommendation
-    runs need ``sasrec``, a folder written by ``benchmarks/sasrec.py``."""
+    weight) among ``weights``; and the minutes it took to train the scorer (0 for a given one).
+    ``scorer``: a baseline run folder (:func:`load_scorer`); without it a search run gets a dense dual
+    encoder trained here with ``seed`` (default: the run's)."""
     weights = sorted(set(WEIGHTS if weights is None else weights))
     if not weights or any(not 0.0 <= w <= 1.0 for w in weights):
         raise InputError(f"mixing weights {weights}: give at least one, each in [0, 1]")
     minutes = 0.0
-    if run.cfg.data.task == "search":
+    if scorer is not None:
+        model, source = load_scorer(scorer, run), str(scorer)
+    elif run.cfg.data.task == "search":
         seed = run.cfg.train.seed if seed is None else seed
         torch.manual_seed(seed)
-        scorer = DenseDualEncoder(run.text.shape[1])
+        model = DenseDualEncoder(run.text.shape[1])
         start = time.perf_counter()
-        scorer.fit(run.splits.train, run.queries["train"], run.text, epochs=dense_epochs, seed=seed, progress=progress)
+        model.fit(run.splits.train, run.queries["train"], run.text, epochs=dense_epochs, seed=seed, progress=progress)
         minutes = (time.perf_counter() - start) / 60
         source = f"dense dual encoder trained on the run's training split, seed {seed}, {dense_epochs} epochs"
-    elif sasrec is None:
-        raise InputError(f"{run.run_dir} is a recommendation run: give a SASRec folder (benchmarks/sasrec.py) to mix")
     else:
-        scorer, source = load_sasrec(sasrec, run), str(sasrec)
-    hybrid = Hybrid(run, scorer, 0.0, source)
+        raise InputError(f"{run.run_dir} is a recommendation run: give a baseline run folder to mix "
+                         "(--scorer, from gensid baseline sasrec or dense)")
+    hybrid = Hybrid(run, model, 0.0, source)
     hybrid.valid_by_weight = {w: m for w, (m, _) in hybrid.evaluate("valid", weights, progress).items()}
     hybrid.weight = max(weights, key=lambda w: (hybrid.valid_by_weight[w]["ndcg@10"], -w))
     return hybrid, minutes

@@ -20,9 +20,9 @@ MAX_CHILDREN = 32  # children shown under a tree node, most items first
 
 
 def split_metrics(folder: Path) -> dict[str, dict[str, float]]:
-    """``{split: metrics}`` (valid and/or test) of a finished system's folder: a gensid run or bundle,
-    a ``RUN_DIR/sasrec`` (``metrics.json``), or a SASRec of ``benchmarks/sasrec.py`` (its ``log.jsonl``
-    "eval" events); {} when the folder records none."""
+    """``{split: metrics}`` (valid and/or test) of a finished system's folder: a gensid run or bundle, a
+    baseline (``gensid baseline``, ``RUN_DIR/sasrec``: ``metrics.json``), or an older SASRec folder (its
+    ``log.jsonl`` "eval" events); {} when the folder records none."""
     metrics_file, log_file = folder / "metrics.json", folder / "log.jsonl"
     if metrics_file.exists():
         saved = json.loads(metrics_file.read_text())

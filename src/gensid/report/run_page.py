@@ -282,8 +282,8 @@ def build_report(folder: str | Path, against: str | Path | None = None) -> str:
     folder = Path(folder)
     against = Path(against) if against is not None else None
     if against is not None and not (against / "test_ranks.json").exists():
-        raise InputError(f"--against {against}: no test_ranks.json there; give a SASRec run folder "
-                         "(benchmarks/sasrec.py, or RUN_DIR/sasrec of gensid train --sasrec-minutes)")
+        raise InputError(f"--against {against}: no test_ranks.json there; give a baseline run folder "
+                         "(gensid baseline, or RUN_DIR/sasrec of gensid train --sasrec-minutes)")
     start = time.perf_counter()
     s = open_subject(folder)
     page = {"name": s.cfg.name, "folder": str(folder), "bundle": s.bundle,

@@ -3,6 +3,8 @@
 - :class:`NextTokenObjective` (two-stage): SIDs are fixed; next-code cross-entropy.
 - :class:`ParallelObjective` (parallel): fixed long SIDs; the multi-token loss at every history
   position of a training window (each position predicts all digits of the item after it).
+- :class:`SASRecObjective` (the SASRec baseline): item ids, cross-entropy over the catalog at every
+  history position of a training window, as the parallel objective trains.
 - :class:`JointObjective` (the joint methods: STE, DGI, DIGER): every step re-tokenizes the
   batch's items with the model's tokenizer under the method's assignment, at the method's
   temperature for that point of training; the hard codes are the targets, the assignment's
@@ -22,7 +24,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from gensid.baselines.sasrec import SASRec, align_histories
 from gensid.config.sections import ExperimentConfig
+from gensid.data.splits import PAD
 from gensid.methods import JointMethod
 from gensid.model.parallel import ParallelSIDRecommender
 from gensid.model.recommender import GenerativeRecommender
@@ -82,6 +86,30 @@ class ParallelObjective:
         return terms
 
     def param_groups(self, model: ParallelSIDRecommender) -> list[dict]:
+        return [{"params": list(model.parameters())}]
+
+
+class SASRecObjective:
+    """Needs window samples (:func:`gensid.data.splits.sequence_windows`), as :class:`ParallelObjective`;
+    its batches' item features are the item ids (``ItemFeatures(codes=ids [N, 1])``), which it does not
+    read. ``absent`` [num_items] bool: items that are no candidates of the softmax (a cold-start split's
+    new items did not exist yet), so nothing moves their embeddings."""
+
+    def __init__(self, absent: torch.Tensor):
+        self.absent = absent
+
+    def __call__(self, model: SASRec, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
+        real = batch.history_mask
+        history = batch.history_items.masked_fill(~real, PAD)  # [B, H] left-padded
+        next_items = torch.cat([history[:, 1:], batch.targets[:, None]], 1)[real]  # [R], oldest first per row
+        aligned, _ = align_histories(history.numpy(), history.shape[1])  # right-aligned, the model's layout
+        aligned = torch.from_numpy(aligned)
+        hidden = model(aligned)[aligned != PAD]  # [R, D], the same row-major order as next_items
+        logits = model.logits(hidden).masked_fill(self.absent, -torch.inf)
+        loss = F.cross_entropy(logits, next_items)
+        return {"next_item": loss, "total": loss}
+
+    def param_groups(self, model: SASRec) -> list[dict]:
         return [{"params": list(model.parameters())}]
 
 

@@ -18,18 +18,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from gensid.config.sections import TrainConfig
 from gensid.data.splits import Samples
 from gensid.io import JsonlLog, load_tensors, save_tensors
-from gensid.model.recommender import GenerativeRecommender
 from gensid.train import distributed
 from gensid.train.batches import Batch, ItemFeatures
-from gensid.train.objectives import JointObjective, NextTokenObjective, ParallelObjective
+from gensid.train.objectives import (
+    JointObjective,
+    NextTokenObjective,
+    ParallelObjective,
+    SASRecObjective,
+)
 from gensid.train.schedule import warmup_linear
 
-Objective = NextTokenObjective | JointObjective | ParallelObjective
+Objective = NextTokenObjective | JointObjective | ParallelObjective | SASRecObjective
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -91,7 +96,8 @@ def length_bucketed_batches(samples: Samples, batch_size: int, rng: np.random.Ge
 
 
 class Trainer:
-    """Trains ``model`` on ``train`` with ``objective`` (see :mod:`gensid.train.objectives`).
+    """Trains ``model`` (a gensid model, or the SASRec baseline) on ``train`` with ``objective`` (see
+    :mod:`gensid.train.objectives`).
 
     ``items()`` gives the item features batches are built from, asked at every epoch (a joint
     run's change with its index). ``validate(model) -> metrics`` picks the best epoch; ``observe(model) -> dict`` (optional)
@@ -101,10 +107,10 @@ class Trainer:
     there, so every rank trains on targets from the current model, not from its last validation.
     """
 
-    def __init__(self, model: GenerativeRecommender, cfg: TrainConfig, train: Samples,
+    def __init__(self, model: nn.Module, cfg: TrainConfig, train: Samples,
                  items: Callable[[], ItemFeatures],
-                 run_dir: str | Path, validate: Callable[[GenerativeRecommender], dict[str, float]],
-                 objective: Objective, observe: Callable[[GenerativeRecommender], dict] | None = None,
+                 run_dir: str | Path, validate: Callable[[nn.Module], dict[str, float]],
+                 objective: Objective, observe: Callable[[nn.Module], dict] | None = None,
                  monitor: str = "ndcg@10", progress: bool = True, queries: torch.Tensor | None = None,
                  before_epoch: Callable[[int], None] | None = None):
         self.model, self.cfg, self.train, self.items, self.queries = model, cfg, train, items, queries
@@ -159,7 +165,7 @@ class Trainer:
         self.model.train()
         torch.manual_seed(self.cfg.seed * 100_003 + self.epoch)
         batches = length_bucketed_batches(self.train, self.cfg.batch_size,
-                                          np.random.default_rng([self.cfg.seed, self.epoch]))
+                                          np.random.default_rng([self.cfg.seed, self.epoch]), self.cfg.bucket_batches)
         totals: dict[str, float] = {}
         grad_norms: list[float] = []
         count = 0
