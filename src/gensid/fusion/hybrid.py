@@ -4,8 +4,9 @@
 scorer is a baseline run folder (``--scorer``: ``gensid baseline sasrec`` or ``dense`` on the run's
 data; also a SASRec folder of ``gensid train --sasrec-minutes`` or of the SASRec before it trained
 through the Trainer); without one, a search run gets the dense dual encoder trained here on its
-training split and item text vectors (seconds, :func:`~gensid.baselines.training.train_dense`). The weight is the one with the best validation ndcg@10. The folder holds ``hybrid.json`` (the run, relative
-to the folder; the scorer; the weight; the validation sweep) and, for a dense scorer,
+training split and item text vectors (seconds, :func:`~gensid.baselines.training.train_dense`). The
+weight is the one with the best validation ndcg@10. The folder holds ``hybrid.json`` (the run,
+relative to the folder; the scorer; the weight; the validation sweep) and, for a dense scorer,
 ``dense.safetensors``. ``gensid serve DIR`` serves it as it serves a run.
 """
 
