@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 
 from conftest import shared_dataset
 from gensid.baselines.dense import DenseDualEncoder
+from gensid.baselines.training import dense_schedule, train_dense
 from gensid.cli import app
 from gensid.compare import compare_runs, load_test_ranks
-from gensid.config import load_config
+from gensid.config import DenseConfig, TrainConfig, load_config
 from gensid.errors import InputError, RunError
 from gensid.eval.analysis import isotropy
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
@@ -175,7 +176,8 @@ def test_generative_search_with_dgi_on_movielens(tmp_path):
 
     # hybrid retrieval (gensid.fusion): w = 0 is the run's own ranking, w = 1 the dense encoder's
     dense = DenseDualEncoder(run.text.shape[1])
-    dense.fit(run.splits.train, run.queries["train"], run.text, epochs=1, progress=False)
+    train_dense(dense, run.splits, run.queries, run.text, dense_schedule(DenseConfig(epochs=1), TrainConfig()),
+                tmp_path / "dense")
     queries = run.queries["test"]
     fused = fused_rankings(run, test, queries, lambda rows: dense.log_probs(queries[rows], test.histories[rows],
                                                                            run.text), [0.0, 0.5, 1.0])

@@ -5,10 +5,16 @@ import pytest
 import torch
 
 from gensid.baselines.bm25 import BM25Search
-from gensid.baselines.dense import DenseDualEncoder
+from gensid.baselines.dense import DenseDualEncoder, context_inputs
+from gensid.baselines.training import dense_schedule, train_dense
+from gensid.config import DenseConfig, TrainConfig
 from gensid.data.catalog import Catalog, Dataset, Interactions
 from gensid.data.search import category_query, load_search_log, product_search, time_split
+from gensid.data.splits import PAD, LeaveOneOut, Samples
 from gensid.errors import DataError
+from gensid.io import JsonlLog
+from gensid.train import Batch, ItemFeatures
+from gensid.train.objectives import DenseObjective
 
 CATEGORIES = ["Beauty, Makeup, Nails, Nail Polish", "Beauty, Skin Care, Face", "Beauty, Hair Care, Hair Care",
               "Beauty, Skin Care, Body", "Beauty, Makeup, Eyes"]
@@ -68,17 +74,42 @@ def test_bm25_finds_the_item_whose_text_matches_the_query():
     assert ranked[splits.train.targets.tolist().index(0), 0] == 0
 
 
-def test_dense_dual_encoder_learns_a_query_to_item_mapping():
+def test_dense_objective_is_the_encoders_in_batch_loss_and_reaches_both_projections():
+    """A Trainer batch (history columns trimmed, ids masked) gives the loss of the samples' own context
+    inputs; its gradient reaches the item projection and both halves (query, history) of the context's."""
+    rng = np.random.default_rng(0)
+    text, queries = torch.randn(12, 8), torch.randn(6, 8)
+    histories = np.full((6, 5), PAD)
+    histories[0, -3:], histories[1, -1:], histories[3, -2:] = [1, 2, 3], [4], [5, 1]  # rows 2, 4, 5: empty
+    samples = Samples(histories, rng.integers(0, 12, 6), np.arange(6))
+    torch.manual_seed(0)
+    model = DenseDualEncoder(8, dim=4)
+    rows = np.array([5, 0, 3, 1])
+    batch = Batch.build(samples, rows, ItemFeatures(torch.arange(12)[:, None]), queries)
+    assert batch.history_items.shape == (4, 3)  # trimmed to the longest history of the batch
+    terms = DenseObjective(text)(model, batch, 0.0)
+    targets = torch.from_numpy(samples.targets[rows])
+    expected = model.loss(context_inputs(queries[rows], histories[rows], text), text[targets], targets)
+    torch.testing.assert_close(terms["total"], expected)
+    assert terms["in_batch"] is terms["total"]
+    terms["total"].backward()
+    assert model.item.weight.grad.abs().sum() > 0
+    assert model.context.weight.grad[:, :8].abs().sum() > 0 and model.context.weight.grad[:, 8:].abs().sum() > 0
+
+
+def test_dense_dual_encoder_learns_a_query_to_item_mapping_through_the_trainer(tmp_path):
     rng = np.random.default_rng(0)
     items = torch.from_numpy(rng.standard_normal((50, 16)).astype(np.float32))
     targets = rng.integers(0, 50, 2000)
     queries = items[targets] + 0.3 * torch.randn(2000, 16)  # a noisy view of the target's vector
-    from gensid.data.search import SearchSamples
-
-    samples = SearchSamples([""] * 2000, np.full((2000, 3), -1), targets, np.zeros(2000, dtype=np.int64))
+    samples = Samples(np.full((2000, 3), PAD), targets, np.zeros(2000, dtype=np.int64))
+    splits = LeaveOneOut(samples, samples.head(400), samples.head(400))
     torch.manual_seed(0)
     model = DenseDualEncoder(16, dim=16)
-    losses = model.fit(samples, queries, items, epochs=8, batch_size=128, progress=False)
-    assert losses[-1] < losses[0]
+    schedule = dense_schedule(DenseConfig(epochs=8, batch_size=128), TrainConfig())
+    summary = train_dense(model, splits, {"train": queries, "valid": queries[:400]}, items, schedule, tmp_path)
+    losses = [e["loss"] for e in JsonlLog(tmp_path / "log.jsonl").read() if e["event"] == "epoch"]
+    assert len(losses) == summary["epochs"] == 8 and losses[-1] < losses[0] / 2 and summary["final_loss"] == losses[-1]
+    assert 1 <= summary["best_epoch"] <= 8 and not model.training
     ranked = model.rank(samples, queries, items, k=5)
     assert (ranked[:, 0] == targets).mean() > 0.8

@@ -2,8 +2,9 @@
 
 context = W_c [query vector ; mean of the history items' text vectors]   -> d
 item    = W_i item text vector                                             -> d
-trained with in-batch InfoNCE (cosine / temperature), ranked by exact inner product of the
-normalised vectors with faiss (``IndexFlatIP``).
+trained with in-batch InfoNCE (cosine / temperature) through the one :class:`~gensid.train.Trainer`
+(:class:`~gensid.train.objectives.DenseObjective`, :func:`gensid.baselines.training.train_dense`),
+ranked by exact inner product of the normalised vectors with faiss (``IndexFlatIP``).
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from gensid.data.search import SearchSamples
 from gensid.errors import RunError
 from gensid.io import load_tensors, save_tensors
 
 
-def context_inputs(query_vectors: torch.Tensor, histories: np.ndarray, item_text: torch.Tensor) -> torch.Tensor:
+def context_inputs(query_vectors: torch.Tensor, histories: np.ndarray | torch.Tensor, item_text: torch.Tensor
+                   ) -> torch.Tensor:
     """[N, T] query vectors, [N, H] history ids (-1 pad) -> [N, 2T] (history mean is 0 when empty)."""
-    hist = torch.from_numpy(histories)
+    hist = torch.as_tensor(histories)
     mask = (hist >= 0).unsqueeze(-1).float()
     mean = (item_text[hist.clamp(min=0)] * mask).sum(1) / mask.sum(1).clamp(min=1)
     return torch.cat([query_vectors, mean], -1)
@@ -53,31 +54,14 @@ class DenseDualEncoder(nn.Module):
         return model.eval()
 
     def loss(self, context_in: torch.Tensor, item_in: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """In-batch InfoNCE of :func:`context_inputs` [B, 2T] against the target items' text vectors [B, T];
+        ``targets`` [B] item ids (a row whose target repeats another row's is no negative of it)."""
         c = F.normalize(self.context(context_in), dim=-1)
         i = F.normalize(self.item(item_in), dim=-1)
         scores = c @ i.T / self.temperature
-        same = targets.unsqueeze(0) == targets.unsqueeze(1)  # duplicates of the target are not negatives
+        same = targets.unsqueeze(0) == targets.unsqueeze(1)
         scores = scores.masked_fill(same & ~torch.eye(len(targets), dtype=torch.bool), float("-inf"))
         return F.cross_entropy(scores, torch.arange(len(targets)))
-
-    def fit(self, train: SearchSamples, query_vectors: torch.Tensor, item_text: torch.Tensor, epochs: int = 5,
-            batch_size: int = 512, lr: float = 1e-3, seed: int = 0, progress: bool = True) -> list[float]:
-        """query_vectors [N, T] aligned with ``train``; item_text [num_items, T]. Returns epoch losses."""
-        generator = torch.Generator().manual_seed(seed)
-        opt = torch.optim.AdamW(self.parameters(), lr=lr)
-        context_in = context_inputs(query_vectors, train.histories, item_text)
-        targets = torch.from_numpy(train.targets)
-        losses = []
-        for _ in tqdm(range(epochs), desc="dense", disable=not progress):
-            total = 0.0
-            for rows in torch.randperm(len(train), generator=generator).split(batch_size):
-                loss = self.loss(context_in[rows], item_text[targets[rows]], targets[rows])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(rows)
-            losses.append(total / len(train))
-        return losses
 
     @torch.no_grad()
     def item_vectors(self, item_text: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,8 @@ are its ``baseline`` section), written as a folder of a gensid run's shape:
 - ``config.yaml``, the resolved config, and ``baseline.json`` (``{"kind": "sasrec"}``), which tells
   a baseline's folder from a gensid run's;
 - ``model.safetensors``: the trained weights (most popular: its item order; BM25 has none, its index
-  is rebuilt from the item text in seconds); SASRec trains through the one
-  :class:`~gensid.train.Trainer`, so it also keeps ``checkpoint.safetensors`` and resumes exactly;
+  is rebuilt from the item text in seconds); SASRec and the dense dual encoder train through the one
+  :class:`~gensid.train.Trainer`, so they also keep ``checkpoint.safetensors`` and resume exactly;
 - ``metrics.json``: valid and test metrics at ``eval.ks`` (a cold-start split's ``valid_new``,
   ``test_new``, ... too), ``test_by_popularity``, epochs and training minutes;
 - ``test_ranks.json`` (:func:`gensid.evaluation.save_test_ranks`), so ``gensid compare`` pairs the
@@ -31,7 +31,7 @@ from gensid.baselines.dense import DenseDualEncoder
 from gensid.baselines.popularity import MostPopular
 from gensid.baselines.sasrec import SASRec
 from gensid.config.loading import load_config
-from gensid.config.sections import ExperimentConfig, TrainConfig
+from gensid.config.sections import DenseConfig, ExperimentConfig, TrainConfig
 from gensid.data import Dataset, Interactions, LeaveOneOut, Samples
 from gensid.data.search import SearchSamples
 from gensid.data.splits import sequence_windows
@@ -49,7 +49,7 @@ from gensid.prepare import catalog_text_vectors, check_inputs, load_task
 from gensid.report.results import git_commit
 from gensid.text import embed_split_texts
 from gensid.train import ItemFeatures, Trainer
-from gensid.train.objectives import SASRecObjective
+from gensid.train.objectives import DenseObjective, SASRecObjective
 
 KINDS = {"popular": ("rec", "search"), "sasrec": ("rec",), "bm25": ("search",), "dense": ("rec", "search")}
 WEIGHTS = "model.safetensors"
@@ -130,8 +130,8 @@ def check_baseline(kind: str, cfg: ExperimentConfig, run_dir: Path) -> None:
 
 def train_baseline(kind: str, cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True) -> BaselineRun:
     """Train the baseline ``kind`` on ``cfg``'s data and split, evaluate it on valid and test and write
-    its run folder (the module's docstring). Run again on the same folder: SASRec resumes from its
-    checkpoint; the others, seconds to train, train again to the same result."""
+    its run folder (the module's docstring). Run again on the same folder: SASRec and dense resume from
+    their checkpoint; the others, seconds to train, train again to the same result."""
     run_dir = Path(run_dir)
     check_baseline(kind, cfg, run_dir)
     commit = git_commit()
@@ -190,20 +190,44 @@ def fit_bm25(task: Task, run_dir: Path, progress: bool) -> Baseline:
 
 
 def fit_dense(task: Task, run_dir: Path, progress: bool) -> Baseline:
-    """The dense dual encoder on the training split (its own few-epoch loop, seconds)."""
+    """The dense dual encoder (``baseline.dense``) trained by :func:`train_dense`."""
     cfg, settings = task.cfg, task.cfg.baseline.dense
     text = task.item_text(progress)
     queries = task.query_vectors(text.shape[1])
     seed_everything(cfg.train.seed)
-    start = time.perf_counter()
     model = DenseDualEncoder(text.shape[1], settings.dim, settings.temperature)
-    losses = model.fit(task.splits.train, queries["train"], text, settings.epochs, settings.batch_size, settings.lr,
-                       cfg.train.seed, progress)
-    summary = {"epochs": settings.epochs, "final_loss": losses[-1], "train_minutes": (time.perf_counter() - start) / 60}
-    model.save(run_dir / WEIGHTS)
-    model.eval()
+    summary = train_dense(model, task.splits, queries, text, dense_schedule(settings, cfg.train), run_dir, progress)
+    model.save(run_dir / WEIGHTS)  # the best weights, with their sizes
     depth = cfg.eval.beam_size
     return Baseline("dense", model, lambda split: model.rank(task.samples(split), queries[split], text, depth), summary)
+
+
+def dense_schedule(settings: DenseConfig, train: TrainConfig) -> TrainConfig:
+    """The Trainer's settings for the dense dual encoder: ``settings``' epochs, batch size and learning
+    rate, no warmup; ``train``'s seed, ``stop_epoch`` and threads. Batches of random samples (the
+    negatives are the batch's other targets)."""
+    return TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, warmup_steps=0,
+                       seed=train.seed, stop_epoch=train.stop_epoch, threads=train.threads, bucket_batches=1)
+
+
+def train_dense(model: DenseDualEncoder, splits: LeaveOneOut, queries: dict[str, torch.Tensor], text: torch.Tensor,
+                schedule: TrainConfig, run_dir: Path, progress: bool = False) -> dict:
+    """Train ``model`` through the Trainer (checkpoints in ``run_dir``, resumable) on the training
+    samples, the best epoch by validation ndcg@10, which ``model`` ends with (in eval mode).
+    ``queries``: each split's query vectors [N_split, T] (zeros for recommendation); ``text`` [N, T]
+    the items' text vectors. Returns the Trainer's summary and the last epoch's loss (``final_loss``)."""
+    valid = splits.valid
+
+    def validate(m: DenseDualEncoder) -> dict[str, float]:
+        return metrics_from_ranks(rank_of_targets(m.rank(valid, queries["valid"], text, 10), valid.targets), [10])
+
+    ids = ItemFeatures(torch.arange(len(text))[:, None])  # the objective reads the text vectors of these ids
+    trainer = Trainer(model, schedule, splits.train, lambda: ids, run_dir, validate, DenseObjective(text),
+                      progress=progress, queries=queries["train"])
+    summary = trainer.fit()
+    model.eval()
+    losses = [event["loss"] for event in trainer.log.read() if event["event"] == "epoch"]
+    return {**summary, "final_loss": losses[-1]}
 
 
 def sasrec_schedule(cfg: ExperimentConfig) -> TrainConfig:

@@ -255,12 +255,14 @@ class SASRecConfig(Section):
 
 class DenseConfig(Section):
     """`gensid baseline dense`: the dense dual encoder over frozen text vectors (search: the query and the
-    history; recommendation: the history alone), trained with in-batch InfoNCE."""
+    history; recommendation: the history alone), trained with in-batch InfoNCE by the Trainer with this
+    section's schedule (no warmup, linear decay over `epochs`, batches of random samples), `train.seed`,
+    `train.stop_epoch` and `train.threads`; the best epoch by validation ndcg@10."""
 
     dim: int = Field(128, ge=1, description="width of the projected context and item vectors")
     temperature: Float = Field(0.05, gt=0, description="of the cosine scores")
-    epochs: int = Field(5, ge=1, description="training epochs")
-    lr: Float = Field(1e-3, ge=0, description="Adam learning rate")
+    epochs: int = Field(5, ge=1, description="training epochs (the learning rate decays over them)")
+    lr: Float = Field(1e-3, ge=0, description="peak learning rate (AdamW)")
     batch_size: int = Field(512, ge=2, description="samples per step (in-batch negatives)")
 
 

@@ -4,8 +4,9 @@
 scorer is a baseline run folder (``--scorer``: ``gensid baseline sasrec`` or ``dense`` on the run's
 data; also a SASRec folder of ``gensid train --sasrec-minutes`` or of the SASRec before it trained
 through the Trainer); without one, a search run gets the dense dual encoder trained here on its
-training split and item text vectors (seconds). The weight is the one with the best validation ndcg@10. The folder holds ``hybrid.json`` (the run, relative
-to the folder; the scorer; the weight; the validation sweep) and, for a dense scorer,
+training split and item text vectors (seconds, :func:`~gensid.baselines.training.train_dense`). The
+weight is the one with the best validation ndcg@10. The folder holds ``hybrid.json`` (the run,
+relative to the folder; the scorer; the weight; the validation sweep) and, for a dense scorer,
 ``dense.safetensors``. ``gensid serve DIR`` serves it as it serves a run.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,9 @@ import torch
 from gensid.baselines import baseline_kind
 from gensid.baselines.dense import DenseDualEncoder
 from gensid.baselines.sasrec import SASRec
+from gensid.baselines.training import dense_schedule, train_dense
 from gensid.config.loading import load_config
+from gensid.config.sections import DenseConfig, TrainConfig
 from gensid.data.splits import Samples
 from gensid.errors import InputError, RunError
 from gensid.eval.metrics import metrics_from_ranks, rank_of_targets
@@ -194,8 +198,10 @@ def fit_hybrid(run: Run, scorer: str | Path | None = None, weights: list[float] 
         seed = run.cfg.train.seed if seed is None else seed
         torch.manual_seed(seed)
         model = DenseDualEncoder(run.text.shape[1])
+        schedule = dense_schedule(DenseConfig(epochs=dense_epochs), TrainConfig(seed=seed))
         start = time.perf_counter()
-        model.fit(run.splits.train, run.queries["train"], run.text, epochs=dense_epochs, seed=seed, progress=progress)
+        with tempfile.TemporaryDirectory() as checkpoints:
+            train_dense(model, run.splits, run.queries, run.text, schedule, Path(checkpoints), progress)
         minutes = (time.perf_counter() - start) / 60
         source = f"dense dual encoder trained on the run's training split, seed {seed}, {dense_epochs} epochs"
     else:

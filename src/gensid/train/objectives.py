@@ -5,6 +5,8 @@
   position of a training window (each position predicts all digits of the item after it).
 - :class:`SASRecObjective` (the SASRec baseline): item ids, cross-entropy over the catalog at every
   history position of a training window, as the parallel objective trains.
+- :class:`DenseObjective` (the dense dual encoder baseline): in-batch InfoNCE of a sample's query and
+  history against its target's text vector.
 - :class:`JointObjective` (the joint methods: STE, DGI, DIGER): every step re-tokenizes the
   batch's items with the model's tokenizer under the method's assignment, at the method's
   temperature for that point of training; the hard codes are the targets, the assignment's
@@ -24,6 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from gensid.baselines.dense import DenseDualEncoder, context_inputs
 from gensid.baselines.sasrec import SASRec, align_histories
 from gensid.config.sections import ExperimentConfig
 from gensid.data.splits import PAD
@@ -110,6 +113,25 @@ class SASRecObjective:
         return {"next_item": loss, "total": loss}
 
     def param_groups(self, model: SASRec) -> list[dict]:
+        return [{"params": list(model.parameters())}]
+
+
+class DenseObjective:
+    """Needs the training samples' query vectors in the batches (the Trainer's ``queries``; zeros for
+    recommendation, where the history alone is the context); ``item_text`` [num_items, T]: the items'
+    frozen text vectors, the history mean's and the targets' inputs. Its batches' item features are
+    the item ids, as :class:`SASRecObjective`'s, which it does not read."""
+
+    def __init__(self, item_text: torch.Tensor):
+        self.item_text = item_text
+
+    def __call__(self, model: DenseDualEncoder, batch: Batch, progress: float) -> dict[str, torch.Tensor]:
+        history = batch.history_items.masked_fill(~batch.history_mask, PAD)  # [B, H]
+        context = context_inputs(batch.query, history, self.item_text)  # [B, 2T]
+        loss = model.loss(context, self.item_text[batch.targets], batch.targets)
+        return {"in_batch": loss, "total": loss}
+
+    def param_groups(self, model: DenseDualEncoder) -> list[dict]:
         return [{"params": list(model.parameters())}]
 
 

@@ -27,6 +27,7 @@ from gensid.io import JsonlLog, load_tensors, save_tensors
 from gensid.train import distributed
 from gensid.train.batches import Batch, ItemFeatures
 from gensid.train.objectives import (
+    DenseObjective,
     JointObjective,
     NextTokenObjective,
     ParallelObjective,
@@ -34,7 +35,7 @@ from gensid.train.objectives import (
 )
 from gensid.train.schedule import warmup_linear
 
-Objective = NextTokenObjective | JointObjective | ParallelObjective | SASRecObjective
+Objective = NextTokenObjective | JointObjective | ParallelObjective | SASRecObjective | DenseObjective
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -96,7 +97,7 @@ def length_bucketed_batches(samples: Samples, batch_size: int, rng: np.random.Ge
 
 
 class Trainer:
-    """Trains ``model`` (a gensid model, or the SASRec baseline) on ``train`` with ``objective`` (see
+    """Trains ``model`` (a gensid model, or the SASRec or dense baseline) on ``train`` with ``objective`` (see
     :mod:`gensid.train.objectives`).
 
     ``items()`` gives the item features batches are built from, asked at every epoch (a joint
